@@ -1,0 +1,63 @@
+"""Classification metrics without extra dependencies: accuracy, per-class P/R/F1,
+confusion matrix and (binary) ROC-AUC."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n: int) -> np.ndarray:
+    """Rows are true classes, columns predicted classes."""
+    m = np.zeros((n, n), dtype=np.int64)
+    np.add.at(m, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    return m
+
+
+def roc_auc(y_true: Sequence[int], score_pos: Sequence[float]) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U, ties counted half); None with one class."""
+    y = np.asarray(y_true)
+    s = np.asarray(score_pos, dtype=np.float64)
+    pos, neg = s[y == 1], s[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # average ranks over ties
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i: j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    u = ranks[y == 1].sum() - len(pos) * (len(pos) + 1) / 2
+    return float(u / (len(pos) * len(neg)))
+
+
+def classification_report(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str],
+                          probs: np.ndarray | None = None) -> dict[str, Any]:
+    n = len(labels)
+    cm = confusion_matrix(y_true, y_pred, n)
+    total = int(cm.sum())
+    per_class = {}
+    for i, name in enumerate(labels):
+        tp = int(cm[i, i])
+        fp = int(cm[:, i].sum() - tp)
+        fn = int(cm[i, :].sum() - tp)
+        p = tp / (tp + fp) if tp + fp else 0.0
+        r = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        per_class[name] = {"precision": p, "recall": r, "f1": f1, "support": int(cm[i, :].sum())}
+    out: dict[str, Any] = {
+        "accuracy": float(np.trace(cm) / total) if total else 0.0,
+        "n": total,
+        "per_class": per_class,
+        "macro_f1": float(np.mean([v["f1"] for v in per_class.values()])) if n else 0.0,
+        "confusion_matrix": cm.tolist(),
+        "labels": list(labels),
+    }
+    if probs is not None and n == 2:
+        out["roc_auc"] = roc_auc(y_true, probs[:, 1])
+    return out

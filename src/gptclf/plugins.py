@@ -1,0 +1,1 @@
+"""Imports the modules that register extra architectures, tokenizers and model names."""

@@ -1,0 +1,168 @@
+"""The fine-tuned model directory: self-describing, safetensors + JSON, never a pickle.
+
+::
+
+    runs/20261125-221500/
+      model.safetensors   classifier weights (backbone with the new head; no vocabulary head)
+      config.json         architecture, labels, tokenizer, max length, pad id, pooling, ...
+      metrics.json        train/val/test accuracy and loss, sizes, seconds
+      history.json        losses every eval_freq steps, accuracies every epoch
+      loss-plot.png       the book's two plots
+      accuracy-plot.png
+    runs/latest -> 20261125-221500
+
+The directory is written under a temporary name and renamed into place, so a run that
+dies while saving leaves no half-written model behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import GptclfError
+
+CONFIG_FORMAT = "gptclf/1"
+
+
+def default_run_dir(root: str | Path = "runs") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(root) / stamp
+    n = 1
+    while path.exists():
+        n += 1
+        path = Path(root) / f"{stamp}-{n}"
+    return path
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "__dataclass_fields__"):
+        return asdict(o)
+    return str(o)
+
+
+def classifier_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's weights with its class head, contiguous and unshared (safetensors rule)."""
+    backbone = getattr(model, "backbone", model)
+    out: dict[str, torch.Tensor] = {}
+    seen: dict[int, str] = {}
+    for k, v in backbone.state_dict().items():
+        if v.data_ptr() in seen and v.numel():
+            continue  # a tied weight is stored once
+        seen[v.data_ptr()] = k
+        out[k] = v.detach().to("cpu").contiguous()
+    return out
+
+
+def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: dict[str, Any],
+             metrics: dict[str, Any], history: Any) -> Path:
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise GptclfError(f"{out} already exists and is not empty", hint="choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a run directory is not a secret
+    try:
+        backbone = getattr(model, "backbone", model)
+        config = {
+            "format": CONFIG_FORMAT,
+            "architecture": backbone.config.to_dict(),
+            "num_classes": len(run_config["labels"]),
+            "tokenizer": tokenizer.to_config(),
+            **run_config,
+        }
+        save_file(classifier_state_dict(model), str(tmp / "model.safetensors"),
+                  metadata={"format": "pt", "producer": "gptclf"})
+        os.chmod(tmp / "model.safetensors", 0o666 & ~umask)
+        tokenizer.save(tmp)
+        write_json_atomic(tmp / "config.json", config)
+        write_json_atomic(tmp / "metrics.json", metrics)
+        hist = asdict(history) if hasattr(history, "__dataclass_fields__") else history
+        write_json_atomic(tmp / "history.json", hist)
+        try:
+            plot_history(hist, tmp, config["train"].get("epochs", 1))
+        except Exception as e:  # a plot must never cost the user the model
+            print(f"warning: could not draw the plots: {e}")
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    update_latest(out)
+    return out
+
+
+def update_latest(run_dir: Path) -> None:
+    """Point ``<runs>/latest`` at ``run_dir`` (atomically: a new link renamed over the old)."""
+    link = run_dir.parent / "latest"
+    if link.exists() and not link.is_symlink():
+        return  # a real directory called 'latest': leave it alone
+    tmp = run_dir.parent / f".latest.tmp-{os.getpid()}"
+    try:
+        if tmp.is_symlink():
+            tmp.unlink()
+        os.symlink(run_dir.name, tmp)
+        os.replace(tmp, link)
+    except OSError:
+        pass  # filesystems without symlinks: runs/latest is a convenience only
+
+
+def plot_values(epochs_seen: list[float], examples_seen: list[float], train_values: list[float],
+                val_values: list[float], label: str, path: Path) -> None:
+    """The book's ``plot_values``: epochs on the bottom axis, examples seen on the top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax1 = plt.subplots(figsize=(5, 3))
+    ax1.plot(epochs_seen, train_values, label=f"Training {label}")
+    ax1.plot(epochs_seen, val_values, linestyle="-.", label=f"Validation {label}")
+    ax1.set_xlabel("Epochs")
+    ax1.set_ylabel(label.capitalize())
+    ax1.legend()
+    ax2 = ax1.twiny()
+    ax2.plot(examples_seen, train_values, alpha=0)  # invisible: only sets the top axis
+    ax2.set_xlabel("Examples seen")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_history(hist: dict[str, Any], directory: Path, epochs: int) -> None:
+    steps, eps = hist.get("steps", []), hist.get("epochs", [])
+    if steps:
+        n = len(steps)
+        xs = [epochs * (i / (n - 1) if n > 1 else 1.0) for i in range(n)]
+        plot_values(xs, [s["examples_seen"] for s in steps], [s["train_loss"] for s in steps],
+                    [s["val_loss"] for s in steps], "loss", directory / "loss-plot.png")
+    if eps:
+        plot_values([e["epoch"] for e in eps], [e["examples_seen"] for e in eps],
+                    [e["train_accuracy"] for e in eps], [e["val_accuracy"] for e in eps],
+                    "accuracy", directory / "accuracy-plot.png")
