@@ -41,7 +41,7 @@ from .data import (DataSplits, EncodedDataset, cache_dir, collate, encode_exampl
 from .device import autocast, configure_backends, pick_device, resolve_precision
 from .errors import GptclfError
 from .metrics import classification_report
-from .weights import Backbone, load_backbone
+from .weights import Backbone, check_model_name, load_backbone
 
 
 @dataclass
@@ -392,6 +392,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> 
     precision = resolve_precision(cfg.precision, device)
     configure_backends(device)
     torch.manual_seed(cfg.seed)
+    check_model_name(cfg.model)
 
     splits = load_splits(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
                          label_column=cfg.label_column, balance=cfg.balance, seed=cfg.seed)

@@ -62,6 +62,19 @@ def known_model_names() -> list[str]:
     return sorted(set(names))
 
 
+def check_model_name(name_or_path: str) -> None:
+    """Fail fast (before any data is read) on a name that cannot resolve to a model."""
+    _load_plugins()
+    low = name_or_path.lower()
+    if low in {n.lower() for n in known_model_names()} or Path(name_or_path).expanduser().exists():
+        return
+    if "/" in name_or_path and not name_or_path.startswith((".", "/", "~")) and name_or_path.count("/") == 1:
+        return  # a hub id: only the hub can tell
+    raise GptclfError(f"unknown model {name_or_path!r}",
+                      hint="use one of: " + ", ".join(known_model_names())
+                      + "; a local Hugging Face directory; or a hub id like openai-community/gpt2")
+
+
 def load_model(name_or_path: str, init: str = "pretrained") -> nn.Module:
     """The language model (vocabulary head still on): ``model(ids) -> [batch, seq, vocab]``."""
     return load_backbone(name_or_path, init).model

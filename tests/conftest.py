@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMS_FILE = ROOT.parent / "shared" / "data" / "sms_spam_collection" / "SMSSpamCollection"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Never touch the user's cache or the network from a test.
+    monkeypatch.setenv("GPTCLF_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "gptclf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def sms_file() -> Path:
+    if not SMS_FILE.exists():
+        pytest.skip("the shared SMS Spam Collection copy is not present")
+    return SMS_FILE
+
+
+def write_tiny_gpt2(directory: Path, n_embd: int = 64, n_layer: int = 2, n_head: int = 4,
+                    n_positions: int = 256, seed: int = 0, tie: bool = True) -> Path:
+    """A small GPT-2 written by transformers itself (the same format as the hub's)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_positions=n_positions,
+                     tie_word_embeddings=tie)
+    model = GPT2LMHeadModel(cfg)
+    if not tie:
+        with torch.no_grad():
+            model.lm_head.weight.normal_(0, 0.02)
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+def write_gpt2_config_only(directory: Path, **overrides) -> Path:
+    """A Hugging Face config.json with no weights: enough for --init random."""
+    cfg = {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 128, "n_embd": 32,
+           "n_layer": 2, "n_head": 2, "layer_norm_epsilon": 1e-5}
+    cfg.update(overrides)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(cfg))
+    return directory
+
+
+@pytest.fixture
+def sms_env(sms_file: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("GPTCLF_SMS_SPAM", str(sms_file))
+    return sms_file
+
+
+def env_with(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    return env

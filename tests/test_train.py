@@ -1,0 +1,128 @@
+"""Training: the trunk cache is exact, batches don't change a text's score, seeds reproduce."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gptclf.classifier import SequenceClassifier, freeze_for_finetuning, pool, replace_head
+from gptclf.errors import GptclfError
+from gptclf.predict import Classifier
+from gptclf.train import TrainConfig, run_training
+from gptclf.weights import load_backbone
+
+from conftest import write_gpt2_config_only
+
+
+def _train(tmp_path: Path, name: str, model_dir: Path, **kw) -> Path:
+    opts = dict(model=str(model_dir), init="random", epochs=1, eval_freq=40, out=str(tmp_path / name),
+                progress=False, lr=1e-3)
+    opts.update(kw)
+    return run_training(TrainConfig(**opts), log=lambda s: None)
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path) -> Path:
+    return write_gpt2_config_only(tmp_path / "tiny", n_layer=3)
+
+
+@pytest.mark.parametrize("trainable", ["last_block", "last_layer"])
+def test_trunk_cache_is_exact(tmp_path: Path, sms_env: Path, tiny_cfg: Path, trainable: str) -> None:
+    a = _train(tmp_path, "cached", tiny_cfg, cache="ram", trainable=trainable)
+    b = _train(tmp_path, "plain", tiny_cfg, cache="off", trainable=trainable)
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        x, y = wa[k], wb[k]
+        if k.endswith("att.qkv.bias"):
+            # The key bias has an exactly-zero gradient (it shifts every attention score of a
+            # query equally), so its "gradient" is rounding noise that AdamW normalises into
+            # lr-sized steps in both runs. Compare the query and value biases only.
+            d = x.numel() // 3
+            x, y = torch.cat([x[:d], x[2 * d:]]), torch.cat([y[:d], y[2 * d:]])
+        assert torch.allclose(x, y, atol=2e-6, rtol=0), k
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    assert ma["trunk_cache"] == "ram" and mb["trunk_cache"] == "off"
+    assert ma["test_accuracy"] == mb["test_accuracy"]
+    assert abs(ma["test_loss"] - mb["test_loss"]) < 1e-5
+
+
+def test_disk_cache_is_exact_too(tmp_path: Path, sms_env: Path, tiny_cfg: Path) -> None:
+    a = _train(tmp_path, "disk", tiny_cfg, cache="disk", epochs=1)
+    b = _train(tmp_path, "ram", tiny_cfg, cache="ram", epochs=1)
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    assert ma["trunk_cache"] == "disk"
+    assert ma["test_loss"] == pytest.approx(mb["test_loss"], abs=1e-6)
+
+
+def test_same_seed_same_metrics(tmp_path: Path, sms_env: Path, tiny_cfg: Path) -> None:
+    a = _train(tmp_path, "a", tiny_cfg)
+    b = _train(tmp_path, "b", tiny_cfg)
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    for k in ("train_accuracy", "val_accuracy", "test_accuracy", "train_loss", "val_loss", "test_loss"):
+        assert ma[k] == mb[k], k
+    ha, hb = (json.loads((d / "history.json").read_text()) for d in (a, b))
+    assert ha["steps"] == hb["steps"]
+    timing = {"seconds", "examples_per_second"}
+    assert [{k: v for k, v in e.items() if k not in timing} for e in ha["epochs"]] == \
+        [{k: v for k, v in e.items() if k not in timing} for e in hb["epochs"]]
+
+
+def test_reference_mode_is_the_books_path(tmp_path: Path, sms_env: Path, tiny_cfg: Path) -> None:
+    r = _train(tmp_path, "ref", tiny_cfg, reference=True)
+    cfg = json.loads((r / "config.json").read_text())
+    m = json.loads((r / "metrics.json").read_text())
+    assert (cfg["pooling"], cfg["padding"], m["trunk_cache"]) == ("last", "longest", "off")
+    assert cfg["max_length"] == 120  # the longest training text, as in the book
+    # Predictions from the saved directory pad to 120 and read position -1, like training did.
+    clf = Classifier.load(r)
+    assert clf.pad_to == 120
+
+
+def test_last_pooling_needs_fixed_padding() -> None:
+    with pytest.raises(GptclfError, match="position -1"):
+        TrainConfig(pooling="last").resolved()
+
+
+def test_a_texts_score_does_not_depend_on_its_batch() -> None:
+    bb = load_backbone("gpt2", init="random")
+    model = SequenceClassifier(replace_head(bb.model, 2), "last-nonpad").eval()
+    for p in model.parameters():
+        p.requires_grad = False
+    clf = Classifier(model, bb.tokenizer, {"labels": ["a", "b"], "max_length": 64, "padding": "dynamic"},
+                     torch.device("cpu"))
+    texts = ["short", "a somewhat longer text with many more tokens in it than the first", "mid length one"]
+    alone = [clf.predict_proba([t])[0] for t in texts]
+    together = clf.predict_proba(texts, batch_size=3)
+    for a, b in zip(alone, together):
+        assert abs(a - b).max() < 1e-5
+    mean_model = SequenceClassifier(bb.model, "mean").eval()
+    clf.model = mean_model
+    alone = [clf.predict_proba([t])[0] for t in texts]
+    assert abs(clf.predict_proba(texts)[0] - alone[0]).max() < 1e-5
+
+
+def test_freezing_matches_the_book() -> None:
+    bb = load_backbone("gpt2", init="random")
+    m = replace_head(bb.model, 2)
+    frozen = freeze_for_finetuning(m, "last_block")
+    trainable = {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("trf_blocks") else "")
+                 for n, p in m.named_parameters() if p.requires_grad}
+    assert frozen == 11 and trainable == {"trf_blocks.11", "final_norm", "out_head"}
+    assert freeze_for_finetuning(m, "last_layer") == 12
+    assert freeze_for_finetuning(m, "all") == 0 and all(p.requires_grad for p in m.parameters())
+    assert freeze_for_finetuning(m, "3") == 9
+    with pytest.raises(GptclfError):
+        freeze_for_finetuning(m, "13")
+
+
+def test_pooling_modes() -> None:
+    h = torch.arange(2 * 4 * 1, dtype=torch.float32).view(2, 4, 1)
+    lengths = torch.tensor([2, 4])
+    assert pool(h, lengths, "last").flatten().tolist() == [3, 7]
+    assert pool(h, lengths, "last-nonpad").flatten().tolist() == [1, 7]
+    assert pool(h, lengths, "mean").flatten().tolist() == [0.5, 5.5]
