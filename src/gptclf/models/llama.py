@@ -1,0 +1,333 @@
+"""The Llama family (Llama 2/3, SmolLM, TinyLlama, ...) from scratch, in one file.
+
+What changes from GPT-2 (:mod:`gptclf.models.gpt2`), and why each piece exists:
+
+* **RMSNorm** instead of LayerNorm: no mean subtraction, no bias; cheaper, and trains as well.
+* **Rotary position embeddings** instead of a learned position table: queries and keys are
+  rotated by an angle that grows with the position, so attention scores depend on the
+  *relative* distance. We use the Hugging Face "rotate_half" layout (the two halves of each
+  head are the real and imaginary parts); llama.cpp interleaves them instead, which is why
+  :mod:`gptclf.ggufload` un-permutes the query/key rows of GGUF files.
+* **Grouped-query attention**: ``n_kv_heads`` key/value heads are shared by groups of
+  ``n_heads // n_kv_heads`` query heads, which shrinks the key/value projections.
+* **SwiGLU MLP**: ``down(silu(gate(x)) * up(x))`` instead of GELU.
+* No biases anywhere, and an output head optionally tied to the token embedding.
+
+Module names mirror GPT-2 (``tok_emb``, ``trf_blocks[i].norm1/att/norm2/ff``, ``final_norm``,
+``out_head``; ``att.qkv``/``att.out_proj``, ``ff.fc``/``ff.proj``) so the classifier, the
+freezing rules and anything else that walks the model by name treat both families alike.
+For CPU speed the query/key/value projections are one ``qkv`` matrix and the gate/up
+projections one ``fc`` matrix; the weight converters concatenate them in that order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import GptclfError
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int = 49152
+    context_length: int = 8192
+    emb_dim: int = 576
+    n_heads: int = 9
+    n_kv_heads: int = 3
+    n_layers: int = 30
+    hidden_dim: int = 1536          # width of the SwiGLU MLP
+    head_dim: int | None = None     # None: emb_dim // n_heads (true for every preset here)
+    rope_theta: float = 10000.0
+    # Llama 3.1/3.2 stretch the low rotary frequencies to reach long contexts: a dict with
+    # factor, low_freq_factor, high_freq_factor, original_context_length, or None.
+    rope_scaling: dict[str, float] | None = None
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    drop_rate: float = 0.0          # 0 as pretrained; fine-tuning may raise it
+    arch: str = field(default="llama", init=False)
+
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            self.head_dim = self.emb_dim // self.n_heads
+        if self.n_heads % self.n_kv_heads:
+            raise GptclfError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LlamaConfig":
+        known = {f.name for f in fields(cls) if f.init}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any]) -> "LlamaConfig":
+        """Build from a Hugging Face ``config.json`` (``model_type: llama``)."""
+        if hf.get("hidden_act", "silu") != "silu":
+            raise GptclfError(f"Llama config with hidden_act={hf['hidden_act']!r} is not supported (only silu)")
+        if hf.get("attention_bias") or hf.get("mlp_bias"):
+            raise GptclfError("Llama configs with attention_bias/mlp_bias are not supported",
+                              hint="gptclf's Llama has no biases, like Llama, SmolLM and TinyLlama")
+        # transformers >= 5 nests the rotary settings in rope_parameters; older files have
+        # rope_theta at the top level and the scaling in rope_scaling.
+        rope = dict(hf.get("rope_parameters") or {})
+        theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
+        if not rope and hf.get("rope_scaling"):
+            rope = dict(hf["rope_scaling"])
+        return cls(
+            vocab_size=hf["vocab_size"],
+            context_length=hf.get("max_position_embeddings", 2048),
+            emb_dim=hf["hidden_size"],
+            n_heads=hf["num_attention_heads"],
+            n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+            n_layers=hf["num_hidden_layers"],
+            hidden_dim=hf["intermediate_size"],
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
+            rope_theta=float(theta),
+            rope_scaling=_rope_scaling_from_hf(rope),
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            # Hugging Face's LlamaConfig defaults to an untied head.
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        )
+
+
+def _rope_scaling_from_hf(rope: dict[str, Any]) -> dict[str, float] | None:
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind == "default":
+        return None
+    if kind != "llama3":
+        raise GptclfError(f"rotary scaling {kind!r} is not supported",
+                          hint="gptclf supports plain RoPE and Llama 3's 'llama3' scaling")
+    return {
+        "factor": float(rope["factor"]),
+        "low_freq_factor": float(rope["low_freq_factor"]),
+        "high_freq_factor": float(rope["high_freq_factor"]),
+        "original_context_length": int(rope["original_max_position_embeddings"]),
+    }
+
+
+# Published shapes (from each model's config.json).
+PRESETS: dict[str, LlamaConfig] = {
+    "smollm2-135m": LlamaConfig(
+        vocab_size=49152, context_length=8192, emb_dim=576, n_heads=9, n_kv_heads=3, n_layers=30,
+        hidden_dim=1536, rope_theta=100000.0, norm_eps=1e-5, tie_embeddings=True),
+    "smollm2-360m": LlamaConfig(
+        vocab_size=49152, context_length=8192, emb_dim=960, n_heads=15, n_kv_heads=5, n_layers=32,
+        hidden_dim=2560, rope_theta=100000.0, norm_eps=1e-5, tie_embeddings=True),
+    "llama-3.2-1b": LlamaConfig(
+        vocab_size=128256, context_length=131072, emb_dim=2048, n_heads=32, n_kv_heads=8, n_layers=16,
+        hidden_dim=8192, rope_theta=500000.0, norm_eps=1e-5, tie_embeddings=True,
+        rope_scaling={"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_context_length": 8192}),
+}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 even under bf16: the mean of squares overflows/underflows otherwise.
+        # Same operation order as the reference implementation, so bf16 results agree too.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rope_inv_freq(cfg: LlamaConfig) -> torch.Tensor:
+    """Rotation speed (radians per position) of each pair of dimensions of a head."""
+    d = cfg.head_dim
+    # float32, as in the reference implementations the checkpoints were validated with.
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+    s = cfg.rope_scaling
+    if s:
+        # Llama 3: wavelengths longer than the original context are slowed by `factor`, short
+        # ones are kept, and the band in between is blended linearly in 1/wavelength.
+        old = s["original_context_length"]
+        wavelen = 2 * math.pi / inv_freq
+        blend = ((old / wavelen - s["low_freq_factor"])
+                 / (s["high_freq_factor"] - s["low_freq_factor"])).clamp(0.0, 1.0)
+        inv_freq = (1 - blend) * inv_freq / s["factor"] + blend * inv_freq
+    return inv_freq
+
+
+class RotaryEmbedding:
+    """Computes cos/sin for a sequence length; one instance is shared by all blocks.
+
+    A plain object rather than a module with an ``inv_freq`` buffer: ``model.to(bfloat16)``
+    would round a buffer to bf16 and blur the angles at long positions, and the frequencies
+    are derived from the config anyway, so there is nothing to save or load.
+    """
+
+    def __init__(self, cfg: LlamaConfig) -> None:
+        self.inv_freq = rope_inv_freq(cfg)
+
+    def __call__(self, t: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # Recomputed per call instead of cached: it is a few tiny ops, and a cache built under
+        # torch.inference_mode() would break a later backward pass.
+        inv_freq = self.inv_freq.to(device)
+        freqs = torch.outer(torch.arange(t, device=device, dtype=torch.float32), inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` ([batch, heads, seq, head_dim]); dimension i pairs with i + head_dim/2."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class GroupedQueryAttention(nn.Module):
+    def __init__(self, cfg: LlamaConfig, rope: RotaryEmbedding) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        # Rows: n_heads query heads, then n_kv_heads key heads, then n_kv_heads value heads.
+        self.qkv = nn.Linear(cfg.emb_dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=False)
+        self.out_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.emb_dim, bias=False)
+        self.rope = rope
+        self.drop_rate = cfg.drop_rate
+        # Same switch as GPT-2's: with causal=False, attn_mask alone decides what is visible.
+        self.causal = True
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, t, _ = x.shape
+        qkv = self.qkv(x).view(b, t, self.n_heads + 2 * self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=1)
+        cos, sin = self.rope(t, x.device, x.dtype)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.n_kv_heads != self.n_heads:
+            # Query head h reads key/value head h // group. Expanded explicitly rather than
+            # with enable_gqa=True: as fast on CPU, and on CUDA enable_gqa only works with the
+            # flash and math kernels, so a padding mask would fall back to the slow one.
+            group = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=attn_mask,
+            dropout_p=self.drop_rate if self.training else 0.0,
+            is_causal=self.causal and attn_mask is None,
+        )
+        return self.out_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.hidden_dim = cfg.hidden_dim
+        self.fc = nn.Linear(cfg.emb_dim, 2 * cfg.hidden_dim, bias=False)  # [gate; up]
+        self.proj = nn.Linear(cfg.hidden_dim, cfg.emb_dim, bias=False)    # down
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.fc(x).split(self.hidden_dim, dim=-1)
+        return self.proj(F.silu(gate) * up)
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, cfg: LlamaConfig, rope: RotaryEmbedding) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(cfg.emb_dim, cfg.norm_eps)
+        self.att = GroupedQueryAttention(cfg, rope)
+        self.norm2 = RMSNorm(cfg.emb_dim, cfg.norm_eps)
+        self.ff = SwiGLU(cfg)
+        self.drop_shortcut = nn.Dropout(cfg.drop_rate)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x), attn_mask))
+        return x + self.drop_shortcut(self.ff(self.norm2(x)))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.drop_emb = nn.Dropout(cfg.drop_rate)
+        self.rope = RotaryEmbedding(cfg)
+        self.trf_blocks = nn.ModuleList(LlamaBlock(cfg, self.rope) for _ in range(cfg.n_layers))
+        self.final_norm = RMSNorm(cfg.emb_dim, cfg.norm_eps)
+        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.apply(_init_weights)
+        if cfg.tie_embeddings:
+            self.out_head.weight = self.tok_emb.weight
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # No position table: positions enter through the rotary embedding in each block.
+        return self.drop_emb(self.tok_emb(input_ids))
+
+    def run_blocks(self, x: torch.Tensor, start: int = 0, end: int | None = None,
+                   attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.trf_blocks[start:end]:
+            x = block(x, attn_mask)
+        return x
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits of shape ``[batch, seq, vocab]`` (or ``num_classes`` after the head swap)."""
+        return self.out_head(self.final_norm(self.run_blocks(self.embed(input_ids))))
+
+
+def _init_weights(module: nn.Module) -> None:
+    # Llama's initialisation (normal 0.02, norms at 1), used for --init random.
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+
+def fuse_layer(sd_out: dict[str, torch.Tensor], i: int, *, q: torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor, o: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
+               down: torch.Tensor, norm1: torch.Tensor, norm2: torch.Tensor) -> None:
+    """Write one block's separate projections into our fused layout (shared by HF and GGUF)."""
+    p = f"trf_blocks.{i}."
+    sd_out[p + "att.qkv.weight"] = torch.cat([q, k, v], dim=0)
+    sd_out[p + "att.out_proj.weight"] = o
+    sd_out[p + "ff.fc.weight"] = torch.cat([gate, up], dim=0)
+    sd_out[p + "ff.proj.weight"] = down
+    sd_out[p + "norm1.weight"] = norm1
+    sd_out[p + "norm2.weight"] = norm2
+
+
+def convert_hf_state_dict(sd: dict[str, torch.Tensor], cfg: LlamaConfig) -> dict[str, torch.Tensor]:
+    """Map Hugging Face ``LlamaForCausalLM`` weight names onto ours (fusing q/k/v and gate/up)."""
+    sd = {k.removeprefix("model."): v for k, v in sd.items()}
+    out: dict[str, torch.Tensor] = {
+        "tok_emb.weight": sd["embed_tokens.weight"],
+        "final_norm.weight": sd["norm.weight"],
+        # Tied checkpoints usually omit lm_head; the embedding then serves as the head.
+        "out_head.weight": sd.get("lm_head.weight", sd["embed_tokens.weight"]),
+    }
+    for i in range(cfg.n_layers):
+        h = f"layers.{i}."
+        fuse_layer(
+            out, i,
+            q=sd[h + "self_attn.q_proj.weight"], k=sd[h + "self_attn.k_proj.weight"],
+            v=sd[h + "self_attn.v_proj.weight"], o=sd[h + "self_attn.o_proj.weight"],
+            gate=sd[h + "mlp.gate_proj.weight"], up=sd[h + "mlp.up_proj.weight"],
+            down=sd[h + "mlp.down_proj.weight"],
+            norm1=sd[h + "input_layernorm.weight"], norm2=sd[h + "post_attention_layernorm.weight"],
+        )
+    return out
+
+
+def _hf_tokenizer(directory: Path):  # -> ggufload.HFTokenizer
+    from ..ggufload import HFTokenizer
+
+    return HFTokenizer.from_hf_dir(directory)
+
+
+def _register() -> None:
+    from .. import weights
+    from . import register
+
+    register("llama", LlamaConfig, LlamaModel)
+    weights.HF_CONVERTERS["llama"] = (LlamaConfig.from_hf, convert_hf_state_dict, _hf_tokenizer)
+
+
+_register()
