@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ class Classifier:
              quantize: str | None = None) -> "Classifier":
         from safetensors import safe_open
 
-        from .weights import _load_plugins
+        from .weights import _load_plugins, state_dict_problems
 
         _load_plugins()
         directory = Path(directory).expanduser()
@@ -89,7 +89,7 @@ class Classifier:
         for k in own:
             if k not in sd and k.endswith("out_head.weight") and "tok_emb.weight" in sd:
                 sd[k] = sd["tok_emb.weight"]
-        problems = _state_dict_problems(own, sd)
+        problems = state_dict_problems(own, sd)
         if problems:
             raise GptclfError(f"{directory}: config.json and model.safetensors disagree: {problems}",
                               hint="the directory mixes files of different models; retrain or restore it")
@@ -164,22 +164,3 @@ class Classifier:
         report = classification_report(y, probs.argmax(1), self.labels, probs)
         report["loss"] = float(-np.log(probs[np.arange(len(y)), y] + 1e-12).mean()) if len(y) else float("nan")
         return report
-
-
-def _state_dict_problems(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor]) -> str:
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    bad = [(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in own
-           if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    parts = []
-    if missing:
-        parts.append(f"missing tensors {missing[:3]}")
-    if unexpected:
-        parts.append(f"unexpected tensors {unexpected[:3]}")
-    if bad:
-        parts.append("shape mismatch " + ", ".join(f"{k}: file {a} vs config {b}" for k, a, b in bad[:3]))
-    return "; ".join(parts)
-
-
-def iter_lines(stream: Iterable[str]) -> list[str]:
-    return [line.rstrip("\r\n") for line in stream if line.strip()]
