@@ -15,7 +15,6 @@ import io
 import json
 import os
 import shutil
-import sys
 import tempfile
 import urllib.request
 import warnings
@@ -512,7 +511,3 @@ def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:
     """Evaluation batches over every example, longest first (least padding, no shuffling)."""
     order = np.argsort(-lengths, kind="stable").tolist()
     return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)

@@ -19,7 +19,6 @@ What makes it fast (``--reference`` turns all of it off to run the book's exact 
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import sys
@@ -36,7 +35,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .classifier import SequenceClassifier, freeze_for_finetuning, replace_head
-from .data import (DataSplits, EncodedDataset, cache_dir, collate, encode_examples, load_splits,
+from .data import (EncodedDataset, cache_dir, collate, encode_examples, load_splits,
                    shuffled_batches, sorted_batches)
 from .device import autocast, configure_backends, pick_device, resolve_precision
 from .errors import GptclfError
