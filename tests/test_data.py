@@ -193,3 +193,26 @@ def test_length_grouped_batches_cover_each_example_once() -> None:
     # Same seed, same batches.
     again = shuffled_batches(103, 8, torch.Generator().manual_seed(5), lengths=lengths, group_size=4)
     assert again == batches
+
+
+def test_template_wraps_every_text_and_truncation_keeps_the_question() -> None:
+    from gptclf.data import encode_examples, split_template
+    from gptclf.tokenizer import GPT2Tokenizer
+
+    tok = GPT2Tokenizer()
+    template = "Message: {text}\nIs this message spam?"
+    pre, post = (tok.encode(x) for x in split_template(template))
+    ds = encode_examples(tok, ["short", "a much longer text " * 20], [0, 1], max_length=None,
+                         context_length=1024, template=template)
+    for ids in ds.ids:
+        assert ids[: len(pre)] == pre and ids[-len(post):] == post
+    assert ds.ids[0] == pre + tok.encode("short") + post
+    with pytest.warns(data.DataWarning, match="1 text"):
+        cut = encode_examples(tok, ["short", "a much longer text " * 20], [0, 1], max_length=20,
+                              context_length=1024, template=template)
+    assert cut.max_length == 20 and len(cut.ids[1]) == 20 and cut.ids[1][-len(post):] == post
+    with pytest.raises(GptclfError, match="exactly once"):
+        split_template("no slot here")
+    with pytest.raises(GptclfError, match="no room"):
+        encode_examples(tok, ["x"], [0], max_length=len(pre) + len(post), context_length=1024,
+                        template=template)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -126,3 +127,22 @@ def test_pooling_modes() -> None:
     assert pool(h, lengths, "last").flatten().tolist() == [3, 7]
     assert pool(h, lengths, "last-nonpad").flatten().tolist() == [1, 7]
     assert pool(h, lengths, "mean").flatten().tolist() == [0.5, 5.5]
+
+
+def test_template_is_saved_and_used_at_prediction(tmp_path: Path, sms_env: Path, tiny_cfg: Path) -> None:
+    from gptclf.predict import Classifier
+
+    template = "SMS: {text}\nSpam?"
+    run = _train(tmp_path, "tpl", tiny_cfg, template=template, eval_freq=1000)
+    clf = Classifier.load(run)
+    assert clf.config["template"] == template
+    pre, post = clf.tokenizer.encode("SMS: "), clf.tokenizer.encode("\nSpam?")
+    ids = clf.encode(["hello there"])[0]
+    assert ids == pre + clf.tokenizer.encode("hello there") + post
+    # The model sees the wrapped text: its probabilities differ from those of the bare text.
+    from gptclf.data import collate
+
+    bare, lens = collate([clf.tokenizer.encode("hello there")], clf.tokenizer.pad_id)
+    with torch.inference_mode():
+        p_bare = torch.softmax(clf.model(bare, lens), -1)[0].numpy()
+    assert not np.allclose(clf.predict_proba(["hello there"])[0], p_bare, atol=1e-6)

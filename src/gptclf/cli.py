@@ -33,6 +33,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--pooling", choices=["last", "last-nonpad", "mean"], default=None,
                    help="which position classifies: last real token (default), position -1 "
                         "(the book's; needs --padding longest) or the mean over real tokens")
+    g.add_argument("--template", default=None,
+                   help="wrap each text before tokenizing, e.g. 'Message: {text}\\nIs this message "
+                        "spam?' (\\n is a newline); saved with the model and used at prediction. "
+                        "With last-token pooling the classifier then reads the question's last token")
     d = p.add_argument_group("data")
     d.add_argument("--data", default="sms-spam",
                    help="'sms-spam' (downloaded, checksum-verified, cached) or a CSV/TSV/JSONL file")
@@ -125,6 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
         weight_decay=args.weight_decay, eval_freq=args.eval_freq, eval_iter=args.eval_iter,
         eval_batch_size=args.eval_batch_size, trainable=args.trainable, pooling=args.pooling,
+        template=_unescape(args.template),
         padding=args.padding, max_length=args.max_length, group_by_length=args.group_by_length,
         cache=args.cache, cache_max_gb=args.cache_max_gb, reference=args.reference,
         device=args.device, precision=args.precision, compile=args.compile, out=args.out,
@@ -135,6 +140,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(json.dumps({k: metrics[k] for k in ("train_accuracy", "val_accuracy", "test_accuracy", "seconds")
                       if k in metrics} | {"run": str(out)}))
     return 0
+
+
+def _unescape(s: str | None) -> str | None:
+    """Let a shell user write newlines and tabs in --template as \\n and \\t."""
+    return None if s is None else s.replace("\\n", "\n").replace("\\t", "\t")
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:

@@ -9,7 +9,6 @@ come back in input order.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,7 +17,7 @@ import torch
 
 from . import models
 from .classifier import SequenceClassifier, replace_head
-from .data import DataWarning, collate, sorted_batches
+from .data import collate, fit_to_length, sorted_batches, tokenize_texts
 from .device import autocast, pick_device, resolve_precision
 from .errors import GptclfError
 from .metrics import classification_report
@@ -112,18 +111,9 @@ class Classifier:
     # ------------------------------------------------------------------ prediction
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        ids = self.tokenizer.encode_batch(list(texts))
-        long = 0
-        for i, t in enumerate(ids):
-            if not t:
-                ids[i] = [self.tokenizer.pad_id]
-            elif len(t) > self.max_length:
-                ids[i] = t[: self.max_length]
-                long += 1
-        if long:
-            warnings.warn(f"{long} text(s) longer than the model's {self.max_length} tokens were "
-                          "truncated", DataWarning, stacklevel=3)
-        return ids
+        """Token ids as at training: the run's template (if any) around each text, cut to max_length."""
+        ids, pre, post = tokenize_texts(self.tokenizer, texts, self.config.get("template"))
+        return fit_to_length(ids, pre, post, self.max_length, "the model's input")
 
     @torch.inference_mode()
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:

@@ -64,6 +64,7 @@ class TrainConfig:
     eval_iter: int = 5
     eval_batch_size: int = 64
     trainable: str = "last_block"
+    template: str | None = None  # e.g. "Message: {text}\nIs this message spam?"
     pooling: str | None = None  # None: last-nonpad, or 'last' with --reference
     padding: str | None = None  # 'dynamic' (default) or 'longest' (the book's)
     max_length: int | None = None  # default: the longest training text
@@ -402,12 +403,12 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> 
     ctx = backbone.model.config.context_length
     label_index = {lab: i for i, lab in enumerate(splits.labels)}
     train_ds = encode_examples(tok, [e.text for e in splits.train], [label_index[e.label] for e in splits.train],
-                               cfg.max_length, ctx, "train")
+                               cfg.max_length, ctx, "train", cfg.template)
     max_length = train_ds.max_length
     val_ds = encode_examples(tok, [e.text for e in splits.val], [label_index[e.label] for e in splits.val],
-                             max_length, ctx, "validation")
+                             max_length, ctx, "validation", cfg.template)
     test_ds = encode_examples(tok, [e.text for e in splits.test], [label_index[e.label] for e in splits.test],
-                              max_length, ctx, "test")
+                              max_length, ctx, "test", cfg.template)
     log(f"model: {cfg.model} ({cfg.init}), max length {max_length} tokens, pad id {tok.pad_id}, "
         f"padding {cfg.padding}, pooling {cfg.pooling}, device {device} ({precision})")
 
@@ -485,6 +486,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> 
         "pad_id": tok.pad_id,
         "pooling": cfg.pooling,
         "padding": cfg.padding,
+        "template": cfg.template,
         "trainable": cfg.trainable,
         "base_model": backbone.source,
         "data": splits.summary(),
