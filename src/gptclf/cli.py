@@ -12,10 +12,13 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from . import __version__
 from .errors import GptclfError
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -183,7 +186,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resume(args: argparse.Namespace, cfg: "TrainConfig") -> Path:
+def _resume(args: argparse.Namespace, cfg: TrainConfig) -> Path:
     """``--resume``: the saved options win; a given option that differs from them is an error."""
     from dataclasses import asdict
 
@@ -196,7 +199,9 @@ def _resume(args: argparse.Namespace, cfg: "TrainConfig") -> Path:
     for dest in sorted(_given_train_options(getattr(args, "argv", sys.argv[1:])) - {"resume", "quiet"}):
         field = names.get(dest, dest)
         if field == "out":
-            continue  # the run's own directory: --resume names it already
+            if Path(given["out"]).resolve() != Path(saved["out"]).resolve():
+                conflicts.append(f"--out {given['out']} (the run saves to {saved['out']})")
+            continue
         if field in saved and saved[field] != given[field]:
             conflicts.append(f"--{dest.replace('_', '-')} {given[field]} (the run has {saved[field]})")
     if conflicts:

@@ -629,6 +629,7 @@ def _run_training(cfg: TrainConfig, log: Callable[[str], None] | None, ctx: Dist
     else:
         out = Path(broadcast_text(str(Path(cfg.out) if cfg.out else default_run_dir()), ctx))
     _check_out(out, resume_from is not None)
+    barrier(ctx)  # every rank checks before rank 0 creates <out>.partial
     checkpointer = Checkpointer(partial_dir(out), cfg.checkpoint_every, enabled=ctx.is_main)
 
     splits = load_splits(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
@@ -660,9 +661,10 @@ def _run_training(cfg: TrainConfig, log: Callable[[str], None] | None, ctx: Dist
         if resume is None:
             log(f"{resume_from} has no checkpoint yet: starting the run again from the beginning")
     elif checkpointer.enabled:
+        where = str(out.resolve())  # absolute: --resume may run from another directory
         write_run_info(checkpointer.directory, {
-            "gptclf_version": __version__, "out": str(out), "world_size": ctx.world_size,
-            "data_fingerprint": fingerprint, "train": {**options, "out": str(out)}})
+            "gptclf_version": __version__, "out": where, "world_size": ctx.world_size,
+            "data_fingerprint": fingerprint, "train": {**options, "out": where}})
 
     model, frozen = build_classifier(backbone, len(splits.labels), cfg.trainable, cfg.pooling, cfg.seed)
     model.to(device)
