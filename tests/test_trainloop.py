@@ -277,7 +277,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path, small_csv: Path, 
     out = tmp_path / "run"
     proc = _gptclf("train", *_cli_args(tiny_gpt2, small_csv, out, epochs=3, checkpoint_every=2))
     _wait_for_checkpoint(proc, out)
-    time.sleep(random.uniform(0, 0.2))  # die at a random-ish later step
+    time.sleep(random.uniform(0, 0.1))  # die at a random-ish later step
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL

@@ -162,11 +162,15 @@ class Checkpointer:
         name = f"checkpoint-e{state['epoch']:04d}-b{state['batch']:07d}.safetensors"
         path = self.directory / name
         tmp = self.directory / f".{name}.tmp-{os.getpid()}"
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={"format": CHECKPOINT_FORMAT})
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
+                      metadata={"format": CHECKPOINT_FORMAT})
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         _fsync_dir(self.directory)
         write_json_atomic(self.directory / STATE_FILE, {"format": CHECKPOINT_FORMAT, "tensors": name, **state})
         _fsync_dir(self.directory)

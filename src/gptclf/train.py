@@ -15,6 +15,11 @@ What makes it fast (``--reference`` turns all of it off to run the book's exact 
   causal mask never changes a real token's hidden state, so pooling the last *real*
   token (``last-nonpad``) gives every text the same result in any batch.
 * On GPUs: bf16 autocast, fused AdamW, TF32, optional ``torch.compile``.
+
+Practitioners' controls, all off by default: gradient accumulation, warmup with cosine
+or linear decay (:mod:`gptclf.schedule`), gradient clipping, class weights and early
+stopping (:mod:`gptclf.controls`), checkpoints and ``--resume`` (:mod:`gptclf.checkpoint`),
+and torchrun/DDP processes (:mod:`gptclf.distributed`).
 """
 
 from __future__ import annotations
