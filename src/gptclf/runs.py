@@ -12,7 +12,9 @@
     runs/latest -> 20261125-221500
 
 The directory is written under a temporary name and renamed into place, so a run that
-dies while saving leaves no half-written model behind.
+dies while saving leaves no half-written model behind. While a run trains, its
+checkpoints live beside it in ``runs/20261125-221500.partial/`` (see
+:mod:`gptclf.checkpoint`), removed once the run directory is saved.
 """
 
 from __future__ import annotations
@@ -121,7 +123,11 @@ def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: dict[str, 
             # Two renames: for a moment there is no `out`, but never a half-written one.
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old, out)  # keep the interrupted save rather than nothing
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             if out.exists():
