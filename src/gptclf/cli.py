@@ -12,10 +12,13 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from . import __version__
 from .errors import GptclfError
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -44,8 +47,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--test", default=None, help="your own test file (else a seeded 20%% split)")
     d.add_argument("--text-column", default="text")
     d.add_argument("--label-column", default="label")
-    d.add_argument("--balance", choices=["undersample", "none"], default="undersample",
-                   help="undersample every class to the smallest (the book) or keep all data")
+    d.add_argument("--balance", choices=["undersample", "none", "weight"], default="undersample",
+                   help="undersample every class to the smallest (the book), keep all data, or keep "
+                        "all data and weight the training loss by inverse class frequency")
     d.add_argument("--max-length", type=int, default=None,
                    help="truncate texts to this many tokens (default: the longest training text)")
     d.add_argument("--padding", choices=["dynamic", "longest"], default=None,
@@ -59,6 +63,32 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--eval-iter", type=int, default=5, help="... on this many batches")
     t.add_argument("--eval-batch-size", type=int, default=64)
     t.add_argument("--seed", type=int, default=123)
+    c = p.add_argument_group("training controls (default: off, the book's loop)")
+    c.add_argument("--grad-accum", type=int, default=1, metavar="N",
+                   help="accumulate N batches per optimizer step (effective batch: batch size x N "
+                        "x processes; the loss is that of one big batch)")
+    c.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"], default="constant",
+                   help="after warmup: keep --lr, or decay it to 0 by the last step")
+    c.add_argument("--warmup-steps", type=int, default=0,
+                   help="raise the lr linearly over this many optimizer steps")
+    c.add_argument("--warmup-ratio", type=float, default=0.0,
+                   help="... or over this fraction of all optimizer steps")
+    c.add_argument("--clip-grad-norm", type=float, default=None, metavar="MAX",
+                   help="clip the gradients' global L2 norm to MAX")
+    c.add_argument("--early-stopping-metric", choices=["val_loss", "val_accuracy"], default=None,
+                   help="stop when this metric, on the full validation set at each epoch end, has "
+                        "not improved for --patience epochs; the saved model is the best epoch's")
+    c.add_argument("--patience", type=int, default=None,
+                   help="epochs without a gain before early stopping (unset: 3)")
+    c.add_argument("--keep-best", action="store_true",
+                   help="save the best epoch's weights by full validation loss, without stopping "
+                        "early (--early-stopping-metric keeps the best epoch's too)")
+    c.add_argument("--checkpoint-every", type=int, default=500, metavar="N",
+                   help="write a checkpoint to <out>.partial/ every N optimizer steps and at each "
+                        "epoch end (0: never)")
+    c.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue the interrupted run RUN (its --out, or RUN.partial) with the options "
+                        "it was started with; other options must match them or be left out")
     s = p.add_argument_group("speed")
     s.add_argument("--reference", action="store_true",
                    help="run the book's exact path (pad to longest, position -1, full forward every "
@@ -104,6 +134,16 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+def _given_train_options(argv: Sequence[str]) -> set[str]:
+    """Which ``gptclf train`` options the command line actually gave (not their defaults)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    train = sub.choices["train"]
+    for action in train._actions:
+        action.default = argparse.SUPPRESS  # absent options stay out of the namespace
+    return set(vars(parser.parse_args(list(argv)))) - {"command", "func"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptclf",
@@ -124,6 +164,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, run_training
 
     cfg = TrainConfig(
+        grad_accum=args.grad_accum, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
+        warmup_ratio=args.warmup_ratio, clip_grad_norm=args.clip_grad_norm,
+        early_stopping_metric=args.early_stopping_metric, patience=args.patience,
+        keep_best=args.keep_best, checkpoint_every=args.checkpoint_every,
         model=args.model, init=args.init, data=args.data, val=args.val, test=args.test,
         text_column=args.text_column, label_column=args.label_column, balance=args.balance,
         seed=args.seed, batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
@@ -135,7 +179,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device, precision=args.precision, compile=args.compile, out=args.out,
         progress=not args.quiet and sys.stderr.isatty(),
     )
-    out = run_training(cfg)
+    if args.resume:
+        out = _resume(args, cfg)
+    else:
+        out = run_training(cfg)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 reports
     metrics = json.loads((out / "metrics.json").read_text())
     print(json.dumps({k: metrics[k] for k in ("train_accuracy", "val_accuracy", "test_accuracy", "seconds")
                       if k in metrics} | {"run": str(out)}))
@@ -145,6 +194,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _unescape(s: str | None) -> str | None:
     """Let a shell user write newlines and tabs in --template as \\n and \\t."""
     return None if s is None else s.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def _resume(args: argparse.Namespace, cfg: TrainConfig) -> Path:
+    """``--resume``: the saved options win; a given option that differs from them is an error."""
+    from dataclasses import asdict
+
+    from .train import resume_training, saved_config
+
+    saved = asdict(saved_config(args.resume))
+    given = asdict(cfg)
+    names = {"quiet": "progress"}  # argparse dest -> TrainConfig field, where they differ
+    conflicts = []
+    for dest in sorted(_given_train_options(getattr(args, "argv", sys.argv[1:])) - {"resume", "quiet"}):
+        field = names.get(dest, dest)
+        if field == "out":
+            if Path(given["out"]).resolve() != Path(saved["out"]).resolve():
+                conflicts.append(f"--out {given['out']} (the run saves to {saved['out']})")
+            continue
+        if field in saved and saved[field] != given[field]:
+            conflicts.append(f"--{dest.replace('_', '-')} {given[field]} (the run has {saved[field]})")
+    if conflicts:
+        raise GptclfError("--resume continues a run with the options it was started with; these differ: "
+                          + ", ".join(conflicts),
+                          hint="leave them out (or give the same values), or start a new run")
+    return resume_training(args.resume, progress=cfg.progress)
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
@@ -216,7 +290,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     warnings.showwarning = _show_warning
     try:
         return int(args.func(args) or 0)

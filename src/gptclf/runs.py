@@ -12,7 +12,9 @@
     runs/latest -> 20261125-221500
 
 The directory is written under a temporary name and renamed into place, so a run that
-dies while saving leaves no half-written model behind.
+dies while saving leaves no half-written model behind. While a run trains, its
+checkpoints live beside it in ``runs/20261125-221500.partial/`` (see
+:mod:`gptclf.checkpoint`), removed once the run directory is saved.
 """
 
 from __future__ import annotations
@@ -75,12 +77,21 @@ def classifier_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def is_interrupted_run(path: Path) -> bool:
+    try:
+        return bool(json.loads((Path(path) / "metrics.json").read_text()).get("interrupted", False))
+    except (OSError, ValueError):
+        return False
+
+
 def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: dict[str, Any],
-             metrics: dict[str, Any], history: Any) -> Path:
+             metrics: dict[str, Any], history: Any, replace_interrupted: bool = False) -> Path:
+    """Write the run directory; ``replace_interrupted``: a resumed run replaces its interrupted save."""
     from safetensors.torch import save_file
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    replacing = replace_interrupted and out.exists() and is_interrupted_run(out)
+    if out.exists() and any(out.iterdir()) and not replacing:
         raise GptclfError(f"{out} already exists and is not empty", hint="choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -108,9 +119,20 @@ def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: dict[str, 
             plot_history(hist, tmp, config["train"].get("epochs", 1))
         except Exception as e:  # a plot must never cost the user the model
             print(f"warning: could not draw the plots: {e}")
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
+        if replacing:
+            # Two renames: for a moment there is no `out`, but never a half-written one.
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old, out)  # keep the interrupted save rather than nothing
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if out.exists():
+                out.rmdir()
+            os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

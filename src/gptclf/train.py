@@ -15,15 +15,22 @@ What makes it fast (``--reference`` turns all of it off to run the book's exact 
   causal mask never changes a real token's hidden state, so pooling the last *real*
   token (``last-nonpad``) gives every text the same result in any batch.
 * On GPUs: bf16 autocast, fused AdamW, TF32, optional ``torch.compile``.
+
+Practitioners' controls, all off by default: gradient accumulation, warmup with cosine
+or linear decay (:mod:`gptclf.schedule`), gradient clipping, class weights and early
+stopping (:mod:`gptclf.controls`), checkpoints and ``--resume`` (:mod:`gptclf.checkpoint`),
+and torchrun/DDP processes (:mod:`gptclf.distributed`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -34,13 +41,23 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
+from .checkpoint import (Checkpointer, DeferredInterrupt, data_fingerprint, find_partial,
+                         flatten_optimizer_state, iter_state_tensors, load_checkpoint, partial_dir,
+                         read_run_info, restore_rng, rng_tensors, unflatten_optimizer_state,
+                         write_run_info)
 from .classifier import SequenceClassifier, freeze_for_finetuning, replace_head
-from .data import (EncodedDataset, cache_dir, collate, encode_examples, load_splits,
+from .controls import STOPPING_METRICS, EarlyStopping, class_weights, step_loss
+from .data import (DataWarning, EncodedDataset, cache_dir, collate, encode_examples, load_splits,
                    shuffled_batches, sorted_batches)
 from .device import autocast, configure_backends, pick_device, resolve_precision
+from .distributed import (DistContext, any_rank, barrier, broadcast_float, broadcast_text,
+                          init_distributed, no_sync, shutdown, wrap_ddp)
 from .errors import GptclfError
 from .metrics import classification_report
+from .schedule import SCHEDULES, lr_factor, warmup_steps
 from .weights import Backbone, check_model_name, load_backbone
+
+DEFAULT_PATIENCE = 3
 
 
 @dataclass
@@ -77,6 +94,16 @@ class TrainConfig:
     compile: bool = False
     out: str | None = None
     progress: bool = True
+    # Training controls (defaults: off, i.e. the book's loop).
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr_schedule: str = "constant"  # constant | cosine | linear (after warmup)
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0  # of all optimizer steps; alternative to warmup_steps
+    clip_grad_norm: float | None = None
+    early_stopping_metric: str | None = None  # val_loss | val_accuracy: early stopping + best weights
+    patience: int | None = None  # epochs without a gain before stopping (default 3)
+    keep_best: bool = False  # save the best epoch's weights (by early_stopping_metric, else val_loss)
+    checkpoint_every: int = 500  # optimizer steps between checkpoints (and every epoch end); 0 = none
 
     def resolved(self) -> "TrainConfig":
         """Fill in the choices that depend on ``--reference``."""
@@ -103,7 +130,36 @@ class TrainConfig:
                 raise GptclfError(f"--{name.replace('_', '-')} must be at least 1")
         if not c.lr > 0:
             raise GptclfError("--lr must be positive")
+        if c.grad_accum < 1:
+            raise GptclfError("--grad-accum must be at least 1")
+        if c.lr_schedule not in SCHEDULES:
+            raise GptclfError(f"--lr-schedule must be one of {', '.join(SCHEDULES)}, not {c.lr_schedule!r}")
+        if c.warmup_steps < 0 or not 0 <= c.warmup_ratio < 1:
+            raise GptclfError("--warmup-steps must be >= 0 and --warmup-ratio in [0, 1)")
+        if c.warmup_steps and c.warmup_ratio:
+            raise GptclfError("give --warmup-steps or --warmup-ratio, not both")
+        if c.clip_grad_norm is not None and not c.clip_grad_norm > 0:
+            raise GptclfError("--clip-grad-norm must be positive")
+        if c.early_stopping_metric is not None and c.early_stopping_metric not in STOPPING_METRICS:
+            raise GptclfError(f"--early-stopping-metric must be one of {', '.join(STOPPING_METRICS)}, "
+                              f"not {c.early_stopping_metric!r}")
+        if c.patience is not None:
+            if c.early_stopping_metric is None:
+                raise GptclfError("--patience needs --early-stopping-metric val_loss or val_accuracy")
+            if c.patience < 1:
+                raise GptclfError("--patience must be at least 1")
+        if c.checkpoint_every < 0:
+            raise GptclfError("--checkpoint-every must be >= 0 (0: no checkpoints)")
         return c
+
+    def stopper(self) -> EarlyStopping | None:
+        """The early-stopping / best-weights tracker these options ask for, if any."""
+        if self.early_stopping_metric is not None:
+            return EarlyStopping(self.early_stopping_metric,
+                                 self.patience if self.patience is not None else DEFAULT_PATIENCE)
+        if self.keep_best:
+            return EarlyStopping("val_loss", None)
+        return None
 
 
 # ------------------------------------------------------------------------ trunk cache
@@ -277,63 +333,185 @@ class History:
 def train_classifier(model: SequenceClassifier, optimizer: torch.optim.Optimizer,
                      train_feed: Feeder, val_feed: Feeder, train_ds: EncodedDataset,
                      val_ds: EncodedDataset, cfg: TrainConfig, device: torch.device,
-                     precision: str, log: Callable[[str], None]) -> tuple[History, bool]:
-    """The book's ``train_classifier_simple``: returns the history and whether it was interrupted."""
+                     precision: str, log: Callable[[str], None], *,
+                     dist: DistContext | None = None, checkpointer: Checkpointer | None = None,
+                     stopper: EarlyStopping | None = None, class_weight: torch.Tensor | None = None,
+                     resume: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None,
+                     ) -> tuple[History, bool]:
+    """The book's ``train_classifier_simple``: returns the history and whether it was interrupted.
+
+    Around it, all off by default: gradient accumulation, a learning-rate schedule,
+    gradient clipping, class weights, early stopping on the full validation set at each
+    epoch end (``stopper``), checkpoints (``checkpointer``) and resuming from one
+    (``resume``), and data-parallel processes (``dist``).
+    """
+    dist = dist or DistContext()
+    bare = getattr(model, "_orig_mod", model)  # names without torch.compile's prefix
     history = History()
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     eval_gen = torch.Generator().manual_seed(cfg.seed + 1)
     train_y = train_ds.labels.to(device)
+    weight = class_weight.to(device) if class_weight is not None else None
     lengths = train_ds.lengths
-    val_batches = [list(range(i, min(i + cfg.batch_size, len(val_ds))))
-                   for i in range(0, len(val_ds), cfg.batch_size)][: cfg.eval_iter]
+    # One micro-batch is batch_size examples on each process; an optimizer step takes
+    # grad_accum of them. Leftover micro-batches of an epoch are dropped, as the book's
+    # drop_last drops a short batch. The loss estimates use the global micro-batch size
+    # too, so N processes log what one process with an N times larger batch logs.
+    global_batch = cfg.batch_size * dist.world_size
+    val_batches = [list(range(i, min(i + global_batch, len(val_ds))))
+                   for i in range(0, len(val_ds), global_batch)][: cfg.eval_iter]
+    full_val_batches = sorted_batches(val_ds.lengths, cfg.eval_batch_size)
 
     def eval_batches() -> list[list[int]]:
-        return shuffled_batches(len(train_ds), cfg.batch_size, eval_gen)[: cfg.eval_iter]
+        return shuffled_batches(len(train_ds), global_batch, eval_gen)[: cfg.eval_iter]
+
+    accum = cfg.grad_accum
+    steps_per_epoch = len(train_ds) // global_batch // accum
+    if steps_per_epoch == 0:
+        raise GptclfError(
+            f"the training split has {len(train_ds)} examples, fewer than one optimizer step "
+            f"(batch size {cfg.batch_size} x grad accumulation {accum} x {dist.world_size} process(es))",
+            hint="lower --batch-size or --grad-accum, or add training data")
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = warmup_steps(total_steps, cfg.warmup_steps, cfg.warmup_ratio)
+    scheduled = cfg.lr_schedule != "constant" or warmup > 0
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    trainable = [p for p in model.parameters() if p.requires_grad]
 
     examples_seen, global_step = 0, -1
+    start_epoch, start_batch = 0, 0
+    if resume is not None:
+        state, tensors = resume
+        params = dict(bare.named_parameters())
+        with torch.no_grad():
+            for name, value in iter_state_tensors("param.", tensors):
+                params[name].copy_(value)
+        optim_tensors = {k: v for k, v in tensors.items() if k.startswith("optim.")}
+        optimizer.load_state_dict(unflatten_optimizer_state(state["optimizer"], optim_tensors))
+        shuffle_gen.set_state(tensors["rng.shuffle"])  # as it was when the epoch began
+        eval_gen.set_state(tensors["rng.eval"])
+        restore_rng(tensors, device)
+        history = History(**state["history"])
+        examples_seen, global_step = state["examples_seen"], state["global_step"]
+        start_epoch, start_batch = state["epoch"], state["batch"]
+        if stopper is not None and state.get("early_stopping"):
+            stopper.load_state(state["early_stopping"], dict(iter_state_tensors("best.", tensors)))
+        log(f"resumed at epoch {start_epoch + 1}, batch {start_batch}, step {global_step + 1}")
+    # DDP copies rank 0's weights to every rank when it wraps: after the resume, so all agree.
+    ddp = wrap_ddp(model, dist, device) if dist.world_size > 1 else None
+    last_saved: tuple[int, int] | None = None
+
+    def snapshot(epoch: int, batch: int, epoch_gen_state: torch.Tensor) -> None:
+        """A checkpoint from which training continues at ``batch`` of ``epoch`` (0-based)."""
+        nonlocal last_saved
+        if checkpointer is None or not checkpointer.enabled or not dist.is_main or last_saved == (epoch, batch):
+            return
+        optim_tensors, optim_structure = flatten_optimizer_state(optimizer.state_dict())
+        tensors = {f"param.{n}": p for n, p in bare.named_parameters() if p.requires_grad}
+        tensors.update(optim_tensors)
+        tensors.update(rng_tensors(device))
+        tensors["rng.shuffle"] = epoch_gen_state
+        tensors["rng.eval"] = eval_gen.get_state()
+        if stopper is not None:
+            tensors.update({f"best.{n}": v for n, v in stopper.best_state.items()})
+        checkpointer.save(tensors, {
+            "epoch": epoch, "batch": batch, "global_step": global_step, "examples_seen": examples_seen,
+            "world_size": dist.world_size, "history": asdict(history), "optimizer": optim_structure,
+            "early_stopping": stopper.state() if stopper is not None else None})
+        last_saved = (epoch, batch)
+
+    stopped = stopper is not None and stopper.stopped_epoch is not None
     model.train()
-    for epoch in range(cfg.epochs):
-        batches = shuffled_batches(len(train_ds), cfg.batch_size, shuffle_gen, drop_last=True,
-                                   lengths=lengths, group_size=cfg.group_by_length)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=not cfg.progress, leave=False, dynamic_ncols=True)
-        t0, seen0 = time.perf_counter(), examples_seen
-        try:
-            for idx in bar:
-                optimizer.zero_grad(set_to_none=True)
-                with autocast(device, precision):
-                    logits = train_feed(model, idx)
-                loss = nn.functional.cross_entropy(logits.float(), train_y[idx])
-                loss.backward()
-                optimizer.step()
-                examples_seen += len(idx)
-                global_step += 1
-                if global_step % cfg.eval_freq == 0:
-                    train_loss, _ = calc_loss_and_accuracy(model, train_feed, train_ds.labels, eval_batches(),
-                                                           device, precision)
-                    val_loss, _ = calc_loss_and_accuracy(model, val_feed, val_ds.labels, val_batches,
-                                                         device, precision)
-                    history.steps.append({"step": global_step, "epoch": epoch + 1,
-                                          "examples_seen": examples_seen,
-                                          "train_loss": train_loss, "val_loss": val_loss})
-                    log(f"Ep {epoch + 1} (Step {global_step:06d}): "
-                        f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
-                rate = (examples_seen - seen0) / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(loss=f"{loss.item():.3f}", ex_s=f"{rate:.1f}")
-        except KeyboardInterrupt:
+    with DeferredInterrupt() as sigint:
+        for epoch in range(start_epoch, cfg.epochs):
+            if stopped:
+                break
+            epoch_gen_state = shuffle_gen.get_state()
+            batches = shuffled_batches(len(train_ds), global_batch, shuffle_gen, drop_last=True,
+                                       lengths=lengths, group_size=cfg.group_by_length)
+            batches = batches[: steps_per_epoch * accum]
+            first = start_batch if epoch == start_epoch else 0
+            bar = tqdm(total=steps_per_epoch, initial=first // accum, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       unit="step" if accum > 1 else "batch", disable=not cfg.progress or not dist.is_main,
+                       leave=False, dynamic_ncols=True)
+            t0, seen0 = time.perf_counter(), examples_seen
+            try:
+                for b in range(first, len(batches), accum):
+                    group = batches[b: b + accum]
+                    flat = [i for g in group for i in g]
+                    # The whole step's example count (or class weight) divides each micro-batch's loss.
+                    total = float(len(flat)) if weight is None else float(class_weight[train_ds.labels[flat]].double().sum())
+                    optimizer.zero_grad(set_to_none=True)
+                    step_loss_sum = torch.zeros((), device=device)
+                    for j, global_idx in enumerate(group):
+                        idx = dist.shard(global_idx) if dist.world_size > 1 else global_idx
+                        with no_sync(ddp, j < len(group) - 1):
+                            with autocast(device, precision):
+                                logits = ddp(train_feed, idx) if ddp is not None else train_feed(model, idx)
+                            loss = step_loss(logits.float(), train_y[idx], weight, total, dist.world_size)
+                            loss.backward()
+                        step_loss_sum += loss.detach()
+                    if cfg.clip_grad_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad_norm)
+                    if scheduled:
+                        factor = lr_factor(global_step + 1, total_steps, warmup, cfg.lr_schedule)
+                        for g, base in zip(optimizer.param_groups, base_lrs):
+                            g["lr"] = base * factor
+                    optimizer.step()
+                    examples_seen += len(flat)
+                    global_step += 1
+                    if global_step % cfg.eval_freq == 0:
+                        train_loss, _ = calc_loss_and_accuracy(model, train_feed, train_ds.labels, eval_batches(),
+                                                               device, precision)
+                        val_loss, _ = calc_loss_and_accuracy(model, val_feed, val_ds.labels, val_batches,
+                                                             device, precision)
+                        history.steps.append({"step": global_step, "epoch": epoch + 1,
+                                              "examples_seen": examples_seen,
+                                              "train_loss": train_loss, "val_loss": val_loss})
+                        log(f"Ep {epoch + 1} (Step {global_step:06d}): "
+                            f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
+                    rate = (examples_seen - seen0) / max(time.perf_counter() - t0, 1e-9)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{step_loss_sum.item():.3f}", ex_s=f"{rate:.1f}")
+                    next_batch = b + accum
+                    if checkpointer is not None and checkpointer.due(global_step) and next_batch < len(batches):
+                        snapshot(epoch, next_batch, epoch_gen_state)
+                    if any_rank(sigint.requested, dist):
+                        bar.close()
+                        snapshot(epoch, next_batch, epoch_gen_state)
+                        log(f"interrupted in epoch {epoch + 1} after step {global_step}"
+                            + (" (checkpoint written)" if last_saved == (epoch, next_batch) else ""))
+                        return history, True
+            except KeyboardInterrupt:  # a second Ctrl-C: stop now, the last checkpoint stays
+                bar.close()
+                log(f"interrupted in epoch {epoch + 1} at step {global_step}")
+                return history, True
             bar.close()
-            log(f"interrupted in epoch {epoch + 1} at step {global_step}")
-            return history, True
-        bar.close()
-        _, train_acc = calc_loss_and_accuracy(model, train_feed, train_ds.labels, eval_batches(),
-                                              device, precision)
-        _, val_acc = calc_loss_and_accuracy(model, val_feed, val_ds.labels, val_batches, device, precision)
-        seconds = time.perf_counter() - t0
-        history.epochs.append({"epoch": epoch + 1, "examples_seen": examples_seen,
-                               "train_accuracy": train_acc, "val_accuracy": val_acc,
-                               "seconds": seconds, "examples_per_second": (examples_seen - seen0) / seconds})
-        log(f"Training accuracy: {train_acc * 100:.2f}% | Validation accuracy: {val_acc * 100:.2f}% "
-            f"| {(examples_seen - seen0) / seconds:.1f} examples/s")
+            _, train_acc = calc_loss_and_accuracy(model, train_feed, train_ds.labels, eval_batches(),
+                                                  device, precision)
+            _, val_acc = calc_loss_and_accuracy(model, val_feed, val_ds.labels, val_batches, device, precision)
+            seconds = time.perf_counter() - t0
+            entry = {"epoch": epoch + 1, "examples_seen": examples_seen,
+                     "train_accuracy": train_acc, "val_accuracy": val_acc,
+                     "seconds": seconds, "examples_per_second": (examples_seen - seen0) / seconds}
+            log(f"Training accuracy: {train_acc * 100:.2f}% | Validation accuracy: {val_acc * 100:.2f}% "
+                f"| {(examples_seen - seen0) / seconds:.1f} examples/s")
+            if stopper is not None:
+                # The book's epoch accuracies use eval_iter batches; choosing the best epoch
+                # deserves the whole validation set.
+                full_loss, full_acc = calc_loss_and_accuracy(model, val_feed, val_ds.labels, full_val_batches,
+                                                             device, precision)
+                entry.update(full_val_loss=full_loss, full_val_accuracy=full_acc)
+                value = broadcast_float(full_loss if stopper.metric == "val_loss" else full_acc, dist)
+                stopped = stopper.update(epoch + 1, value, bare)
+                log(f"full validation set: loss {full_loss:.4f}, accuracy {full_acc * 100:.2f}% | best "
+                    f"{stopper.metric} {stopper.best_value:.4f} at epoch {stopper.best_epoch}"
+                    + (f" | stopping early: no gain for {stopper.patience} epoch(s)" if stopped else ""))
+            history.epochs.append(entry)
+            snapshot(epoch + 1, 0, shuffle_gen.get_state())
+            if any_rank(sigint.requested, dist):
+                log(f"interrupted at the end of epoch {epoch + 1}")
+                return history, True
     return history, False
 
 
@@ -381,18 +559,84 @@ def _cache_mode(cfg: TrainConfig, model: SequenceClassifier, frozen: int, datase
     return "disk"
 
 
-def run_training(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> Path:
-    """``gptclf train``: data, model, fine-tuning, final evaluation, run directory."""
+def run_training(cfg: TrainConfig, log: Callable[[str], None] | None = None, *,
+                 resume_from: str | Path | None = None) -> Path:
+    """``gptclf train``: data, model, fine-tuning, final evaluation, run directory.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process runs this; rank 0 logs, writes the
+    checkpoints and saves the run. ``resume_from`` is a checkpoint directory
+    (``<out>.partial``): see :func:`resume_training`.
+    """
+    ctx, dist_device = init_distributed(cfg.device)
+    try:
+        return _run_training(cfg, log, ctx, dist_device, Path(resume_from) if resume_from else None)
+    finally:
+        shutdown(ctx)
+
+
+def resume_training(run: str | Path, log: Callable[[str], None] | None = None,
+                    progress: bool = True) -> Path:
+    """Continue an interrupted run with the options it was started with (saved in its checkpoint)."""
+    directory = find_partial(run)
+    cfg = saved_config(directory)
+    cfg.progress = progress
+    return run_training(cfg, log, resume_from=directory)
+
+
+def saved_config(run: str | Path) -> TrainConfig:
+    """The options an unfinished run was started with (``run`` or ``run.partial``)."""
+    directory = find_partial(run)
+    saved = read_run_info(directory)["train"]
+    known = {f for f in TrainConfig.__dataclass_fields__}
+    return TrainConfig(**{k: v for k, v in saved.items() if k in known})
+
+
+def _check_out(out: Path, resuming: bool) -> None:
+    partial = partial_dir(out)
+    if resuming:
+        metrics = out / "metrics.json"
+        if metrics.exists() and not json.loads(metrics.read_text()).get("interrupted", False):
+            raise GptclfError(f"{out} is already a finished run, but {partial} is still there",
+                              hint=f"nothing to resume: delete {partial}")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise GptclfError(f"{out} already exists and is not empty", hint="choose another --out")
+    if partial.exists():
+        raise GptclfError(f"{partial} holds the checkpoints of an unfinished run to {out}",
+                          hint=f"continue it with 'gptclf train --resume {out}', or delete {partial}")
+
+
+def _run_training(cfg: TrainConfig, log: Callable[[str], None] | None, ctx: DistContext,
+                  dist_device: torch.device | None, resume_from: Path | None) -> Path:
     from .runs import default_run_dir, save_run
 
     log = log or (lambda s: tqdm.write(s, file=sys.stderr))
+    options = asdict(cfg)  # as given: what a resumed run starts again with
     cfg = cfg.resolved()
+    if not ctx.is_main:
+        log = lambda s: None  # noqa: E731 - one voice: rank 0's
+        cfg.progress = False
+        warnings.simplefilter("ignore", DataWarning)
     t_start = time.perf_counter()
-    device = pick_device(cfg.device)
+    device = dist_device or pick_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     configure_backends(device)
     torch.manual_seed(cfg.seed)
     check_model_name(cfg.model)
+
+    if resume_from is not None:
+        info = read_run_info(resume_from)
+        out = Path(info["out"])
+        if info.get("world_size", 1) != ctx.world_size:
+            raise GptclfError(f"this run was started on {info.get('world_size', 1)} process(es), "
+                              f"not {ctx.world_size}: its batches depend on it",
+                              hint=f"resume with torchrun --nproc_per_node {info.get('world_size', 1)}"
+                              if info.get("world_size", 1) > 1 else "resume without torchrun")
+    else:
+        out = Path(broadcast_text(str(Path(cfg.out) if cfg.out else default_run_dir()), ctx))
+    _check_out(out, resume_from is not None)
+    barrier(ctx)  # every rank checks before rank 0 creates <out>.partial
+    checkpointer = Checkpointer(partial_dir(out), cfg.checkpoint_every, enabled=ctx.is_main)
 
     splits = load_splits(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
                          label_column=cfg.label_column, balance=cfg.balance, seed=cfg.seed)
@@ -400,17 +644,33 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> 
         f"{len(splits.test)} test, labels {splits.labels}")
     backbone = load_backbone(cfg.model, cfg.init)
     tok = backbone.tokenizer
-    ctx = backbone.model.config.context_length
+    ctx_len = backbone.model.config.context_length
     label_index = {lab: i for i, lab in enumerate(splits.labels)}
     train_ds = encode_examples(tok, [e.text for e in splits.train], [label_index[e.label] for e in splits.train],
-                               cfg.max_length, ctx, "train", cfg.template)
+                               cfg.max_length, ctx_len, "train", cfg.template)
     max_length = train_ds.max_length
     val_ds = encode_examples(tok, [e.text for e in splits.val], [label_index[e.label] for e in splits.val],
-                             max_length, ctx, "validation", cfg.template)
+                             max_length, ctx_len, "validation", cfg.template)
     test_ds = encode_examples(tok, [e.text for e in splits.test], [label_index[e.label] for e in splits.test],
-                              max_length, ctx, "test", cfg.template)
+                              max_length, ctx_len, "test", cfg.template)
     log(f"model: {cfg.model} ({cfg.init}), max length {max_length} tokens, pad id {tok.pad_id}, "
-        f"padding {cfg.padding}, pooling {cfg.pooling}, device {device} ({precision})")
+        f"padding {cfg.padding}, pooling {cfg.pooling}, device {device} ({precision})"
+        + (f", {ctx.world_size} processes" if ctx.world_size > 1 else ""))
+
+    fingerprint = data_fingerprint(train_ds, val_ds, test_ds)
+    resume = None
+    if resume_from is not None:
+        if info.get("data_fingerprint") != fingerprint:
+            raise GptclfError(f"the data differs from the data the run in {resume_from} started with",
+                              hint="resume with the same data files (and model), or start a new run")
+        resume = load_checkpoint(resume_from)
+        if resume is None:
+            log(f"{resume_from} has no checkpoint yet: starting the run again from the beginning")
+    elif checkpointer.enabled:
+        where = str(out.resolve())  # absolute: --resume may run from another directory
+        write_run_info(checkpointer.directory, {
+            "gptclf_version": __version__, "out": where, "world_size": ctx.world_size,
+            "data_fingerprint": fingerprint, "train": {**options, "out": where}})
 
     model, frozen = build_classifier(backbone, len(splits.labels), cfg.trainable, cfg.pooling, cfg.seed)
     model.to(device)
@@ -419,6 +679,10 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> 
     log(f"trainable parameters: {n_trainable:,} of {n_total:,} ({cfg.trainable}; "
         f"{frozen} of {model.config.n_layers} blocks frozen)")
     pad_to = max_length if cfg.padding == "longest" else None
+    class_weight = class_weights(train_ds.labels, len(splits.labels)) if cfg.balance == "weight" else None
+    if class_weight is not None:
+        log("class weights (inverse frequency): " + ", ".join(
+            f"{lab} {w:.3f}" for lab, w in zip(splits.labels, class_weight.tolist())))
 
     caches: list[TrunkCache] = []
     mode = _cache_mode(cfg, model, frozen, (train_ds, val_ds, test_ds), pad_to, device, log)
@@ -441,14 +705,30 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> 
     if cfg.compile:
         model = torch.compile(model, dynamic=True)  # type: ignore[assignment]
     optimizer = make_optimizer(model, cfg, device)
+    stopper = cfg.stopper()
+    model_for_save = getattr(model, "_orig_mod", model)
 
+    metrics: dict[str, Any] = {}
     try:
         t_train = time.perf_counter()
         history, interrupted = train_classifier(model, optimizer, train_feed, val_feed, train_ds, val_ds,
-                                                cfg, device, precision, log)
+                                                cfg, device, precision, log, dist=ctx,
+                                                checkpointer=checkpointer, stopper=stopper,
+                                                class_weight=class_weight, resume=resume)
         train_seconds = time.perf_counter() - t_train
-        metrics: dict[str, Any] = {"interrupted": interrupted}
-        if not interrupted:
+        metrics["interrupted"] = interrupted
+        if stopper is not None and stopper.best_epoch is not None:
+            metrics["best_epoch"] = stopper.best_epoch
+            metrics["early_stopping"] = stopper.state()
+            if not interrupted:
+                stopper.restore_best(model_for_save)
+                log(f"keeping the weights of epoch {stopper.best_epoch} (best {stopper.metric} "
+                    f"{stopper.best_value:.4f})")
+        if resume is not None:
+            metrics["resumed_at_step"] = resume[0]["global_step"] + 1
+        if class_weight is not None:
+            metrics["class_weights"] = dict(zip(splits.labels, class_weight.tolist()))
+        if not interrupted and ctx.is_main:
             t_eval = time.perf_counter()
             for name, ds, feed in (("train", train_ds, train_feed), ("val", val_ds, val_feed),
                                    ("test", test_ds, test_feed)):
@@ -468,33 +748,41 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> 
     finally:
         for c in caches:
             c.close()
-    total_seconds = time.perf_counter() - t_start
-    metrics.update({
-        "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(test_ds),
-        "train_seconds": train_seconds, "cache_seconds": cache_seconds if mode != "off" else 0.0,
-        "seconds": total_seconds,
-        "train_examples_per_second": sum(e["examples_per_second"] * e["seconds"] for e in history.epochs)
-        / max(sum(e["seconds"] for e in history.epochs), 1e-9) if history.epochs else 0.0,
-        "trainable_parameters": n_trainable, "total_parameters": n_total,
-        "device": str(device), "precision": precision, "trunk_cache": mode,
-    })
-    model_for_save = getattr(model, "_orig_mod", model)
-    run_config = {
-        "gptclf_version": __version__,
-        "labels": splits.labels,
-        "max_length": max_length,
-        "pad_id": tok.pad_id,
-        "pooling": cfg.pooling,
-        "padding": cfg.padding,
-        "template": cfg.template,
-        "trainable": cfg.trainable,
-        "base_model": backbone.source,
-        "data": splits.summary(),
-        "train": asdict(cfg),
-    }
-    out = Path(cfg.out) if cfg.out else default_run_dir()
-    save_run(out, model_for_save, tok, run_config, metrics, history)
-    log(f"saved {'(interrupted) ' if metrics['interrupted'] else ''}run to {out} in {total_seconds:.1f}s")
+    if ctx.is_main:
+        total_seconds = time.perf_counter() - t_start
+        metrics.update({
+            "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(test_ds),
+            "train_seconds": train_seconds, "cache_seconds": cache_seconds if mode != "off" else 0.0,
+            "seconds": total_seconds,
+            "train_examples_per_second": sum(e["examples_per_second"] * e["seconds"] for e in history.epochs)
+            / max(sum(e["seconds"] for e in history.epochs), 1e-9) if history.epochs else 0.0,
+            "trainable_parameters": n_trainable, "total_parameters": n_total,
+            "device": str(device), "precision": precision, "trunk_cache": mode,
+        })
+        if ctx.world_size > 1:
+            metrics["world_size"] = ctx.world_size
+        run_config = {
+            "gptclf_version": __version__,
+            "labels": splits.labels,
+            "max_length": max_length,
+            "pad_id": tok.pad_id,
+            "pooling": cfg.pooling,
+            "padding": cfg.padding,
+            "template": cfg.template,
+            "trainable": cfg.trainable,
+            "base_model": backbone.source,
+            "data": splits.summary(),
+            "train": asdict(cfg),
+        }
+        save_run(out, model_for_save, tok, run_config, metrics, history,
+                 replace_interrupted=resume_from is not None)
+        if interrupted:
+            log(f"saved (interrupted) run to {out} in {total_seconds:.1f}s"
+                + (f"; continue it with: gptclf train --resume {out}" if (checkpointer.directory / "checkpoint.json").exists() else ""))
+        else:
+            checkpointer.remove()  # the finished run replaces its checkpoints
+            log(f"saved run to {out} in {total_seconds:.1f}s")
+    barrier(ctx)
     if metrics["interrupted"]:
         raise KeyboardInterrupt
     return out
