@@ -127,7 +127,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     b = p.add_argument_group("batching")
     b.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="texts per forward pass")
     b.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms,
-                   help="how long the first waiting request holds the batch open for others")
+                   help="under load (the previous batch was shared), how long a lone waiting request "
+                        "holds the batch open for others")
     b.add_argument("--no-batching", action="store_true", help="one request per forward pass")
     lim = p.add_argument_group("limits")
     lim.add_argument("--max-queue", type=int, default=d.max_queue,

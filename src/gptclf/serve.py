@@ -366,6 +366,18 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
 
     from .predict import Classifier
 
+    import socket
+
+    from .errors import GptclfError
+
+    # Check the address before the (slow) model load, and say what to do instead of a traceback.
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise GptclfError(f"cannot listen on {host}:{port} ({e.strerror})",
+                              hint="another server may be using the port: pass --port N") from None
     t0 = time.perf_counter()
     clf = Classifier.load(model_dir, device=device, quantize=quantize)
     app = create_app(clf, settings)
