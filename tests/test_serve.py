@@ -194,6 +194,10 @@ def test_full_queue_answers_503_with_retry_after(tiny_classifier: Any) -> None:
         assert gated.entered.wait(10)
         second = _post_in_thread(c, ["b"], out)
         wait_until(lambda: app.state.batcher.queue.full())
+        # The model is busy in its worker thread; the event loop still answers at once.
+        t = time.perf_counter()
+        health = c.get("/healthz").json()
+        assert health["queued"] == 1 and time.perf_counter() - t < 2
         r = c.post("/v1/classify", json={"texts": ["c"]})
         assert r.status_code == 503 and r.headers["retry-after"] == "2"
         assert r.json()["error"]["code"] == "overloaded"

@@ -83,11 +83,18 @@ class TableStream:
             raise GptclfError(f"{self.path}: cannot read the file ({e.strerror})") from None
         self._lines = self._decoded_lines()
         self._first: Row | None = None
+        try:
+            self._open_table()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_table(self) -> None:
+        """Read the header (CSV/TSV) or the first record (JSONL): the columns."""
         if self.format == "jsonl":
             self._records = self._jsonl_rows()
             self._first = next(self._records, None)
             if self._first is None:
-                self.close()
                 raise GptclfError(f"{self.path} has no records", hint="JSONL needs one JSON object per line")
             self.columns = list(self._first.record.keys())
         else:
@@ -96,10 +103,8 @@ class TableStream:
             try:
                 header = next(self._reader)
             except StopIteration:
-                self.close()
                 raise GptclfError(f"{self.path} is empty", hint="the file needs a header row") from None
             except csv.Error as e:
-                self.close()
                 raise GptclfError(f"{self.path}:1: malformed header: {e}") from None
             self.columns = [h.strip() for h in header]
             self._records = self._delimited_rows()
