@@ -66,3 +66,26 @@ def env_with(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
     return env
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, sms_file: Path, tiny_gpt2: Path) -> Path:
+    """One tiny GPT-2 fine-tuned on the real SMS data by the real CLI, shared by every test
+    that needs a trained model (training it is the slow part of the suite)."""
+    import subprocess
+    import sys
+
+    runs = tmp_path_factory.mktemp("runs")
+    env = env_with(GPTCLF_SMS_SPAM=str(sms_file), HF_HUB_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-m", "gptclf", "train", "--model", str(tiny_gpt2), "--trainable", "all",
+                        "--lr", "5e-4", "--epochs", "2", "--out", str(runs / "run1")],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr
+    return runs / "run1"
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_run: Path):
+    from gptclf.predict import Classifier
+
+    return Classifier.load(tiny_run, device="cpu")

@@ -1,4 +1,4 @@
-"""The ``gptclf`` command line: ``train``, ``predict``, ``evaluate``.
+"""The ``gptclf`` command line: ``train``, ``predict``, ``evaluate``, ``serve``.
 
 Every option's help is the documentation; ``gptclf train`` with no options is the
 book's chapter-6 run. User errors print one message and a hint, never a traceback.
@@ -117,6 +117,16 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--int8", action="store_true", help="int8 dynamic quantization (CPU)")
+    f = p.add_argument_group("file in, file out (CSV / TSV / JSONL, streamed in chunks)")
+    f.add_argument("--input", default=None,
+                   help="table to classify; every row gets one output row, in order, with its columns "
+                        "kept plus predicted_label, predicted_score and p_<label> per class")
+    f.add_argument("--output", default=None, help="where to write it (atomically: no partial file on error)")
+    f.add_argument("--text-column", default="text", help="the --input column holding the text")
+    f.add_argument("--format", choices=["csv", "tsv", "jsonl"], default=None,
+                   help="input format (default: from the file suffix); the output's comes from its suffix")
+    f.add_argument("--chunk-size", type=int, default=1000, help="rows read, classified and written at a time")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
 
@@ -131,6 +141,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--int8", action="store_true", help="int8 dynamic quantization (CPU)")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="also write DIR/report.html, DIR/metrics.json and DIR/confusion-matrix.png")
+    p.add_argument("--mistakes", type=int, default=20, help="most confident mistakes listed in the report")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -144,6 +157,37 @@ def _given_train_options(argv: Sequence[str]) -> set[str]:
     return set(vars(parser.parse_args(list(argv)))) - {"command", "func"}
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from .serve_settings import DEFAULTS as d
+
+    p = sub.add_parser("serve", help="HTTP API and web page for a fine-tuned model",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="runs/latest", help="model directory written by 'gptclf train'")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind; 0.0.0.0 exposes the service to the network")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--int8", action="store_true", help="int8 dynamic quantization (CPU)")
+    b = p.add_argument_group("batching")
+    b.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="texts per forward pass")
+    b.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms,
+                   help="under load (the previous batch was shared), how long a lone waiting request "
+                        "holds the batch open for others")
+    b.add_argument("--no-batching", action="store_true", help="one request per forward pass")
+    lim = p.add_argument_group("limits")
+    lim.add_argument("--max-queue", type=int, default=d.max_queue,
+                     help="requests waiting for the model before new ones get 503 + Retry-After")
+    lim.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request before 504")
+    lim.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="413 above this")
+    lim.add_argument("--max-texts", type=int, default=d.max_texts, help="texts per request; 413 above")
+    lim.add_argument("--max-text-chars", type=int, default=d.max_text_chars, help="characters per text; 413 above")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow browser pages from ORIGIN to call the API (repeatable; off by default)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptclf",
@@ -154,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_predict(sub)
     _add_evaluate(sub)
+    _add_serve(sub)
     return parser
 
 
@@ -242,6 +287,8 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import Classifier
 
+    if args.input or args.output:
+        return _predict_file(args)
     texts = _read_texts(args)
     clf = Classifier.load(args.model, device=args.device, quantize="int8" if args.int8 else None)
     for text, r in zip(texts, clf.predict(texts, batch_size=args.batch_size)):
@@ -249,6 +296,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(json.dumps({"text": text, **r}, ensure_ascii=False))
         else:
             print(f"{r['label']}\t{r['score']:.4f}\t{text}")
+    return 0
+
+
+def _predict_file(args: argparse.Namespace) -> int:
+    from .batchpredict import predict_file
+    from .predict import Classifier
+
+    if not (args.input and args.output):
+        raise GptclfError("--input and --output go together", hint="gptclf predict --input in.csv --output out.csv")
+    if args.texts or args.file:
+        raise GptclfError("pass texts, --file, or --input/--output, not several")
+    if not Path(args.input).expanduser().exists():  # before the model loads: fail fast
+        raise GptclfError(f"{args.input}: no such file")
+    clf = Classifier.load(args.model, device=args.device, quantize="int8" if args.int8 else None)
+    res = predict_file(clf, args.input, args.output, text_column=args.text_column, chunk_size=args.chunk_size,
+                       batch_size=args.batch_size, input_format=args.format,
+                       progress=not args.quiet and sys.stderr.isatty())
+    print(f"wrote {res.rows} rows to {res.output} in {res.seconds:.1f}s", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve_settings import ServeSettings
+
+    settings = ServeSettings(
+        max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms, batching=not args.no_batching,
+        max_queue=args.max_queue, timeout_s=args.timeout, max_body_bytes=args.max_body_bytes,
+        max_texts=args.max_texts, max_text_chars=args.max_text_chars, cors_origins=list(args.cors_origin))
+    settings.check()
+    from .data import DataWarning
+    from .serve import serve
+
+    warnings.filterwarnings("once", category=DataWarning)  # truncation: say it once, not per request
+    serve(args.model, args.host, args.port, settings, device=args.device,
+          quantize="int8" if args.int8 else None, log_level=args.log_level, access_log=args.access_log)
     return 0
 
 
@@ -265,8 +347,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         examples = drop_empty_texts(read_table(args.data, args.text_column, args.label_column), args.data)
         where = args.data
-    report = clf.evaluate([e.text for e in examples], [e.label for e in examples], args.batch_size)
+    report = clf.evaluate([e.text for e in examples], [e.label for e in examples], args.batch_size,
+                          mistakes=args.mistakes if args.report else 0)
     report["data"] = where
+    if args.report:
+        from .report import write_evaluation_report
+
+        page = write_evaluation_report(args.report, report, model=str(args.model), data=where)
+        print(f"report: {page}", file=sys.stderr)
+        report.pop("mistakes", None)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

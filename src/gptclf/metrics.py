@@ -61,3 +61,18 @@ def classification_report(y_true: Sequence[int], y_pred: Sequence[int], labels: 
     if probs is not None and n == 2:
         out["roc_auc"] = roc_auc(y_true, probs[:, 1])
     return out
+
+
+def most_confident_mistakes(texts: Sequence[str], y_true: Sequence[int], probs: np.ndarray,
+                            labels: Sequence[str], k: int = 10) -> list[dict[str, Any]]:
+    """The ``k`` wrong predictions the model was surest of: where to look first for label
+    noise or a blind spot. Each is ``{"text", "true", "predicted", "probability"}``."""
+    y = np.asarray(y_true, dtype=np.int64)
+    if len(y) == 0 or k <= 0:
+        return []
+    pred = probs.argmax(1)
+    wrong = np.flatnonzero(pred != y)
+    conf = probs[wrong, pred[wrong]]
+    order = wrong[np.argsort(-conf, kind="stable")][:k]
+    return [{"text": str(texts[i]), "true": labels[int(y[i])], "predicted": labels[int(pred[i])],
+             "probability": float(probs[i, pred[i]])} for i in order]

@@ -20,7 +20,7 @@ from .classifier import SequenceClassifier, replace_head
 from .data import collate, fit_to_length, sorted_batches, tokenize_texts
 from .device import autocast, pick_device, resolve_precision
 from .errors import GptclfError
-from .metrics import classification_report
+from .metrics import classification_report, most_confident_mistakes
 from .tokenizer import tokenizer_from_config
 
 
@@ -143,7 +143,10 @@ class Classifier:
         return {"label": self.labels[k], "score": float(p[k]),
                 "scores": {lab: float(v) for lab, v in zip(self.labels, p)}}
 
-    def evaluate(self, texts: Sequence[str], labels: Sequence[str], batch_size: int = 32) -> dict[str, Any]:
+    def evaluate(self, texts: Sequence[str], labels: Sequence[str], batch_size: int = 32,
+                 mistakes: int = 0) -> dict[str, Any]:
+        """Accuracy, loss, per-class P/R/F1, confusion matrix, ROC-AUC (binary) and, with
+        ``mistakes=k``, the k wrong predictions the model was surest of."""
         unknown = sorted(set(labels) - set(self.labels))
         if unknown:
             raise GptclfError(f"labels {unknown} are not among the model's labels {self.labels}",
@@ -153,4 +156,6 @@ class Classifier:
         y = np.array([index[lab] for lab in labels], dtype=np.int64)
         report = classification_report(y, probs.argmax(1), self.labels, probs)
         report["loss"] = float(-np.log(probs[np.arange(len(y)), y] + 1e-12).mean()) if len(y) else float("nan")
+        if mistakes:
+            report["mistakes"] = most_confident_mistakes(list(texts), y, probs, self.labels, mistakes)
         return report

@@ -5,10 +5,12 @@
     runs/20261125-221500/
       model.safetensors   classifier weights (backbone with the new head; no vocabulary head)
       config.json         architecture, labels, tokenizer, max length, pad id, pooling, ...
-      metrics.json        train/val/test accuracy and loss, sizes, seconds
+      metrics.json        train/val/test accuracy, loss, per-class report, sizes, seconds
       history.json        losses every eval_freq steps, accuracies every epoch
       loss-plot.png       the book's two plots
       accuracy-plot.png
+      confusion-matrix.png  test split
+      report.html         data, settings, curves, metrics, most confident test mistakes
     runs/latest -> 20261125-221500
 
 The directory is written under a temporary name and renamed into place, so a run that
@@ -119,6 +121,12 @@ def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: dict[str, 
             plot_history(hist, tmp, config["train"].get("epochs", 1))
         except Exception as e:  # a plot must never cost the user the model
             print(f"warning: could not draw the plots: {e}")
+        try:
+            from .report import write_run_report
+
+            write_run_report(tmp, out.name)
+        except Exception as e:  # nor must the report
+            print(f"warning: could not write report.html: {e}")
         if replacing:
             # Two renames: for a moment there is no `out`, but never a half-written one.
             old = out.with_name(f".{out.name}.old-{os.getpid()}")

@@ -53,7 +53,7 @@ from .device import autocast, configure_backends, pick_device, resolve_precision
 from .distributed import (DistContext, any_rank, barrier, broadcast_float, broadcast_text,
                           init_distributed, no_sync, shutdown, wrap_ddp)
 from .errors import GptclfError
-from .metrics import classification_report
+from .metrics import classification_report, most_confident_mistakes
 from .schedule import SCHEDULES, lr_factor, warmup_steps
 from .weights import Backbone, check_model_name, load_backbone
 
@@ -739,8 +739,11 @@ def _run_training(cfg: TrainConfig, log: Callable[[str], None] | None, ctx: Dist
                 eps = 1e-12
                 metrics[f"{name}_accuracy"] = float((pred == y).mean()) if len(y) else float("nan")
                 metrics[f"{name}_loss"] = float(-np.log(probs[np.arange(len(y)), y] + eps).mean()) if len(y) else float("nan")
+                # Per-class P/R/F1, confusion matrix, ROC-AUC (binary): the run report's tables.
+                metrics[f"{name}_report"] = classification_report(y, pred, splits.labels, probs)
                 if name == "test":
-                    metrics["test_report"] = classification_report(y, pred, splits.labels, probs)
+                    metrics["test_mistakes"] = most_confident_mistakes(
+                        [e.text for e in splits.test], y, probs, splits.labels, k=10)
             metrics["eval_seconds"] = time.perf_counter() - t_eval
             log(f"Training accuracy: {metrics['train_accuracy'] * 100:.2f}% | "
                 f"Validation accuracy: {metrics['val_accuracy'] * 100:.2f}% | "
