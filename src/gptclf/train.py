@@ -102,6 +102,8 @@ class TrainConfig:
                 raise GptclfError(f"--{name.replace('_', '-')} must be at least 1")
         if not c.lr > 0:
             raise GptclfError("--lr must be positive")
+        if c.max_length is not None and c.max_length < 1:
+            raise GptclfError(f"--max-length must be at least 1 token, not {c.max_length}")
         return c
 
 
