@@ -159,15 +159,9 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 
 def _text_lines(raw: bytes, where: str) -> list[str]:
     """Non-blank lines; bytes that are not UTF-8 are read as cp1252 (what Windows tools write)."""
-    from .data import split_lines
+    from .data import decode_text, split_lines
 
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        warnings.warn(f"{where}:{line}: not valid UTF-8; reading it as cp1252", stacklevel=2)
-        text = raw.decode("cp1252", errors="replace")
-    return [line for line in split_lines(text) if line.strip()]
+    return [line for line in split_lines(decode_text(raw, where)) if line.strip()]
 
 
 def _positive(name: str, value: int) -> None:

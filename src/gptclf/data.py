@@ -193,7 +193,7 @@ def read_sms_spam(path: Path) -> list[Example]:
     out = []
     # \n, \r\n and \r end a line, as Python's text mode reads it (and nothing else:
     # U+2028 and friends are message text).
-    for i, line in enumerate(split_lines(_decode(path.read_bytes(), path)), 1):
+    for i, line in enumerate(split_lines(decode_text(path.read_bytes(), path)), 1):
         if not line:
             continue
         label, sep, text = line.partition("\t")
@@ -229,16 +229,22 @@ def is_sms_spam_file(path: Path) -> bool:
 # ---------------------------------------------------------------------------- user files
 
 
-def _decode(raw: bytes, path: Path) -> str:
+def decode_text(raw: bytes, where: str | Path) -> str:
+    """UTF-8 (with or without a BOM); else cp1252 with a warning that names the first bad line."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # stripped before any fallback: as cp1252 the BOM would become 'ï»¿'
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        warn(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x}); reading the file as cp1252")
+        line = len(_LINE_END_BYTES.findall(raw, 0, e.start)) + 1
+        warn(f"{where}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x}); reading the file as cp1252")
         try:
             return raw.decode("cp1252")
-        except UnicodeDecodeError:
+        except UnicodeDecodeError:  # the five bytes cp1252 leaves undefined
             return raw.decode("latin-1")
+
+
+_LINE_END_BYTES = re.compile(rb"\r\n|\r|\n")
 
 
 def detect_format(path: Path) -> str:
@@ -265,7 +271,7 @@ def read_table(path: Path | str, text_column: str = "text", label_column: str | 
     raw = path.read_bytes()
     if not raw.strip():
         raise GptclfError(f"{path} is empty", hint="the file needs a header row and at least one row of data")
-    text = _decode(raw, path)
+    text = decode_text(raw, path)
     fmt = fmt or detect_format(path)
     if fmt == "auto":
         first = text.lstrip()[:1]
@@ -327,19 +333,22 @@ def _read_delimited(text: str, path: Path, delimiter: str) -> tuple[list[dict], 
         raise GptclfError(f"{path}:1: the header names column(s) {dups} more than once",
                           hint="give every column a distinct name")
     rows, lines = [], []
+    start = reader.line_num + 1  # a record's first physical line (quoted newlines span several)
     try:
         for row in reader:
+            where = f"{path}:{start}" + (f"-{reader.line_num}" if reader.line_num > start else "")
+            line, start = start, reader.line_num + 1
             if not row or (len(row) == 1 and not row[0].strip() and len(header) > 1):
                 continue  # a blank line; a row of empty fields is kept and checked like any other
             if len(row) != len(header):
                 raise GptclfError(
-                    f"{path}:{reader.line_num}: {len(row)} fields, the header has {len(header)}",
+                    f"{where}: {len(row)} fields, the header has {len(header)}",
                     hint="quote fields that contain the delimiter "
-                         f"({'tab' if delimiter == chr(9) else 'comma'}) or a newline")
+                         f"({'tab' if delimiter == chr(9) else 'comma'}) or a newline, and close every quote")
             rows.append(dict(zip(header, row)))
-            lines.append(reader.line_num)
+            lines.append(line)
     except csv.Error as e:
-        raise GptclfError(f"{path}:{reader.line_num}: malformed {('TSV' if delimiter == chr(9) else 'CSV')}: {e}") from None
+        raise GptclfError(f"{path}:{start}: malformed {('TSV' if delimiter == chr(9) else 'CSV')}: {e}") from None
     return rows, lines
 
 
