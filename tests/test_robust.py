@@ -209,6 +209,30 @@ def test_warnings_are_counted_and_training_still_runs(capsys, tmp_path: Path, ti
     assert (m["n_val"], m["n_test"]) == (2, 3)
 
 
+def test_messy_but_valid_file_trains_with_every_row(capsys, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """BOM, \\r\\n / \\r / \\n mixed, quoted tabs and newlines, one cp1252 byte: every row is
+    kept (1 + 9 + 20 of 30 rows in the three splits) and the fallback names its line."""
+    ends = ["\r\n", "\r", "\n"]
+    rows = [f'"row {i}\twith tab\nand newline",{"ab"[i % 2]}' for i in range(30)]
+    body = "text,label" + ends[0] + "".join(r + ends[i % 3] for i, r in enumerate(rows))
+    raw = b"\xef\xbb\xbf" + body.encode().replace(b"row 17", b"r\xe9w 17")
+    f = tmp_path / "messy.csv"
+    f.write_bytes(raw)
+    code, _, err = cli(capsys, *train_args(tiny_model_dir, f, tmp_path / "run"))
+    assert code == 0, err
+    assert re.search(r"messy.csv:\d+: not valid UTF-8 \(byte 0xe9\)", err)
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["n_train"] + m["n_val"] + m["n_test"] == 30
+
+
+def test_predict_reads_stdin_bytes_that_are_not_utf8(capsys, tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9 ok\r\n\nsecond\rthird\n")))
+    code, out, err = cli(capsys, "predict", "--model", str(tiny_run), "--json")
+    assert code == 0, err
+    assert [json.loads(x)["text"] for x in out.splitlines()] == ["café ok", "second", "third"]
+    assert "stdin:1: not valid UTF-8" in err
+
+
 def test_not_utf8_mixed_line_endings_bom_and_quoted_tabs(tmp_path: Path) -> None:
     p = tmp_path / "d.csv"
     p.write_bytes(b"\xef\xbb\xbftext,label\r\n\"tab\there\",a\r\"line\nbreak\",b\ncaf\xe9,a\r\n")
