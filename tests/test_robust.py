@@ -156,6 +156,10 @@ def test_bad_training_data_is_one_clear_error(capsys, tmp_path: Path, tiny_model
 def test_cli_option_and_path_errors(capsys, tmp_path: Path, tiny_model_dir: Path, tiny_run: Path) -> None:
     ok = tmp_path / "ok.csv"
     ok.write_text(rows_csv(20))
+    unseen = tmp_path / "unseen.csv"
+    unseen.write_text("text,label\nhi,a\nho,c\n")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 50_000)
     for argv, needle in [
         (train_args(tiny_model_dir, ok, tmp_path / "o1", "--max-length", "0"), "--max-length must be at least 1"),
         (train_args(tiny_model_dir, tmp_path, tmp_path / "o2"), "is a directory"),
@@ -163,9 +167,15 @@ def test_cli_option_and_path_errors(capsys, tmp_path: Path, tiny_model_dir: Path
         (["predict", "--model", str(tiny_run), "--batch-size", "0", "hi"], "--batch-size must be at least 1"),
         (["predict", "--model", str(tiny_run), "--file", str(tmp_path)], "is a directory"),
         (["evaluate", "--model", str(tiny_run), "--data", str(ok), "--batch-size", "-1"], "--batch-size"),
+        (["evaluate", "--model", str(tiny_run), "--data", str(ok), "--text-column", "txt"],
+         "did you mean --text-column 'text'"),
+        (["evaluate", "--model", str(tiny_run), "--data", str(unseen)], r"labels \['c'\] are not among the model's"),
+        (["evaluate", "--model", str(tiny_run), "--data", str(deep)], "invalid JSON"),
+        (["predict", "--model", str(ok), "hi"], "is not a gptclf model config|has no config.json"),
     ]:
         code, _, err = cli(capsys, *argv)
-        assert_clean_error(code, err, needle)
+        assert_clean_error(code, err)
+        assert re.search(needle, err), (needle, err)
 
 
 def test_unreadable_file_is_a_clear_error(capsys, tmp_path: Path, tiny_model_dir: Path,
