@@ -8,6 +8,8 @@ documented in :mod:`gptclf.models.gpt2` (``embed``, ``run_blocks``, ``trf_blocks
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 from torch import nn
@@ -38,7 +40,7 @@ def config_from_dict(d: dict[str, Any]) -> Any:
     if not isinstance(d, dict):
         raise GptclfError(f"the architecture must be a JSON object, not {type(d).__name__}")
     arch = d.get("arch", "gpt2")
-    if arch not in ARCHITECTURES:
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise GptclfError(f"unknown architecture {arch!r} in config",
                           hint=f"known architectures: {', '.join(sorted(ARCHITECTURES))}")
     try:
@@ -51,23 +53,41 @@ def config_from_dict(d: dict[str, Any]) -> Any:
     return cfg
 
 
-def check_config(cfg: Any) -> None:
-    """Refuse sizes that are not positive integers or are absurd, before they reach ``nn.Linear``."""
+def check_config(cfg: Any) -> int:
+    """Refuse sizes and values the model cannot be built from; return its fp32 size in bytes.
+
+    Runs before any memory is allocated: the constructor is tried on the meta device."""
     from ..errors import GptclfError
 
     for name, top in MAX_DIMS.items():
-        v = getattr(cfg, name, None)
-        if v is None:  # not a field of this architecture
+        if not hasattr(cfg, name):  # not a field of this architecture
             continue
+        v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
             raise GptclfError(f"architecture: {name}={v!r} is not an integer between 1 and {top}",
                               hint="config.json is corrupted or not from a model gptclf can load")
     if cfg.arch == "gpt2" and cfg.emb_dim % cfg.n_heads:  # Llama configs carry their own head_dim
         raise GptclfError(f"architecture: emb_dim ({cfg.emb_dim}) is not a multiple of n_heads ({cfg.n_heads})")
-    for name in ("drop_rate",):
-        v = getattr(cfg, name, 0.0)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
-            raise GptclfError(f"architecture: {name}={v!r} must be a number in [0, 1)")
+    # Every other field must have its default's type (a JSON number for a float, ...).
+    for f in dataclasses.fields(cfg):
+        v, default = getattr(cfg, f.name), f.default
+        if f.name in MAX_DIMS or default is dataclasses.MISSING or default is None:
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(v, bool)
+        elif isinstance(default, float):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        else:
+            ok = isinstance(v, type(default)) and not (isinstance(v, bool) and not isinstance(default, bool))
+        if not ok:
+            raise GptclfError(f"architecture: {f.name}={v!r} should be a {type(default).__name__}",
+                              hint="config.json is corrupted or not from a model gptclf can load")
+    if not 0 <= getattr(cfg, "drop_rate", 0.0) < 1:
+        raise GptclfError(f"architecture: drop_rate={cfg.drop_rate!r} must be in [0, 1)")
+    try:
+        return parameter_bytes(cfg)
+    except (TypeError, ValueError, KeyError, ZeroDivisionError, RuntimeError) as e:
+        raise GptclfError(f"invalid {cfg.arch} architecture in config: {type(e).__name__}: {e}") from None
 
 
 def parameter_bytes(cfg: Any) -> int:
@@ -98,8 +118,7 @@ def build_model(cfg: Any) -> nn.Module:
     """
     from ..errors import GptclfError
 
-    check_config(cfg)
-    need = parameter_bytes(cfg)
+    need = check_config(cfg)
     free = _available_ram()
     if free is not None and need > free:
         raise GptclfError(f"the architecture needs {need / 2**30:.1f} GiB for its weights, more than the "
