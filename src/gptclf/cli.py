@@ -273,20 +273,35 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
         path = Path(args.file)
         if not path.exists():
             raise GptclfError(f"{path}: no such file")
-        raw = path.read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            text = raw.decode("cp1252", errors="replace")
-        return [line for line in text.splitlines() if line.strip()]
+        if path.is_dir():
+            raise GptclfError(f"{path} is a directory", hint="--file takes a text file, one text per line")
+        return _text_lines(path.read_bytes(), str(path))
     if args.file == "-" or not sys.stdin.isatty():
-        return [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+        stdin = getattr(sys.stdin, "buffer", None)
+        if stdin is None:  # a StringIO standing in for stdin (tests, embedding)
+            from .data import split_lines
+
+            return [line for line in split_lines(sys.stdin.read()) if line.strip()]
+        return _text_lines(stdin.read(), "stdin")
     raise GptclfError("no texts to classify", hint="pass texts as arguments, --file FILE, or pipe them on stdin")
+
+
+def _text_lines(raw: bytes, where: str) -> list[str]:
+    """Non-blank lines; bytes that are not UTF-8 are read as cp1252 (what Windows tools write)."""
+    from .data import decode_text, split_lines
+
+    return [line for line in split_lines(decode_text(raw, where)) if line.strip()]
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise GptclfError(f"--{name} must be at least 1, not {value}")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import Classifier
 
+    _positive("batch-size", args.batch_size)
     if args.input or args.output:
         return _predict_file(args)
     texts = _read_texts(args)
@@ -338,6 +353,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import SMS_SPAM_NAMES, drop_empty_texts, load_splits, read_table
     from .predict import Classifier
 
+    _positive("batch-size", args.batch_size)
     clf = Classifier.load(args.model, device=args.device, quantize="int8" if args.int8 else None)
     if args.data.lower() in SMS_SPAM_NAMES:
         train_cfg = clf.config.get("train", {})
@@ -347,6 +363,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         examples = drop_empty_texts(read_table(args.data, args.text_column, args.label_column), args.data)
         where = args.data
+    if not examples:
+        raise GptclfError(f"{where}: no texts to evaluate")
     report = clf.evaluate([e.text for e in examples], [e.label for e in examples], args.batch_size,
                           mistakes=args.mistakes if args.report else 0)
     report["data"] = where
@@ -397,6 +415,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `gptclf predict ... | head`: the reader left; that's fine.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:
+        # A file that cannot be read or written (permissions, a full disk): the system's
+        # own message names the file, and there is nothing in gptclf to debug.
+        print(f"gptclf: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,11 +14,14 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 import urllib.request
 import warnings
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,27 +124,62 @@ def _verified_sms_file(src: Path, expected_sha256: str, target_dir: Path) -> Pat
     if zipfile.is_zipfile(src):
         target_dir.mkdir(parents=True, exist_ok=True)
         dest = target_dir / SMS_SPAM_FILE
-        extract_member(src, SMS_SPAM_FILE, dest)
-        src = dest
+        # Verified before it takes the cached file's name: a bad download never replaces a good copy.
+        extract_member(src, SMS_SPAM_FILE, dest, expected_sha256=expected_sha256)
+        return dest
     digest = sha256_file(src)
     if digest != expected_sha256:
-        raise GptclfError(
-            f"checksum mismatch for {src}: sha256 {digest}, expected {expected_sha256}",
-            hint="the file is corrupted or not the UCI SMS Spam Collection v.1; delete it and retry",
-        )
+        raise _checksum_error(src, digest, expected_sha256)
     return src
 
 
-def extract_member(zip_path: Path, member: str, dest: Path) -> None:
-    """Extract one named member to ``dest`` (never to a path taken from the archive)."""
-    with zipfile.ZipFile(zip_path) as zf:
-        names = [n for n in zf.namelist() if n.rsplit("/", 1)[-1] == member]
-        if not names:
-            raise GptclfError(f"{zip_path} has no member {member!r}")
-        tmp = dest.with_name(dest.name + ".part")
-        with zf.open(names[0]) as src, open(tmp, "wb") as out:
-            shutil.copyfileobj(src, out)
+def _checksum_error(src: Path, digest: str, expected: str) -> GptclfError:
+    return GptclfError(
+        f"checksum mismatch for {src}: sha256 {digest}, expected {expected}",
+        hint="the file is corrupted or not the UCI SMS Spam Collection v.1; delete it and retry",
+    )
+
+
+MAX_MEMBER_BYTES = 64 << 20  # the SMS file is 0.5 MB; a zip bomb stops here, not at a full disk
+
+
+def extract_member(zip_path: Path, member: str, dest: Path, expected_sha256: str | None = None,
+                   max_bytes: int = MAX_MEMBER_BYTES) -> None:
+    """Extract one named member to ``dest`` (never to a path taken from the archive).
+
+    The archive only chooses *which* bytes are read, never where they go: ``../`` and
+    absolute member names, and symlink entries (whose content is just the link text),
+    all end up as the content of ``dest`` or nowhere. The bytes go to a temporary file
+    that is checked (size, and sha256 when given) and only then renamed to ``dest``.
+    """
+    tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}")
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            infos = [i for i in zf.infolist()
+                     if i.filename.replace("\\", "/").rsplit("/", 1)[-1] == member and not i.is_dir()]
+            if not infos:
+                raise GptclfError(f"{zip_path} has no member {member!r}")
+            h = hashlib.sha256()
+            n = 0
+            with zf.open(infos[0]) as src, open(tmp, "wb") as out:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    n += len(chunk)
+                    if n > max_bytes:
+                        raise GptclfError(f"{zip_path}: member {infos[0].filename!r} is larger than "
+                                          f"{max_bytes >> 20} MB", hint="this is not the expected archive")
+                    h.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        if expected_sha256 is not None and h.hexdigest() != expected_sha256:
+            raise _checksum_error(zip_path, h.hexdigest(), expected_sha256)
         os.replace(tmp, dest)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, zlib.error) as e:
+        raise GptclfError(f"{zip_path} is not a readable zip archive ({type(e).__name__}: {e})",
+                          hint="the download is truncated or corrupted; delete it and retry") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def read_sms_spam(path: Path) -> list[Example]:
@@ -151,17 +189,32 @@ def read_sms_spam(path: Path) -> list[Example]:
     character and so merges four lines into two and strips quotes from 50 others; the
     file has 5,574 messages (4,827 ham, 747 spam) and we keep every one as it is.
     """
+    path = Path(path)
     out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            label, sep, text = line.partition("\t")
-            if not sep:
-                raise GptclfError(f"{path}:{i}: expected 'label<TAB>text'")
-            out.append(Example(text, label, i))
+    # \n, \r\n and \r end a line, as Python's text mode reads it (and nothing else:
+    # U+2028 and friends are message text).
+    for i, line in enumerate(split_lines(decode_text(path.read_bytes(), path)), 1):
+        if not line:
+            continue
+        label, sep, text = line.partition("\t")
+        if not sep:
+            raise GptclfError(f"{path}:{i}: expected 'label<TAB>text'")
+        if not label.strip():
+            raise GptclfError(f"{path}:{i}: empty label", hint="every line needs 'label<TAB>text'")
+        out.append(Example(text, label, i))
     return out
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def split_lines(text: str) -> list[str]:
+    """Split on ``\\n``, ``\\r\\n`` and ``\\r`` only (``str.splitlines`` also splits on
+    U+2028, U+0085, form feeds, ..., which may sit unescaped inside a JSON string or a message)."""
+    lines = _LINE_END.split(text)
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
 
 
 def is_sms_spam_file(path: Path) -> bool:
@@ -176,16 +229,22 @@ def is_sms_spam_file(path: Path) -> bool:
 # ---------------------------------------------------------------------------- user files
 
 
-def _decode(raw: bytes, path: Path) -> str:
+def decode_text(raw: bytes, where: str | Path) -> str:
+    """UTF-8 (with or without a BOM); else cp1252 with a warning that names the first bad line."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # stripped before any fallback: as cp1252 the BOM would become 'ï»¿'
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        warn(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x}); reading the file as cp1252")
+        line = len(_LINE_END_BYTES.findall(raw, 0, e.start)) + 1
+        warn(f"{where}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x}); reading the file as cp1252")
         try:
             return raw.decode("cp1252")
-        except UnicodeDecodeError:
+        except UnicodeDecodeError:  # the five bytes cp1252 leaves undefined
             return raw.decode("latin-1")
+
+
+_LINE_END_BYTES = re.compile(rb"\r\n|\r|\n")
 
 
 def detect_format(path: Path) -> str:
@@ -212,32 +271,30 @@ def read_table(path: Path | str, text_column: str = "text", label_column: str | 
     raw = path.read_bytes()
     if not raw.strip():
         raise GptclfError(f"{path} is empty", hint="the file needs a header row and at least one row of data")
-    text = _decode(raw, path)
+    text = decode_text(raw, path)
     fmt = fmt or detect_format(path)
     if fmt == "auto":
         first = text.lstrip()[:1]
         if first in "{[":
             fmt = "jsonl" if first == "{" else "json"
         else:
-            head = text.split("\n", 1)[0]
+            head = _LINE_END.split(text, maxsplit=1)[0]
             fmt = "tsv" if head.count("\t") > head.count(",") else "csv"
     if fmt in ("jsonl", "json"):
         records, lines = _read_json_records(text, path, fmt)
     else:
         records, lines = _read_delimited(text, path, "\t" if fmt == "tsv" else ",")
     if not records:
-        raise GptclfError(f"{path} has a header but no rows")
-    columns = list(records[0].keys()) if fmt != "jsonl" else sorted({k for r in records for k in r})
+        raise GptclfError(f"{path} has no rows" if fmt in ("json", "jsonl") else f"{path} has a header but no rows")
+    columns = list(records[0].keys()) if fmt not in ("jsonl", "json") else sorted({k for r in records for k in r})
     tcol = _find_column(text_column, columns, path, "text")
     lcol = _find_column(label_column, columns, path, "label") if label_column else None
     out: list[Example] = []
     for rec, line in zip(records, lines):
-        t = rec.get(tcol)
-        t = "" if t is None else str(t)
+        t = _cell(rec.get(tcol), path, line, tcol)
         lab = None
         if lcol is not None:
-            lv = rec.get(lcol)
-            lab = None if lv is None or str(lv).strip() == "" else str(lv).strip()
+            lab = _cell(rec.get(lcol), path, line, lcol).strip() or None
             if lab is None:
                 raise GptclfError(f"{path}:{line}: empty label in column {lcol!r}",
                                   hint="every row needs a label; remove the row or fill it in")
@@ -245,27 +302,53 @@ def read_table(path: Path | str, text_column: str = "text", label_column: str | 
     return out
 
 
+def _cell(v: object, path: Path, line: int, column: str) -> str:
+    """A JSON value as text: numbers the way they are written (1, not 1.0), objects refused."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):  # before int: True is an int
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))  # 1.0 and 1 are the same label
+    if isinstance(v, (str, int, float)):
+        return str(v)
+    raise GptclfError(f"{path}:{line}: column {column!r} holds a JSON {type(v).__name__}, "
+                      "expected a string or a number")
+
+
 def _read_delimited(text: str, path: Path, delimiter: str) -> tuple[list[dict], list[int]]:
+    # csv's default 128 KiB field limit would reject a long (legitimate) text; the
+    # tokenizer truncates long texts later, with a warning that counts them.
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader)
     except StopIteration:
         raise GptclfError(f"{path} is empty") from None
+    except csv.Error as e:
+        raise GptclfError(f"{path}:1: malformed header: {e}") from None
     header = [h.strip() for h in header]
+    dups = sorted({h for h in header if header.count(h) > 1})
+    if dups:
+        raise GptclfError(f"{path}:1: the header names column(s) {dups} more than once",
+                          hint="give every column a distinct name")
     rows, lines = [], []
+    start = reader.line_num + 1  # a record's first physical line (quoted newlines span several)
     try:
         for row in reader:
-            if not row or all(not c.strip() for c in row):
-                continue  # blank line
+            where = f"{path}:{start}" + (f"-{reader.line_num}" if reader.line_num > start else "")
+            line, start = start, reader.line_num + 1
+            if not row or (len(row) == 1 and not row[0].strip() and len(header) > 1):
+                continue  # a blank line; a row of empty fields is kept and checked like any other
             if len(row) != len(header):
                 raise GptclfError(
-                    f"{path}:{reader.line_num}: {len(row)} fields, the header has {len(header)}",
+                    f"{where}: {len(row)} fields, the header has {len(header)}",
                     hint="quote fields that contain the delimiter "
-                         f"({'tab' if delimiter == chr(9) else 'comma'}) or a newline")
+                         f"({'tab' if delimiter == chr(9) else 'comma'}) or a newline, and close every quote")
             rows.append(dict(zip(header, row)))
-            lines.append(reader.line_num)
+            lines.append(line)
     except csv.Error as e:
-        raise GptclfError(f"{path}:{reader.line_num}: malformed {('TSV' if delimiter == chr(9) else 'CSV')}: {e}") from None
+        raise GptclfError(f"{path}:{start}: malformed {('TSV' if delimiter == chr(9) else 'CSV')}: {e}") from None
     return rows, lines
 
 
@@ -275,11 +358,13 @@ def _read_json_records(text: str, path: Path, fmt: str) -> tuple[list[dict], lis
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise GptclfError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+        except (ValueError, RecursionError) as e:  # 5,000-digit numbers, [[[[... nested too deep
+            raise GptclfError(f"{path}: invalid JSON: {type(e).__name__}: {str(e)[:100]}") from None
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise GptclfError(f"{path}: expected a JSON list of objects")
         return data, list(range(1, len(data) + 1))
     records, lines = [], []
-    for i, line in enumerate(text.splitlines(), 1):
+    for i, line in enumerate(split_lines(text), 1):
         if not line.strip():
             continue
         try:
@@ -287,6 +372,8 @@ def _read_json_records(text: str, path: Path, fmt: str) -> tuple[list[dict], lis
         except json.JSONDecodeError as e:
             raise GptclfError(f"{path}:{i}: invalid JSON: {e.msg}",
                               hint="JSONL needs one JSON object per line") from None
+        except (ValueError, RecursionError) as e:
+            raise GptclfError(f"{path}:{i}: invalid JSON: {type(e).__name__}: {str(e)[:100]}") from None
         if not isinstance(rec, dict):
             raise GptclfError(f"{path}:{i}: expected a JSON object, got {type(rec).__name__}")
         records.append(rec)
@@ -387,6 +474,8 @@ def load_splits(data: str = "sms-spam", *, val: str | None = None, test: str | N
         else:
             examples, source = read_table(path, text_column, label_column), str(path)
     examples = drop_empty_texts(examples, source)
+    if not examples:
+        raise GptclfError(f"{source}: no non-empty texts", hint=f"check --text-column ({text_column!r})")
     classes = Counter(e.label for e in examples)
     if len(classes) < 2:
         raise GptclfError(f"{source}: only one class ({next(iter(classes), None)!r}) in the labels",
@@ -405,6 +494,10 @@ def load_splits(data: str = "sms-spam", *, val: str | None = None, test: str | N
             va, te = (other, te) if val is None else (va, other)
         else:
             tr = random_split(examples, 1.0, 0.0, seed)[0]
+    for name, split, opt in (("validation", va, "--val"), ("test", te, "--test")):
+        if not split:
+            raise GptclfError(f"{source}: the {name} split is empty ({len(examples)} examples are too few "
+                              "for the split)", hint=f"add data, or pass your own {name} file with {opt}")
     labels = sorted({e.label for e in tr})  # type: ignore[type-var]
     if len(labels) < 2:
         raise GptclfError(f"{source}: the training split has a single class {labels}",

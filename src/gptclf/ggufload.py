@@ -168,8 +168,17 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _hf_tokenizer_factory(cfg: dict[str, Any], directory: Path | None) -> HFTokenizer:
     if directory is None:
         raise GptclfError("an hf-tokenizers tokenizer needs the model directory holding its file")
-    return HFTokenizer.from_file(Path(directory) / cfg.get("file", "tokenizer.json"),
-                                 pad_id=cfg["pad_id"], name=cfg.get("name", "hf-tokenizers"))
+    file = cfg.get("file", "tokenizer.json")
+    # config.json comes with the model, possibly from someone else: it may only name a file
+    # inside the model directory, never '../../somewhere' or an absolute path.
+    if (not isinstance(file, str) or not file or file in (".", "..") or "/" in file or "\\" in file
+            or "\0" in file or Path(file).is_absolute()):
+        raise GptclfError(f"{directory}: the tokenizer file {file!r} in config.json is not a plain file name",
+                          hint="a model directory's config.json may only name files inside the directory")
+    pad_id = cfg.get("pad_id")
+    if isinstance(pad_id, bool) or not isinstance(pad_id, int) or pad_id < 0:
+        raise GptclfError(f"{directory}: the tokenizer's pad_id {pad_id!r} is not a token id")
+    return HFTokenizer.from_file(Path(directory) / file, pad_id=pad_id, name=str(cfg.get("name", "hf-tokenizers")))
 
 
 register_tokenizer("hf-tokenizers", _hf_tokenizer_factory)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import models
-from .classifier import SequenceClassifier, replace_head
+from .classifier import POOLINGS, SequenceClassifier, replace_head
 from .data import collate, fit_to_length, sorted_batches, tokenize_texts
 from .device import autocast, pick_device, resolve_precision
 from .errors import GptclfError
@@ -33,17 +33,40 @@ def read_run_config(directory: Path) -> dict[str, Any]:
         raise GptclfError(f"{directory} has no config.json", hint="is this a gptclf run directory?")
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GptclfError(f"{cfg_path} is not valid JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, 5,000-digit numbers, [[[[...
+        raise GptclfError(f"{cfg_path} is not valid JSON: {type(e).__name__}: {str(e)[:200]}") from None
     if not isinstance(cfg, dict) or not str(cfg.get("format", "")).startswith("gptclf/"):
         raise GptclfError(f"{cfg_path} is not a gptclf model config",
                           hint="pass the directory written by 'gptclf train'")
     for key in ("architecture", "labels", "tokenizer", "max_length", "pooling"):
         if key not in cfg:
             raise GptclfError(f"{cfg_path} lacks {key!r}")
-    if not isinstance(cfg["labels"], list) or len(cfg["labels"]) < 2:
-        raise GptclfError(f"{cfg_path}: 'labels' must list at least two labels")
+    labels = cfg["labels"]
+    if (not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) and x for x in labels)
+            or len(set(labels)) != len(labels)):
+        raise GptclfError(f"{cfg_path}: 'labels' must list at least two distinct non-empty strings")
+    ml = cfg["max_length"]
+    if isinstance(ml, bool) or not isinstance(ml, int) or ml < 1:
+        raise GptclfError(f"{cfg_path}: max_length {ml!r} is not a positive integer")
+    if cfg["pooling"] not in POOLINGS:
+        raise GptclfError(f"{cfg_path}: pooling {cfg['pooling']!r} is not one of {list(POOLINGS)}")
+    if cfg.get("padding", "dynamic") not in ("dynamic", "longest"):
+        raise GptclfError(f"{cfg_path}: padding {cfg.get('padding')!r} is not 'dynamic' or 'longest'")
+    if not isinstance(cfg["tokenizer"], dict):
+        raise GptclfError(f"{cfg_path}: 'tokenizer' must be a JSON object")
     return cfg
+
+
+def _file_shapes(weights: Path) -> dict[str, torch.Tensor]:
+    """The tensors a safetensors file declares, as meta tensors: names and shapes, no data read."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for every kind of damage
+        raise GptclfError(f"{weights} is not a valid safetensors file ({type(e).__name__}: {e})",
+                          hint="the file is truncated or corrupted; retrain or restore it") from None
 
 
 class Classifier:
@@ -72,31 +95,46 @@ class Classifier:
         directory = Path(directory).expanduser()
         cfg = read_run_config(directory)
         arch = models.config_from_dict(cfg["architecture"])
-        backbone = models.build_model(arch)
-        replace_head(backbone, len(cfg["labels"]))
+        if cfg["max_length"] > arch.context_length:
+            raise GptclfError(f"{directory}: max_length {cfg['max_length']} is longer than the model's "
+                              f"context of {arch.context_length} tokens")
         weights = directory / "model.safetensors"
         if not weights.exists():
             raise GptclfError(f"{directory} has no model.safetensors")
+        # Compare config and file on the meta device first: a config whose sizes disagree
+        # with the weights (or are absurd) is refused before any memory is allocated.
+        with torch.device("meta"):
+            skeleton = replace_head(models.ARCHITECTURES[arch.arch][1](arch), len(cfg["labels"]))
+        declared = _file_shapes(weights)
+        own = skeleton.state_dict()
+        for k in own:
+            if k not in declared and k.endswith("out_head.weight") and "tok_emb.weight" in declared:
+                declared[k] = declared["tok_emb.weight"]
+        problems = state_dict_problems(own, declared)
+        if problems:
+            raise GptclfError(f"{directory}: config.json and model.safetensors disagree: {problems}",
+                              hint="the directory mixes files of different models; retrain or restore it")
+        backbone = models.build_model(arch)
+        replace_head(backbone, len(cfg["labels"]))
         try:
             with safe_open(str(weights), framework="pt") as f:
                 sd = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:
-            raise GptclfError(f"{weights} is not a valid safetensors file ({e})",
+            raise GptclfError(f"{weights} is not a valid safetensors file ({type(e).__name__}: {e})",
                               hint="the file is truncated or corrupted; retrain or restore it") from None
         own = backbone.state_dict()
         # Tied weights are stored once; fill the aliases from their twin.
         for k in own:
             if k not in sd and k.endswith("out_head.weight") and "tok_emb.weight" in sd:
                 sd[k] = sd["tok_emb.weight"]
-        problems = state_dict_problems(own, sd)
-        if problems:
-            raise GptclfError(f"{directory}: config.json and model.safetensors disagree: {problems}",
-                              hint="the directory mixes files of different models; retrain or restore it")
-        backbone.load_state_dict(sd, strict=True)
+        backbone.load_state_dict(sd, strict=True)  # names and shapes were checked above
         tokenizer = tokenizer_from_config(cfg["tokenizer"], directory)
         if tokenizer.vocab_size > arch.vocab_size:
             raise GptclfError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but the "
                               f"model's embedding only {arch.vocab_size}")
+        if not 0 <= tokenizer.pad_id < arch.vocab_size:
+            raise GptclfError(f"{directory}: pad id {tokenizer.pad_id} is outside the vocabulary "
+                              f"of {arch.vocab_size} tokens")
         dev = pick_device(device)
         prec = resolve_precision(precision, dev)
         model = SequenceClassifier(backbone, cfg["pooling"])
@@ -120,6 +158,8 @@ class Classifier:
         """Class probabilities ``[len(texts), num_classes]`` in input order."""
         if isinstance(texts, str):
             raise TypeError("predict_proba expects a list of texts, not a single string")
+        if batch_size < 1:
+            raise GptclfError(f"batch size must be at least 1, not {batch_size}")
         ids = self.encode(texts)
         out = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
         if not ids:

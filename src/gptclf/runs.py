@@ -21,6 +21,7 @@ checkpoints live beside it in ``runs/20261125-221500.partial/`` (see
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -96,7 +97,9 @@ def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: dict[str, 
     if out.exists() and any(out.iterdir()) and not replacing:
         raise GptclfError(f"{out} already exists and is not empty", hint="choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    _remove_stale_temporaries(out)
+    # The pid in the name lets a later save tell a dead writer's leftovers from a live one's.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a run directory is not a secret
@@ -112,6 +115,7 @@ def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: dict[str, 
         save_file(classifier_state_dict(model), str(tmp / "model.safetensors"),
                   metadata={"format": "pt", "producer": "gptclf"})
         os.chmod(tmp / "model.safetensors", 0o666 & ~umask)
+        _fsync_path(tmp / "model.safetensors")
         tokenizer.save(tmp)
         write_json_atomic(tmp / "config.json", config)
         write_json_atomic(tmp / "metrics.json", metrics)
@@ -127,6 +131,10 @@ def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: dict[str, 
             write_run_report(tmp, out.name)
         except Exception as e:  # nor must the report
             print(f"warning: could not write report.html: {e}")
+        for f in tmp.iterdir():
+            if f.name != "model.safetensors" and f.is_file():
+                _fsync_path(f)
+        _fsync_path(tmp)
         if replacing:
             # Two renames: for a moment there is no `out`, but never a half-written one.
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -141,11 +149,47 @@ def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: dict[str, 
             if out.exists():
                 out.rmdir()
             os.replace(tmp, out)
+        _fsync_path(out.parent)  # the rename itself survives a power cut
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     update_latest(out)
     return out
+
+
+def _fsync_path(path: Path) -> None:
+    """Flush a file's (or a directory's entries') data to disk before it is renamed into place."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete ``.<name>.tmp-<pid>-*`` directories whose writer process is gone (killed mid-save)."""
+    prefix = f".{out.name}.tmp-"
+    for p in out.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = p.name[len(prefix):].split("-", 1)[0]
+        if p.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
 
 
 def update_latest(run_dir: Path) -> None:

@@ -150,6 +150,8 @@ class TrainConfig:
                 raise GptclfError("--patience must be at least 1")
         if c.checkpoint_every < 0:
             raise GptclfError("--checkpoint-every must be >= 0 (0: no checkpoints)")
+        if c.max_length is not None and c.max_length < 1:
+            raise GptclfError(f"--max-length must be at least 1 token, not {c.max_length}")
         return c
 
     def stopper(self) -> EarlyStopping | None:

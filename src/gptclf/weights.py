@@ -145,8 +145,15 @@ def read_safetensors_dir(directory: Path) -> dict[str, torch.Tensor]:
     if single.exists():
         files = [single]
     elif index.exists():
-        shards = json.loads(index.read_text())["weight_map"].values()
-        files = [directory / s for s in sorted(set(shards))]
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise GptclfError(f"{index} is not a valid safetensors index ({type(e).__name__}: {e})") from None
+        for s in shards:
+            # The index names files inside the directory, never '../' or absolute paths.
+            if not isinstance(s, str) or not s or "/" in s or "\\" in s or s in (".", ".."):
+                raise GptclfError(f"{index} names the shard {s!r}, which is not a file in {directory}")
+        files = [directory / s for s in sorted(shards)]
     else:
         raise GptclfError(f"no model.safetensors in {directory}",
                           hint="gptclf reads safetensors only (never pickles); save the model with "
@@ -166,8 +173,13 @@ def _load_hf_dir(directory: Path, init: str, source: dict[str, Any]) -> Backbone
     if not cfg_path.exists():
         raise GptclfError(f"{directory} has no config.json",
                           hint="a model directory needs config.json + model.safetensors (Hugging Face format)")
-    hf_cfg = json.loads(cfg_path.read_text())
-    if "gptclf" in hf_cfg:
+    try:
+        hf_cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:
+        raise GptclfError(f"{cfg_path} is not valid JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(hf_cfg, dict):
+        raise GptclfError(f"{cfg_path} is not a JSON object")
+    if "gptclf" in hf_cfg or str(hf_cfg.get("format", "")).startswith("gptclf/"):
         raise GptclfError(f"{directory} is a fine-tuned gptclf classifier, not a backbone",
                           hint="use it with 'gptclf predict/evaluate --model DIR'")
     model_type = hf_cfg.get("model_type")
@@ -175,7 +187,13 @@ def _load_hf_dir(directory: Path, init: str, source: dict[str, Any]) -> Backbone
         raise GptclfError(f"{cfg_path}: model_type {model_type!r} is not supported",
                           hint="supported: " + ", ".join(sorted(HF_CONVERTERS)))
     make_cfg, convert, make_tok = HF_CONVERTERS[model_type]
-    cfg = make_cfg(hf_cfg)
+    try:
+        cfg = make_cfg(hf_cfg)
+    except KeyError as e:
+        raise GptclfError(f"{cfg_path} lacks {e.args[0]!r}", hint="is it a complete Hugging Face config.json?") from None
+    except (TypeError, ValueError) as e:
+        raise GptclfError(f"{cfg_path}: invalid value ({type(e).__name__}: {e})") from None
+    models.check_config(cfg)
     model = models.build_model(cfg)
     if init == "pretrained":
         sd = convert(read_safetensors_dir(directory), cfg)

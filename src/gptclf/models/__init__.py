@@ -8,6 +8,8 @@ documented in :mod:`gptclf.models.gpt2` (``embed``, ``run_blocks``, ``trf_blocks
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 from torch import nn
@@ -23,16 +25,103 @@ def register(arch: str, config_cls: type, model_cls: type[nn.Module]) -> None:
     ARCHITECTURES[arch] = (config_cls, model_cls)
 
 
-def config_from_dict(d: dict[str, Any]) -> Any:
-    arch = d.get("arch", "gpt2")
-    if arch not in ARCHITECTURES:
-        from ..errors import GptclfError
+# Bounds far above any real model (Llama 3 405B: emb 16384, 126 layers, vocab 128k) and
+# far below what would make a hostile config.json allocate terabytes.
+MAX_DIMS: dict[str, int] = {
+    "vocab_size": 1 << 22, "context_length": 1 << 20, "emb_dim": 1 << 16, "n_heads": 1 << 10,
+    "n_kv_heads": 1 << 10, "n_layers": 1 << 10, "hidden_dim": 1 << 18, "head_dim": 1 << 12,
+}
 
+
+def config_from_dict(d: dict[str, Any]) -> Any:
+    """The config object an ``architecture`` dict describes, checked before anything is allocated."""
+    from ..errors import GptclfError
+
+    if not isinstance(d, dict):
+        raise GptclfError(f"the architecture must be a JSON object, not {type(d).__name__}")
+    arch = d.get("arch", "gpt2")
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise GptclfError(f"unknown architecture {arch!r} in config",
                           hint=f"known architectures: {', '.join(sorted(ARCHITECTURES))}")
-    return ARCHITECTURES[arch][0].from_dict(d)
+    try:
+        cfg = ARCHITECTURES[arch][0].from_dict(d)
+    except GptclfError:
+        raise
+    except (TypeError, ValueError, KeyError, ZeroDivisionError) as e:
+        raise GptclfError(f"invalid {arch} architecture in config: {type(e).__name__}: {e}") from None
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: Any) -> int:
+    """Refuse sizes and values the model cannot be built from; return its fp32 size in bytes.
+
+    Runs before any memory is allocated: the constructor is tried on the meta device."""
+    from ..errors import GptclfError
+
+    for name, top in MAX_DIMS.items():
+        if not hasattr(cfg, name):  # not a field of this architecture
+            continue
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
+            raise GptclfError(f"architecture: {name}={v!r} is not an integer between 1 and {top}",
+                              hint="config.json is corrupted or not from a model gptclf can load")
+    if cfg.arch == "gpt2" and cfg.emb_dim % cfg.n_heads:  # Llama configs carry their own head_dim
+        raise GptclfError(f"architecture: emb_dim ({cfg.emb_dim}) is not a multiple of n_heads ({cfg.n_heads})")
+    # Every other field must have its default's type (a JSON number for a float, ...).
+    for f in dataclasses.fields(cfg):
+        v, default = getattr(cfg, f.name), f.default
+        if f.name in MAX_DIMS or default is dataclasses.MISSING or default is None:
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(v, bool)
+        elif isinstance(default, float):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        else:
+            ok = isinstance(v, type(default)) and not (isinstance(v, bool) and not isinstance(default, bool))
+        if not ok:
+            raise GptclfError(f"architecture: {f.name}={v!r} should be a {type(default).__name__}",
+                              hint="config.json is corrupted or not from a model gptclf can load")
+    if not 0 <= getattr(cfg, "drop_rate", 0.0) < 1:
+        raise GptclfError(f"architecture: drop_rate={cfg.drop_rate!r} must be in [0, 1)")
+    try:
+        return parameter_bytes(cfg)
+    except (TypeError, ValueError, KeyError, ZeroDivisionError, RuntimeError) as e:
+        raise GptclfError(f"invalid {cfg.arch} architecture in config: {type(e).__name__}: {e}") from None
+
+
+def parameter_bytes(cfg: Any) -> int:
+    """fp32 bytes of the model's parameters and buffers, counted on the meta device (no memory)."""
+    import torch
+
+    with torch.device("meta"):
+        m = ARCHITECTURES[cfg.arch][1](cfg)
+    return 4 * (sum(p.numel() for p in m.parameters()) + sum(b.numel() for b in m.buffers()))
+
+
+def _available_ram() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def build_model(cfg: Any) -> nn.Module:
-    """Instantiate the backbone for a config object (randomly initialised)."""
+    """Instantiate the backbone for a config object (randomly initialised).
+
+    The size is counted first on the meta device: a config that would need more memory
+    than the machine has is refused with a message instead of being killed by the OOM killer.
+    """
+    from ..errors import GptclfError
+
+    need = check_config(cfg)
+    free = _available_ram()
+    if free is not None and need > free:
+        raise GptclfError(f"the architecture needs {need / 2**30:.1f} GiB for its weights, more than the "
+                          f"{free / 2**30:.1f} GiB of free memory",
+                          hint="check the model's config.json (sizes) or use a smaller model")
     return ARCHITECTURES[cfg.arch][1](cfg)

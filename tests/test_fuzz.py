@@ -1,0 +1,134 @@
+"""Fuzzing the data readers: arbitrary bytes give rows or a GptclfError, nothing else.
+
+Inputs are raw bytes and byte strings assembled from the pieces that steer the
+parsers (delimiters, quotes, line ends, brackets, a BOM, invalid UTF-8, the column
+names), so the fuzzer reaches past the first error. Bounded: a few seconds in CI.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gptclf import data
+from gptclf.errors import GptclfError
+
+from hypothesis_profiles import examples
+
+PIECES = [b",", b"\t", b'"', b"'", b"\n", b"\r", b"\r\n", b"{", b"}", b"[", b"]", b":", b'"text"',
+          b'"label"', b"text", b"label", b"ham", b"spam", b"\xef\xbb\xbf", b"\xff", b"\xe9", b"\x00",
+          b"\xe2\x80\xa8", b"0", b"1", b"1.0", b"-", b"1e999", b"null", b"true", b" ", b"a", b"\\",
+          "\u00e9\u4e2d\U0001f600".encode()]
+fuzz_bytes = st.one_of(
+    st.binary(max_size=300),
+    st.lists(st.sampled_from(PIECES), max_size=60).map(b"".join),
+    # Mostly well-formed tables with damage spliced in.
+    st.tuples(st.sampled_from([b"text,label\n", b"text\tlabel\n", b'{"text": "a", "label": "b"}\n', b"[", b""]),
+              st.lists(st.sampled_from(PIECES), max_size=40).map(b"".join)).map(b"".join),
+)
+SUFFIXES = [".csv", ".tsv", ".jsonl", ".json", ".txt"]
+
+
+def _read(raw: bytes, suffix: str, how: str) -> None:
+    with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+        warnings.simplefilter("ignore", data.DataWarning)
+        p = Path(d) / f"f{suffix}"
+        p.write_bytes(raw)
+        try:
+            if how == "table":
+                rows = data.read_table(p)
+                assert all(isinstance(e.text, str) and isinstance(e.label, str) and e.label for e in rows)
+            elif how == "unlabelled":
+                data.read_table(p, label_column=None)
+            elif how == "sms":
+                rows = data.read_sms_spam(p)
+                assert all(e.label for e in rows)
+            else:
+                data.load_splits(str(p), balance="none")
+        except GptclfError as e:
+            assert e.message  # a message the user can act on; anything else propagates and fails
+
+
+@settings(max_examples=examples(300))
+@given(raw=fuzz_bytes, suffix=st.sampled_from(SUFFIXES),
+       how=st.sampled_from(["table", "unlabelled", "sms", "splits"]))
+def test_arbitrary_bytes_give_rows_or_a_gptclf_error(raw: bytes, suffix: str, how: str) -> None:
+    _read(raw, suffix, how)
+
+
+@settings(max_examples=examples(100))
+@given(raw=fuzz_bytes)
+def test_arbitrary_zip_bytes_give_a_gptclf_error(raw: bytes) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        z = Path(d) / "x.zip"
+        # A zip's magic number in front, so the zip reader (not the table reader) runs.
+        z.write_bytes(b"PK\x03\x04" + raw)
+        with pytest.raises(GptclfError):
+            data.extract_member(z, data.SMS_SPAM_FILE, Path(d) / "out", expected_sha256=data.SMS_SPAM_SHA256)
+        assert not (Path(d) / "out").exists()
+
+
+# ------------------------------------------------------------------ model directories
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=8)
+CONFIG_KEYS = ["architecture", "labels", "max_length", "pooling", "padding", "tokenizer", "format", "num_classes"]
+ARCH_KEYS = ["arch", "vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias",
+             "layer_norm_eps"]
+
+
+@pytest.fixture(scope="module")
+def fuzz_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from gptclf import models
+    from gptclf.classifier import SequenceClassifier, replace_head
+    from gptclf.models.gpt2 import GPT2Config
+    from gptclf.runs import save_run
+    from gptclf.tokenizer import GPT2Tokenizer
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=50257, context_length=16, emb_dim=8, n_heads=2, n_layers=1)
+    model = SequenceClassifier(replace_head(models.build_model(cfg), 2))
+    run_config = {"labels": ["a", "b"], "max_length": 16, "pad_id": 50256, "pooling": "last-nonpad",
+                  "padding": "dynamic", "train": {}}
+    return save_run(tmp_path_factory.mktemp("fuzz") / "run", model, GPT2Tokenizer(), run_config, {},
+                    {"steps": [], "epochs": []})
+
+
+@settings(max_examples=examples(150))
+@given(edits=st.lists(st.tuples(st.sampled_from(CONFIG_KEYS + [f"architecture.{k}" for k in ARCH_KEYS]),
+                                json_values), min_size=1, max_size=3))
+def test_hostile_config_json_loads_or_is_a_gptclf_error(fuzz_run: Path, edits) -> None:
+    import json
+    import shutil
+
+    from gptclf.predict import Classifier
+
+    with tempfile.TemporaryDirectory() as d:
+        run = Path(d) / "run"
+        shutil.copytree(fuzz_run, run)
+        cfg = json.loads((run / "config.json").read_text())
+        for key, value in edits:
+            if key.startswith("architecture.") and isinstance(cfg.get("architecture"), dict):
+                cfg["architecture"][key.split(".", 1)[1]] = value
+            else:
+                cfg[key] = value
+        (run / "config.json").write_text(json.dumps(cfg))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                clf = Classifier.load(run, device="cpu")
+            except GptclfError as e:
+                assert e.message
+                return
+        # What loads must work: one finite prediction per text.
+        out = clf.predict_proba(["hello", "a longer text than the first one"])
+        assert out.shape == (2, len(clf.labels))
