@@ -3,6 +3,16 @@
 Chosen by measurement (see the README's speed section): PyTorch's dynamic int8
 quantization needs no extra dependency and, on this 2-core CPU, runs a 768x3072 linear
 about 6x faster than fp32; ONNX Runtime would add a large dependency for a similar gain.
+
+Two choices keep the accuracy of a fine-tuned model (measured on SmolLM2-135M, where
+per-tensor int8 of every block cost 1.3 points of test accuracy):
+
+* weights are quantized **per output channel**, not with one scale per matrix, so a
+  few large rows do not crush the resolution of all the others;
+* the blocks that were **fine-tuned** stay in fp32 (``keep_last``, by default the run's
+  trainable blocks): they carry the task, they are few, and the frozen blocks before
+  them are the bulk of the compute.
+
 Embeddings, norms and the class head stay in fp32.
 """
 
@@ -15,14 +25,25 @@ from torch import nn
 
 from .errors import GptclfError
 
+MODES = ("int8",)
 
-def quantize_model(model: nn.Module, mode: str = "int8") -> nn.Module:
-    if mode != "int8":
-        raise GptclfError(f"unknown quantization {mode!r}", hint="use int8")
+
+def quantize_model(model: nn.Module, mode: str = "int8", keep_last: int = 0,
+                   per_channel: bool = True, skip: tuple[str, ...] = ()) -> nn.Module:
+    """Quantize the linear layers of every block except the last ``keep_last`` ones
+    and those whose name (inside the block) ends with one of ``skip``."""
+    if mode not in MODES:
+        raise GptclfError(f"unknown quantization {mode!r}", hint=f"use one of {', '.join(MODES)}")
     backbone = getattr(model, "backbone", model)
+    blocks = backbone.trf_blocks
+    n_quant = max(len(blocks) - max(keep_last, 0), 0)
+    qconfig = (torch.ao.quantization.per_channel_dynamic_qconfig if per_channel
+               else torch.ao.quantization.default_dynamic_qconfig)
     with warnings.catch_warnings():
         # PyTorch marks its quantized tensor API as deprecated (moving to torchao); it still works.
         warnings.simplefilter("ignore")
-        backbone.trf_blocks = torch.ao.quantization.quantize_dynamic(
-            backbone.trf_blocks, {nn.Linear}, dtype=torch.qint8)
+        for i in range(n_quant):
+            names = {n: qconfig for n, m in blocks[i].named_modules()
+                     if isinstance(m, nn.Linear) and not n.endswith(skip or ("\0",))}
+            blocks[i] = torch.ao.quantization.quantize_dynamic(blocks[i], names, dtype=torch.qint8)
     return model
