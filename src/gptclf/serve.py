@@ -64,10 +64,12 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 class BodyLimitMiddleware:
     """Refuse request bodies over ``limit`` bytes with a 413 before anything parses them,
-    whether the client declared a Content-Length or streams the body chunked."""
+    whether the client declared a Content-Length or streams the body chunked; and answer
+    408 to a client that takes more than ``read_timeout`` seconds to send its body, so a
+    slow or stalled client cannot hold a connection and a request open forever."""
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any, limit: int, read_timeout: float = 10.0) -> None:
+        self.app, self.limit, self.read_timeout = app, limit, read_timeout
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -76,8 +78,14 @@ class BodyLimitMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await self._refuse(scope, receive, send)
         chunks, size, more = [], 0, True
+        deadline = time.monotonic() + self.read_timeout
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except (asyncio.TimeoutError, TimeoutError):
+                resp = error_response(408, "request_timeout", f"the request body did not arrive within "
+                                      f"{self.read_timeout:g} s", headers={"Connection": "close"})
+                return await resp(scope, receive, send)
             if message["type"] == "http.disconnect":
                 return
             body = message.get("body", b"")
@@ -101,6 +109,59 @@ class BodyLimitMiddleware:
         resp = error_response(413, "body_too_large", f"request body exceeds {self.limit} bytes",
                               limit=self.limit)
         await resp(scope, receive, send)
+
+
+def header_timeout_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol, plus a deadline for request headers.
+
+    uvicorn (h11) sets no timer while it waits for a request's headers: a client that
+    connects and sends nothing, or a header byte now and then (slowloris), keeps its
+    connection forever, and enough of them exhaust the process' file descriptors. Here a
+    connection must deliver complete headers within ``seconds`` of opening, or of the
+    previous response, or it is closed. Once the application has the request, its body
+    deadline is :class:`BodyLimitMiddleware`'s.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def _in_request(self) -> bool:
+            return self.cycle is not None and not self.cycle.response_complete
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(seconds, self._header_timeout)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_timeout(self) -> None:
+            self._header_timer = None
+            if not self._in_request() and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._in_request():  # headers complete: the application has the request
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and not self._in_request():
+                self._arm()  # keep-alive: the next request's headers get the same deadline
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutProtocol
 
 
 # ---------------------------------------------------------------------------- batching
@@ -355,7 +416,7 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
         app.add_middleware(CORSMiddleware, allow_origins=s.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type"])
     # Outermost, so an oversized body is refused before anything reads it.
-    app.add_middleware(BodyLimitMiddleware, limit=s.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=s.max_body_bytes, read_timeout=s.client_timeout_s)
     return app
 
 
@@ -389,4 +450,6 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
     gc.freeze()
     print(f"gptclf: loaded {model_dir} ({', '.join(clf.labels)}) in {time.perf_counter() - t0:.1f}s; "
           f"open http://{host}:{port}/", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
+    s = settings or ServeSettings()
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                http=header_timeout_protocol(s.client_timeout_s))
