@@ -21,7 +21,7 @@ then a burst of concurrent requests beyond the server's queue bound, which must 
 Every error answer must be JSON ``{"error": {"code", "message"}}`` with no traceback and no
 file path. Slow clients must be cut off by the server (``--client-timeout`` of ``gptclf
 serve``), idle sockets closed. With ``--pid`` (local server) the server's RSS is read from
-/proc after each round. Standard library only. Exit status 1 on any unexpected outcome.
+/proc after each round. Standard library only. Exit status 1 on any unexpected outcome, 2 if the server cannot be reached.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import re
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -59,6 +59,7 @@ class Report:
     rounds: int = 0
     seconds: float = 0.0
     healthy: int = 0                      # healthy requests answered 200 with the right result
+    healthy_per_round: list[int] = field(default_factory=list)
     burst: Counter = field(default_factory=Counter)     # status -> count, over-queue bursts
     bad: Counter = field(default_factory=Counter)       # hostile kind -> clients run
     outcomes: Counter = field(default_factory=Counter)  # "kind -> status/closed" as seen
@@ -78,7 +79,8 @@ class Report:
         return self.rss_kb[-1] - self.rss_kb[0] if len(self.rss_kb) >= 2 else None
 
     def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        # Not dataclasses.asdict: it rebuilds a Counter from (key, value) pairs, counting the pairs.
+        d = {k: dict(v) if isinstance(v, Counter) else v for k, v in vars(self).items()}
         d["rss_growth_kb"] = self.rss_growth_kb
         return d
 
@@ -244,9 +246,10 @@ class Soak:
         reader, writer = await self.connect()
         try:
             h = {"Content-Type": "application/json"}
-            h.update({"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(limit * 4)})
-            writer.write(request_head("POST", self.base + "/v1/classify", f"{self.host}:{self.port}", h))
             sent, piece = 0, b'{"texts": ["' + b"a" * 65536
+            # Declared: more than is sent below, so no byte of it reads as a next request.
+            h.update({"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(limit + 4 * len(piece))})
+            writer.write(request_head("POST", self.base + "/v1/classify", f"{self.host}:{self.port}", h))
             # Send a little over the limit, then wait for the answer (sending all of a huge
             # declared body would only test the kernel's socket buffers).
             while sent <= limit + len(piece):
@@ -446,8 +449,10 @@ class Soak:
         # round sees whether the server closes them.
         hold = hold if hold is not None else float(self.limits.get("client_timeout_s", 10)) + 1.0
         for _ in range(rounds):
+            before = self.report.healthy
             await self.one_round(healthy_clients, idle, burst, hold)
             self.report.rounds += 1
+            self.report.healthy_per_round.append(self.report.healthy - before)
             if pid is not None:
                 self.report.rss_kb.append(read_rss_kb(pid))
         try:
@@ -481,7 +486,8 @@ def expected_from_model(model_dir: str) -> Callable[[str], tuple[str, float]]:
 
 def summary(r: Report) -> str:
     bad = sum(v for k, v in r.bad.items())
-    lines = [f"{r.rounds} rounds in {r.seconds:.1f}s: {r.healthy} healthy requests answered right, "
+    lines = [f"{r.rounds} rounds in {r.seconds:.1f}s: {r.healthy} healthy requests answered right "
+             f"(per round {r.healthy_per_round}), "
              f"{bad} hostile clients, burst {dict(r.burst)}",
              "hostile clients by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(r.bad.items())),
              "outcomes: " + ", ".join(f"{k}: {v}" for k, v in sorted(r.outcomes.items()))]
@@ -510,7 +516,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     expected = expected_from_model(args.model) if args.model else None
     soak = Soak(args.url, expected, args.seed)
-    r = asyncio.run(soak.run(args.rounds, args.healthy_clients, args.idle, args.burst, args.hold, args.pid))
+    try:
+        r = asyncio.run(soak.run(args.rounds, args.healthy_clients, args.idle, args.burst, args.hold, args.pid))
+    except OSError as e:
+        print(f"soak: cannot reach {args.url} ({e.strerror or e})", file=sys.stderr)
+        return 2
     if args.max_rss_growth_mb is not None and (r.rss_growth_kb or 0) > args.max_rss_growth_mb * 1024:
         r.fail(f"RSS grew {(r.rss_growth_kb or 0) / 1024:.1f} MiB after round 1")
     print(json.dumps(r.as_dict()) if args.json else summary(r))
