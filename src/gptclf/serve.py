@@ -11,9 +11,10 @@ runs in one worker thread, so the event loop keeps answering (health checks, the
 errors) while it computes.
 
 Failure modes are explicit: a full queue answers 503 with ``Retry-After``, a request
-that waits too long 504, limits (body size, texts per request, text length) a 4xx, all as
-``{"error": {"code", "message"}}``; an unexpected error answers a generic 500 with no
-stack trace or file path.
+that waits too long 504, limits (body size, texts per request, text length) a 4xx, a
+body not sent as JSON 415, a client too slow to send its body 408 (one too slow to send
+its headers has its connection closed), all as ``{"error": {"code", "message"}}``; an
+unexpected error answers a generic 500 with no stack trace or file path.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from email.message import Message
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
@@ -54,6 +56,17 @@ class ApiError(Exception):
                  **extra: Any) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.headers, self.extra = status, code, message, headers, extra
+
+
+def is_json_content_type(value: str | None) -> bool:
+    """Whether FastAPI parses a body with this Content-Type as JSON (application/json or
+    application/*+json; with no Content-Type it does not)."""
+    if not value:
+        return False
+    m = Message()
+    m["content-type"] = value
+    sub = m.get_content_subtype()
+    return m.get_content_maintype() == "application" and (sub == "json" or sub.endswith("+json"))
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
@@ -342,6 +355,11 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if not is_json_content_type(request.headers.get("content-type")):
+            # FastAPI then validates the raw bytes and says "should be a valid dictionary",
+            # which sends the client looking at its JSON rather than at its headers.
+            return error_response(415, "unsupported_media_type",
+                                  "send the body as JSON with the header Content-Type: application/json")
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_response(400, "invalid_json", "the request body is not valid JSON")
@@ -374,6 +392,7 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
 
     @app.post("/v1/classify", response_model=ClassifyResponse,
               responses={400: {"description": "invalid JSON"}, 413: {"description": "over a size limit"},
+                         415: {"description": "body not sent as application/json"},
                          422: {"description": "wrong types or empty list"},
                          503: {"description": "queue full; retry after Retry-After seconds"},
                          504: {"description": "timed out"}})
