@@ -12,7 +12,8 @@ Each round runs, at the same time:
   or, without it, the same answer every time for the same text;
 * hostile clients, each on its own connection: malformed JSON, wrong types, over-limit
   bodies (declared, and chunked with no Content-Length), too many / too long texts, wrong
-  method and route, wrong content type, slow clients (trickled or stalled headers or body),
+  method and route, wrong content type, slow clients (trickled or stalled headers or body,
+  or a keep-alive connection that stalls in its second request's headers),
   clients that hang up mid-request or before the answer, and many idle sockets held open;
 
 then a burst of concurrent requests beyond the server's queue bound, which must answer
@@ -286,6 +287,14 @@ class Soak:
             elif kind == "stalled_headers":  # half the headers, then nothing
                 writer.write(head[: len(head) // 2])
                 sender = None
+            elif kind == "stalled_keepalive":  # one good request, then half of the next one's headers
+                writer.write(head + body)
+                status, _, data = await asyncio.wait_for(read_response(reader), 30)
+                if status != 200 or not self.check_results([MESSAGES[0]], data, kind):
+                    self.report.fail(f"{kind}: first request answered {status}")
+                t0 = time.monotonic()
+                writer.write(head[: len(head) // 2])
+                sender = None
             elif kind == "slow_body":        # full headers, the body a byte at a time
                 writer.write(head)
                 sender = asyncio.ensure_future(trickle(body * 50))
@@ -308,7 +317,9 @@ class Soak:
                 if sender is not None:
                     sender.cancel()
             self.check_error(kind, status, headers, data, (408,))
-            self.report.outcomes[f"{kind} cut off after s"] = round(time.monotonic() - t0)
+            self.report.outcomes[f"{kind}: seconds before the 408"] = round(time.monotonic() - t0)
+        except (Closed, asyncio.TimeoutError) as e:  # stalled_keepalive: no answer to the good request
+            self.report.fail(f"{kind}: {e!r}")
         except OSError as e:  # reset while trickling: the server cut it off
             self.report.outcomes[f"{kind} -> reset"] += 1
             if kind.endswith("body"):
@@ -416,7 +427,7 @@ class Soak:
             for kind, m, p, b, a, h in simple]
         clients += [("huge_declared", lambda: self.over_limit(False)), ("huge_chunked", lambda: self.over_limit(True))]
         clients += [(k, lambda k=k: self.slow(k))
-                    for k in ("slow_headers", "stalled_headers", "slow_body", "stalled_body")]
+                    for k in ("slow_headers", "stalled_headers", "stalled_keepalive", "slow_body", "stalled_body")]
         clients += [(k, lambda k=k: self.hang_up(k))
                     for k in ("hangup_headers", "hangup_body", "hangup_before_answer")]
         return clients
