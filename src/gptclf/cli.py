@@ -178,6 +178,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     lim.add_argument("--max-queue", type=int, default=d.max_queue,
                      help="requests waiting for the model before new ones get 503 + Retry-After")
     lim.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request before 504")
+    lim.add_argument("--client-timeout", type=float, default=d.client_timeout_s,
+                     help="seconds a client has to send its request headers (else the connection is closed) "
+                          "and then its body (else 408): slow or stalled clients cannot hold connections")
     lim.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="413 above this")
     lim.add_argument("--max-texts", type=int, default=d.max_texts, help="texts per request; 413 above")
     lim.add_argument("--max-text-chars", type=int, default=d.max_text_chars, help="characters per text; 413 above")
@@ -337,7 +340,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = ServeSettings(
         max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms, batching=not args.no_batching,
-        max_queue=args.max_queue, timeout_s=args.timeout, max_body_bytes=args.max_body_bytes,
+        max_queue=args.max_queue, timeout_s=args.timeout,
+        client_timeout_s=args.client_timeout, max_body_bytes=args.max_body_bytes,
         max_texts=args.max_texts, max_text_chars=args.max_text_chars, cors_origins=list(args.cors_origin))
     settings.check()
     from .data import DataWarning

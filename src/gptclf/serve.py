@@ -11,9 +11,10 @@ runs in one worker thread, so the event loop keeps answering (health checks, the
 errors) while it computes.
 
 Failure modes are explicit: a full queue answers 503 with ``Retry-After``, a request
-that waits too long 504, limits (body size, texts per request, text length) a 4xx, all as
-``{"error": {"code", "message"}}``; an unexpected error answers a generic 500 with no
-stack trace or file path.
+that waits too long 504, limits (body size, texts per request, text length) a 4xx, a
+body not sent as JSON 415, a client too slow to send its body 408 (one too slow to send
+its headers has its connection closed), all as ``{"error": {"code", "message"}}``; an
+unexpected error answers a generic 500 with no stack trace or file path.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from email.message import Message
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
@@ -56,6 +58,17 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.headers, self.extra = status, code, message, headers, extra
 
 
+def is_json_content_type(value: str | None) -> bool:
+    """Whether FastAPI parses a body with this Content-Type as JSON (application/json or
+    application/*+json; with no Content-Type it does not)."""
+    if not value:
+        return False
+    m = Message()
+    m["content-type"] = value
+    sub = m.get_content_subtype()
+    return m.get_content_maintype() == "application" and (sub == "json" or sub.endswith("+json"))
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
                    **extra: Any) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status,
@@ -64,10 +77,12 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 class BodyLimitMiddleware:
     """Refuse request bodies over ``limit`` bytes with a 413 before anything parses them,
-    whether the client declared a Content-Length or streams the body chunked."""
+    whether the client declared a Content-Length or streams the body chunked; and answer
+    408 to a client that takes more than ``read_timeout`` seconds to send its body, so a
+    slow or stalled client cannot hold a connection and a request open forever."""
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any, limit: int, read_timeout: float = 10.0) -> None:
+        self.app, self.limit, self.read_timeout = app, limit, read_timeout
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -76,8 +91,14 @@ class BodyLimitMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await self._refuse(scope, receive, send)
         chunks, size, more = [], 0, True
+        deadline = time.monotonic() + self.read_timeout
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except (asyncio.TimeoutError, TimeoutError):
+                resp = error_response(408, "request_timeout", f"the request body did not arrive within "
+                                      f"{self.read_timeout:g} s", headers={"Connection": "close"})
+                return await resp(scope, receive, send)
             if message["type"] == "http.disconnect":
                 return
             body = message.get("body", b"")
@@ -101,6 +122,59 @@ class BodyLimitMiddleware:
         resp = error_response(413, "body_too_large", f"request body exceeds {self.limit} bytes",
                               limit=self.limit)
         await resp(scope, receive, send)
+
+
+def header_timeout_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol, plus a deadline for request headers.
+
+    uvicorn (h11) sets no timer while it waits for a request's headers: a client that
+    connects and sends nothing, or a header byte now and then (slowloris), keeps its
+    connection forever, and enough of them exhaust the process' file descriptors. Here a
+    connection must deliver complete headers within ``seconds`` of opening, or of the
+    previous response, or it is closed. Once the application has the request, its body
+    deadline is :class:`BodyLimitMiddleware`'s.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def _in_request(self) -> bool:
+            return self.cycle is not None and not self.cycle.response_complete
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(seconds, self._header_timeout)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_timeout(self) -> None:
+            self._header_timer = None
+            if not self._in_request() and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._in_request():  # headers complete: the application has the request
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and not self._in_request():
+                self._arm()  # keep-alive: the next request's headers get the same deadline
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutProtocol
 
 
 # ---------------------------------------------------------------------------- batching
@@ -281,6 +355,11 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if not is_json_content_type(request.headers.get("content-type")):
+            # FastAPI then validates the raw bytes and says "should be a valid dictionary",
+            # which sends the client looking at its JSON rather than at its headers.
+            return error_response(415, "unsupported_media_type",
+                                  "send the body as JSON with the header Content-Type: application/json")
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_response(400, "invalid_json", "the request body is not valid JSON")
@@ -313,6 +392,7 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
 
     @app.post("/v1/classify", response_model=ClassifyResponse,
               responses={400: {"description": "invalid JSON"}, 413: {"description": "over a size limit"},
+                         415: {"description": "body not sent as application/json"},
                          422: {"description": "wrong types or empty list"},
                          503: {"description": "queue full; retry after Retry-After seconds"},
                          504: {"description": "timed out"}})
@@ -355,7 +435,7 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
         app.add_middleware(CORSMiddleware, allow_origins=s.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type"])
     # Outermost, so an oversized body is refused before anything reads it.
-    app.add_middleware(BodyLimitMiddleware, limit=s.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=s.max_body_bytes, read_timeout=s.client_timeout_s)
     return app
 
 
@@ -389,4 +469,6 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
     gc.freeze()
     print(f"gptclf: loaded {model_dir} ({', '.join(clf.labels)}) in {time.perf_counter() - t0:.1f}s; "
           f"open http://{host}:{port}/", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
+    s = settings or ServeSettings()
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                http=header_timeout_protocol(s.client_timeout_s))

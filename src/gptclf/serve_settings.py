@@ -17,6 +17,7 @@ class ServeSettings:
     batching: bool = True           # False: one request per forward pass (for comparison)
     max_queue: int = 256            # requests waiting for the model; beyond: 503
     timeout_s: float = 10.0         # per request, queueing included; beyond: 504
+    client_timeout_s: float = 10.0  # to send a whole request (headers, then body); beyond: closed / 408
     max_body_bytes: int = 1_000_000
     max_texts: int = 64             # per request
     max_text_chars: int = 10_000    # per text
@@ -32,6 +33,8 @@ class ServeSettings:
             raise GptclfError(f"--batch-wait-ms must not be negative, not {self.batch_wait_ms}")
         if not self.timeout_s > 0:
             raise GptclfError(f"--timeout must be positive, not {self.timeout_s}")
+        if not self.client_timeout_s > 0:
+            raise GptclfError(f"--client-timeout must be positive, not {self.client_timeout_s}")
         return self
 
 
