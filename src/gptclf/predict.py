@@ -73,8 +73,6 @@ class Classifier:
         directory = Path(directory).expanduser()
         cfg = read_run_config(directory)
         arch = models.config_from_dict(cfg["architecture"])
-        backbone = models.build_model(arch)
-        replace_head(backbone, len(cfg["labels"]))
         weights = directory / "model.safetensors"
         if not weights.exists():
             raise GptclfError(f"{directory} has no model.safetensors")
@@ -84,23 +82,31 @@ class Classifier:
         except Exception as e:
             raise GptclfError(f"{weights} is not a valid safetensors file ({e})",
                               hint="the file is truncated or corrupted; retrain or restore it") from None
-        own = backbone.state_dict()
-        # Tied weights are stored once; fill the aliases from their twin.
-        for k in own:
-            if k not in sd and k.endswith("out_head.weight") and "tok_emb.weight" in sd:
-                sd[k] = sd["tok_emb.weight"]
-        problems = state_dict_problems(own, sd)
-        if problems:
-            raise GptclfError(f"{directory}: config.json and model.safetensors disagree: {problems}",
-                              hint="the directory mixes files of different models; retrain or restore it")
-        backbone.load_state_dict(sd, strict=True)
+        if cfg.get("lora"):
+            # Adapters only: rebuild the base model it names and merge them into it.
+            from .lora import load_adapter_classifier
+
+            backbone = load_adapter_classifier(directory, cfg, sd)
+        else:
+            backbone = models.build_model(arch)
+            replace_head(backbone, len(cfg["labels"]))
+            own = backbone.state_dict()
+            # Tied weights are stored once; fill the aliases from their twin.
+            for k in own:
+                if k not in sd and k.endswith("out_head.weight") and "tok_emb.weight" in sd:
+                    sd[k] = sd["tok_emb.weight"]
+            problems = state_dict_problems(own, sd)
+            if problems:
+                raise GptclfError(f"{directory}: config.json and model.safetensors disagree: {problems}",
+                                  hint="the directory mixes files of different models; retrain or restore it")
+            backbone.load_state_dict(sd, strict=True)
         tokenizer = tokenizer_from_config(cfg["tokenizer"], directory)
         if tokenizer.vocab_size > arch.vocab_size:
             raise GptclfError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but the "
                               f"model's embedding only {arch.vocab_size}")
         dev = pick_device(device)
         prec = resolve_precision(precision, dev)
-        model = SequenceClassifier(backbone, cfg["pooling"])
+        model = SequenceClassifier(backbone, cfg["pooling"], causal=cfg.get("causal_mask", True))
         for p in model.parameters():
             p.requires_grad = False
         if quantize:

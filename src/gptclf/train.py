@@ -64,6 +64,14 @@ class TrainConfig:
     eval_iter: int = 5
     eval_batch_size: int = 64
     trainable: str = "last_block"
+    # --trainable lora (the book's appendix E); rank/alpha 16 as the book's example.
+    lora_rank: int = 16
+    lora_alpha: float = 16.0
+    lora_targets: str | None = None  # comma-separated block-relative names; None: all four linears
+    lora_dropout: float = 0.0
+    grad_checkpointing: bool = False
+    causal_mask: bool = True  # False: the book's "no causal mask" experiment (pads are masked)
+    context_length: int | None = None  # pad every text to N tokens (the book's "pad to 1024")
     pooling: str | None = None  # None: last-nonpad, or 'last' with --reference
     padding: str | None = None  # 'dynamic' (default) or 'longest' (the book's)
     max_length: int | None = None  # default: the longest training text
@@ -77,6 +85,11 @@ class TrainConfig:
     out: str | None = None
     progress: bool = True
 
+    def lora_config(self):  # -> lora.LoRAConfig
+        from .lora import LoRAConfig, parse_targets
+
+        return LoRAConfig(self.lora_rank, self.lora_alpha, parse_targets(self.lora_targets), self.lora_dropout)
+
     def resolved(self) -> "TrainConfig":
         """Fill in the choices that depend on ``--reference``."""
         c = TrainConfig(**asdict(self))
@@ -86,6 +99,13 @@ class TrainConfig:
             c.cache = "off"
             c.group_by_length = 0
             c.eval_batch_size = c.batch_size
+        if c.context_length is not None:
+            if c.context_length < 1:
+                raise GptclfError("--context-length must be at least 1")
+            if c.padding == "dynamic" or (c.max_length is not None and c.max_length != c.context_length):
+                raise GptclfError("--context-length N pads every text to N tokens; it cannot be combined "
+                                  "with --padding dynamic or a different --max-length")
+            c.padding, c.max_length = "longest", c.context_length
         c.pooling = c.pooling or "last-nonpad"
         c.padding = c.padding or "dynamic"
         if c.padding not in ("dynamic", "longest"):
@@ -172,7 +192,7 @@ class TrunkCache:
         for idx in batches:
             ids, lens = collate([ds.ids[i] for i in idx], pad_id, pad_to)
             with autocast(device, precision):
-                h = model.trunk(ids.to(device, non_blocking=True), end).float()
+                h = model.trunk(ids.to(device, non_blocking=True), end, lens.to(device)).float()
             h = h.to(storage.device)
             for j, i in enumerate(idx):
                 n = int(row_lengths[i])
@@ -337,13 +357,23 @@ def train_classifier(model: SequenceClassifier, optimizer: torch.optim.Optimizer
 
 
 def build_classifier(backbone: Backbone, num_classes: int, trainable: str, pooling: str,
-                     seed: int) -> tuple[SequenceClassifier, int]:
-    """Head swap (seeded, as the book's ``torch.manual_seed(123)`` before it) and freezing."""
+                     seed: int, lora: Any = None, causal: bool = True,
+                     grad_checkpointing: bool = False) -> tuple[SequenceClassifier, int]:
+    """Head swap (seeded, as the book's ``torch.manual_seed(123)`` before it) and freezing.
+
+    ``trainable="lora"`` freezes everything and adds LoRA adapters (``lora``: a
+    :class:`gptclf.lora.LoRAConfig`) instead of unfreezing whole blocks.
+    """
     model = backbone.model
     torch.manual_seed(seed)
     replace_head(model, num_classes)
-    frozen = freeze_for_finetuning(model, trainable)
-    return SequenceClassifier(model, pooling), frozen
+    if trainable == "lora":
+        from .lora import freeze_for_lora
+
+        frozen = freeze_for_lora(model, lora)
+    else:
+        frozen = freeze_for_finetuning(model, trainable)
+    return SequenceClassifier(model, pooling, causal=causal, grad_checkpointing=grad_checkpointing), frozen
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -380,6 +410,23 @@ def _cache_mode(cfg: TrainConfig, model: SequenceClassifier, frozen: int, datase
     return "disk"
 
 
+def _log_memory_estimate(model: SequenceClassifier, cfg: TrainConfig, frozen: int, max_length: int,
+                         datasets: Sequence[EncodedDataset], pad_to: int | None, device: torch.device,
+                         log: Callable[[str], None]) -> None:
+    """Print what the run will need before it starts, and warn when that exceeds what there is."""
+    from .memory import available_memory, estimate_for_model, memory_warning
+
+    uses_cache = cfg.cache != "off" and frozen > 0
+    cache_tokens = sum(len(d) * pad_to if pad_to else int(d.lengths.sum()) for d in datasets) if uses_cache else 0
+    est = estimate_for_model(model.backbone, frozen, cfg.batch_size, pad_to or max_length,
+                             cfg.grad_checkpointing, cache_tokens)
+    log(est.describe())
+    available, where = available_memory(device)
+    warning = memory_warning(est, available, where)
+    if warning:
+        log(warning)
+
+
 def run_training(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> Path:
     """``gptclf train``: data, model, fine-tuning, final evaluation, run directory."""
     from .runs import default_run_dir, save_run
@@ -411,13 +458,24 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> 
     log(f"model: {cfg.model} ({cfg.init}), max length {max_length} tokens, pad id {tok.pad_id}, "
         f"padding {cfg.padding}, pooling {cfg.pooling}, device {device} ({precision})")
 
-    model, frozen = build_classifier(backbone, len(splits.labels), cfg.trainable, cfg.pooling, cfg.seed)
+    lora_cfg = cfg.lora_config() if cfg.trainable == "lora" else None
+    base_fp = None
+    if lora_cfg is not None:
+        from .lora import base_fingerprint
+
+        base_fp = base_fingerprint(backbone.model)  # before the head swap and the adapters
+    model, frozen = build_classifier(backbone, len(splits.labels), cfg.trainable, cfg.pooling, cfg.seed,
+                                     lora=lora_cfg, causal=cfg.causal_mask,
+                                     grad_checkpointing=cfg.grad_checkpointing)
     model.to(device)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     log(f"trainable parameters: {n_trainable:,} of {n_total:,} ({cfg.trainable}; "
         f"{frozen} of {model.config.n_layers} blocks frozen)")
     pad_to = max_length if cfg.padding == "longest" else None
+    if lora_cfg is not None and frozen == 0 and cfg.cache != "off":
+        log("trunk cache off: LoRA adapters reach block 0, so no block's output is fixed")
+    _log_memory_estimate(model, cfg, frozen, max_length, (train_ds, val_ds, test_ds), pad_to, device, log)
 
     caches: list[TrunkCache] = []
     mode = _cache_mode(cfg, model, frozen, (train_ds, val_ds, test_ds), pad_to, device, log)
@@ -478,6 +536,17 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> 
         "device": str(device), "precision": precision, "trunk_cache": mode,
     })
     model_for_save = getattr(model, "_orig_mod", model)
+    tensors = None
+    if lora_cfg is not None:
+        from .lora import can_reload_base, merge_lora, trained_state_dict
+
+        if can_reload_base(backbone.source):
+            # Only what trained; config.json names the base model to rebuild the rest from.
+            tensors = trained_state_dict(model_for_save)
+        else:
+            merge_lora(model_for_save.backbone)
+            log("the base model was randomly initialised and cannot be rebuilt from its name: "
+                "saving the full model with the LoRA adapters merged")
     run_config = {
         "gptclf_version": __version__,
         "labels": splits.labels,
@@ -487,11 +556,13 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> 
         "padding": cfg.padding,
         "trainable": cfg.trainable,
         "base_model": backbone.source,
+        "causal_mask": cfg.causal_mask,
+        **({"lora": {**lora_cfg.to_dict(), "base_fingerprint": base_fp}} if tensors is not None else {}),
         "data": splits.summary(),
         "train": asdict(cfg),
     }
     out = Path(cfg.out) if cfg.out else default_run_dir()
-    save_run(out, model_for_save, tok, run_config, metrics, history)
+    save_run(out, model_for_save, tok, run_config, metrics, history, tensors=tensors)
     log(f"saved {'(interrupted) ' if metrics['interrupted'] else ''}run to {out} in {total_seconds:.1f}s")
     if metrics["interrupted"]:
         raise KeyboardInterrupt
