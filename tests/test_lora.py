@@ -19,7 +19,7 @@ from gptclf.predict import Classifier
 from gptclf.train import TrainConfig, run_training
 from gptclf.weights import load_backbone
 
-from conftest import SMS_FILE, env_with, write_gpt2_config_only
+from conftest import env_with, write_gpt2_config_only
 
 
 def _classifier(model_dir: Path, lora: LoRAConfig | None, seed: int = 0) -> SequenceClassifier:
@@ -91,22 +91,6 @@ def test_llama_targets_are_the_fused_projections() -> None:
     m = LlamaModel(LlamaConfig(vocab_size=64, emb_dim=32, n_heads=4, n_kv_heads=2, n_layers=2, hidden_dim=48))
     assert valid_targets(m) == ["att.out_proj", "att.qkv", "ff.fc", "ff.proj"]
     assert apply_lora(m, LoRAConfig(rank=2)) == 8
-
-
-@pytest.fixture(scope="module")
-def small_sms(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """300 ham + 300 spam of the real collection: enough to see the loss fall, fast on 2 cores."""
-    if not SMS_FILE.exists():
-        pytest.skip("the shared SMS Spam Collection copy is not present")
-    rows = [ln.split("\t", 1) for ln in SMS_FILE.read_text(encoding="utf-8").splitlines() if "\t" in ln]
-    ham = [t for lab, t in rows if lab == "ham"][:300]
-    spam = [t for lab, t in rows if lab == "spam"][:300]
-    path = tmp_path_factory.mktemp("data") / "small.jsonl"
-    with open(path, "w", encoding="utf-8") as f:
-        for lab, texts in (("ham", ham), ("spam", spam)):
-            for t in texts:
-                f.write(json.dumps({"text": t, "label": lab}) + "\n")
-    return path
 
 
 def gptclf(*args: str) -> subprocess.CompletedProcess:
