@@ -119,6 +119,7 @@ def test_lora_run_trains_saves_small_and_predicts(lora_run: Path, tiny_gpt2: Pat
     assert cfg["lora"]["rank"] == 8 and cfg["lora"]["alpha"] == 16
     assert cfg["lora"]["base_fingerprint"]["parameters"] > 0
     assert cfg["base_model"]["name"] == str(tiny_gpt2) and cfg["base_model"]["init"] == "pretrained"
+    assert cfg["lora"]["base"] == str(tiny_gpt2.resolve())
     saved = load_file(str(lora_run / "model.safetensors"))
     assert all(".lora_" in k or k.startswith(("out_head.", "final_norm.")) for k in saved)
     assert m["trainable_parameters"] == sum(t.numel() for t in saved.values())
@@ -159,7 +160,7 @@ def test_a_different_base_model_is_refused(lora_run: Path, tmp_path: Path) -> No
     (copy / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(GptclfError, match="fingerprint"):
         Classifier.load(copy)
-    cfg["base_model"]["name"] = str(tmp_path / "gone")
+    cfg["lora"]["base"] = str(tmp_path / "gone")
     (copy / "config.json").write_text(json.dumps(cfg))
     r = gptclf("predict", "--model", str(copy), "hello")
     assert r.returncode == 2 and "LoRA adapters for the base model" in r.stderr and "Traceback" not in r.stderr

@@ -224,6 +224,14 @@ def base_fingerprint(model: nn.Module) -> dict[str, Any]:
     return {"parameters": count, "sha256_sample": h.hexdigest()}
 
 
+def base_reference(source: dict[str, Any]) -> str:
+    """The name to rebuild the base from: a local path made absolute, so the run directory
+    still finds its base when loaded from another working directory."""
+    name = str(source["name"])
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
 def can_reload_base(source: dict[str, Any]) -> bool:
     """A base given by random initialisation cannot be rebuilt from its name."""
     return source.get("init", "pretrained") == "pretrained" and bool(source.get("name"))
@@ -240,22 +248,23 @@ def load_adapter_classifier(directory: Path, cfg: dict[str, Any],
     if not can_reload_base(source):
         raise GptclfError(f"{directory}: the LoRA adapters' base model cannot be rebuilt ({source})",
                           hint="the run directory is damaged; retrain it")
+    name = cfg["lora"].get("base") or source["name"]
     try:
-        backbone = load_backbone(source["name"], "pretrained")
+        backbone = load_backbone(name, "pretrained")
     except GptclfError as e:
-        raise GptclfError(f"{directory} holds LoRA adapters for the base model {source['name']!r}, which "
+        raise GptclfError(f"{directory} holds LoRA adapters for the base model {name!r}, which "
                           f"could not be loaded: {e.message}",
                           hint=e.hint or "make the base model available, or load a merged directory "
                                          "('gptclf export --merge')") from None
     model = backbone.model
     want = models.config_from_dict(cfg["architecture"]).to_dict()
     if model.config.to_dict() != want:
-        raise GptclfError(f"{directory}: the base model {source['name']!r} has a different architecture "
+        raise GptclfError(f"{directory}: the base model {name!r} has a different architecture "
                           "than the one the adapters were trained on",
                           hint="point the run at the same base model it was trained from")
     fp = cfg["lora"].get("base_fingerprint")
     if fp and base_fingerprint(model) != fp:
-        raise GptclfError(f"{directory}: the base model {source['name']!r} found now has different weights "
+        raise GptclfError(f"{directory}: the base model {name!r} found now has different weights "
                           "than the one the adapters were trained on (fingerprint mismatch)",
                           hint="restore the original base model, or retrain the adapters on this one")
     replace_head(model, len(cfg["labels"]))

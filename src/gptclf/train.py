@@ -538,7 +538,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> 
     model_for_save = getattr(model, "_orig_mod", model)
     tensors = None
     if lora_cfg is not None:
-        from .lora import can_reload_base, merge_lora, trained_state_dict
+        from .lora import base_reference, can_reload_base, merge_lora, trained_state_dict
 
         if can_reload_base(backbone.source):
             # Only what trained; config.json names the base model to rebuild the rest from.
@@ -557,7 +557,8 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> 
         "trainable": cfg.trainable,
         "base_model": backbone.source,
         "causal_mask": cfg.causal_mask,
-        **({"lora": {**lora_cfg.to_dict(), "base_fingerprint": base_fp}} if tensors is not None else {}),
+        **({"lora": {**lora_cfg.to_dict(), "base": base_reference(backbone.source),
+                     "base_fingerprint": base_fp}} if tensors is not None else {}),
         "data": splits.summary(),
         "train": asdict(cfg),
     }
