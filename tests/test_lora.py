@@ -176,3 +176,11 @@ def test_random_base_saves_the_merged_model(tmp_path: Path, small_sms: Path) -> 
     clf = Classifier.load(out)
     m = json.loads((out / "metrics.json").read_text())
     assert clf.evaluate(["free prize call now"], ["spam"])["n"] == 1 and m["trainable_parameters"] > 0
+
+
+def test_bad_lora_options_fail_before_any_data_is_read() -> None:
+    with pytest.raises(GptclfError, match="--lora-alpha"):
+        TrainConfig(trainable="lora", lora_alpha=0, data="/nonexistent.csv").resolved()
+    with pytest.raises(GptclfError, match="--lora-dropout"):
+        TrainConfig(trainable="lora", lora_dropout=1.0).resolved()
+    assert TrainConfig(trainable="last_block", lora_rank=0).resolved().lora_rank == 0  # unused: ignored

@@ -122,6 +122,8 @@ class TrainConfig:
                 raise GptclfError(f"--{name.replace('_', '-')} must be at least 1")
         if not c.lr > 0:
             raise GptclfError("--lr must be positive")
+        if c.trainable == "lora":
+            c.lora_config()  # fail fast on a bad rank/alpha/dropout, before any data is read
         return c
 
 
