@@ -97,3 +97,18 @@ def test_gradient_checkpointing_gives_the_same_gradients(lora_dropout: float | N
     assert grads_a.keys() == grads_b.keys() and grads_a
     for n in grads_a:
         assert torch.allclose(grads_a[n], grads_b[n], atol=1e-7, rtol=0), n
+
+
+def test_training_logs_the_estimate_and_warns_when_it_does_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gptclf.memory
+    from gptclf.train import TrainConfig, _log_memory_estimate
+
+    cfg = GPT2Config(vocab_size=100, context_length=32, emb_dim=32, n_heads=4, n_layers=3)
+    model = SequenceClassifier(replace_head(GPT2Model(cfg), 2))
+    lines: list[str] = []
+    monkeypatch.setattr(gptclf.memory, "available_memory", lambda device: (10**12, "available RAM"))
+    _log_memory_estimate(model, TrainConfig(cache="off"), 0, 32, (), None, torch.device("cpu"), lines.append)
+    assert len(lines) == 1 and lines[0].startswith("memory estimate:")
+    monkeypatch.setattr(gptclf.memory, "available_memory", lambda device: (1000, "available RAM"))
+    _log_memory_estimate(model, TrainConfig(cache="off"), 0, 32, (), None, torch.device("cpu"), lines.append)
+    assert lines[-1].startswith("warning: the run needs about") and "available RAM" in lines[-1]
