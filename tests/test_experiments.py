@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_gpt2_config_only
 
 from gptclf import cli
 from gptclf.classifier import SequenceClassifier, pool, replace_head
@@ -16,8 +17,6 @@ from gptclf.models.llama import LlamaConfig, LlamaModel
 from gptclf.predict import Classifier
 from gptclf.train import TrainConfig, run_training
 from gptclf.weights import load_backbone
-
-from conftest import write_gpt2_config_only
 
 
 def _tiny(arch: str) -> torch.nn.Module:

@@ -9,17 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import env_with, write_gpt2_config_only
 from safetensors.torch import load_file
 
 from gptclf.classifier import SequenceClassifier, replace_head
 from gptclf.errors import GptclfError
-from gptclf.lora import (LoRAConfig, LoRALinear, apply_lora, freeze_for_lora, merge_lora,
-                         parse_targets)
+from gptclf.lora import LoRAConfig, LoRALinear, apply_lora, freeze_for_lora, merge_lora, parse_targets
 from gptclf.predict import Classifier
 from gptclf.train import TrainConfig, run_training
 from gptclf.weights import load_backbone
-
-from conftest import env_with, write_gpt2_config_only
 
 
 def _classifier(model_dir: Path, lora: LoRAConfig | None, seed: int = 0) -> SequenceClassifier:

@@ -7,8 +7,7 @@ import torch
 
 from gptclf.classifier import SequenceClassifier, replace_head
 from gptclf.lora import LoRAConfig, freeze_for_lora
-from gptclf.memory import (GIB, MemoryEstimate, estimate_for_model, estimate_training_memory,
-                           memory_warning)
+from gptclf.memory import GIB, MemoryEstimate, estimate_for_model, estimate_training_memory, memory_warning
 from gptclf.models.gpt2 import GPT2Config, GPT2Model
 from gptclf.train import build_classifier
 from gptclf.weights import load_backbone

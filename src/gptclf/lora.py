@@ -65,7 +65,7 @@ class LoRAConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LoRAConfig":
+    def from_dict(cls, d: dict[str, Any]) -> LoRAConfig:
         return cls(rank=int(d["rank"]), alpha=float(d["alpha"]), targets=tuple(d["targets"]),
                    dropout=float(d.get("dropout", 0.0)))
 
