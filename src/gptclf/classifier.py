@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .errors import GptclfError
 
-POOLINGS = ("last", "last-nonpad", "mean")
-TRAINABLE_CHOICES = ("last_layer", "last_block", "last_two_blocks", "all")
+POOLINGS = ("last", "last-nonpad", "mean", "first")
+TRAINABLE_CHOICES = ("last_layer", "last_block", "last_two_blocks", "all", "lora")
 
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
@@ -69,10 +70,14 @@ def pool(hidden: torch.Tensor, lengths: torch.Tensor, mode: str) -> torch.Tensor
 
     * ``last``: position -1, the book's ``[:, -1, :]`` (a pad token when right-padded);
     * ``last-nonpad``: each row's last real token;
-    * ``mean``: the mean over real tokens.
+    * ``mean``: the mean over real tokens;
+    * ``first``: position 0 (the book's bonus experiment; under the causal mask the first
+      token sees only itself, so it classifies from one token's embedding).
     """
     if mode == "last":
         return hidden[:, -1]
+    if mode == "first":
+        return hidden[:, 0]
     if mode == "last-nonpad":
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
     if mode == "mean":
@@ -83,22 +88,50 @@ def pool(hidden: torch.Tensor, lengths: torch.Tensor, mode: str) -> torch.Tensor
 
 
 class SequenceClassifier(nn.Module):
-    """A backbone with its head swapped: ``forward(ids, lengths) -> logits [batch, classes]``."""
+    """A backbone with its head swapped: ``forward(ids, lengths) -> logits [batch, classes]``.
 
-    def __init__(self, backbone: nn.Module, pooling: str = "last-nonpad") -> None:
+    ``causal=False`` is the book's "no causal mask" experiment: every token sees the whole
+    text. Padding is then hidden by a key-padding mask built from ``lengths``, so a text's
+    result still does not depend on how much its batch is padded (without it, pads would
+    become visible and the dynamic-padding and trunk-cache invariances would break).
+    ``grad_checkpointing`` recomputes each block's activations in the backward pass
+    instead of storing them (less memory, about one extra forward of compute).
+    """
+
+    def __init__(self, backbone: nn.Module, pooling: str = "last-nonpad", causal: bool = True,
+                 grad_checkpointing: bool = False) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise GptclfError(f"unknown pooling {pooling!r}", hint=f"use one of {', '.join(POOLINGS)}")
         self.backbone = backbone
         self.pooling = pooling
+        self.causal = causal
+        self.grad_checkpointing = grad_checkpointing
+        for block in backbone.trf_blocks:
+            block.att.causal = causal
 
     @property
     def config(self):
         return self.backbone.config
 
-    def trunk(self, input_ids: torch.Tensor, end: int) -> torch.Tensor:
+    def attention_mask(self, lengths: torch.Tensor | None, width: int, device: torch.device) -> torch.Tensor | None:
+        """``None`` under the causal mask (right padding is never read); else a key-padding mask."""
+        if self.causal or lengths is None:
+            return None
+        keys = torch.arange(width, device=device)[None, :] < lengths.to(device)[:, None]
+        return keys[:, None, None, :]  # [batch, 1 (heads), 1 (queries), keys]: True = visible
+
+    def _blocks(self, h: torch.Tensor, start: int, end: int | None, mask: torch.Tensor | None) -> torch.Tensor:
+        if not (self.grad_checkpointing and self.training and torch.is_grad_enabled()):
+            return self.backbone.run_blocks(h, start, end, mask)
+        for block in self.backbone.trf_blocks[start:end]:
+            h = checkpoint(block, h, mask, use_reentrant=False)
+        return h
+
+    def trunk(self, input_ids: torch.Tensor, end: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states entering block ``end`` (embeddings + blocks ``0 .. end-1``)."""
-        return self.backbone.run_blocks(self.backbone.embed(input_ids), 0, end)
+        mask = self.attention_mask(lengths, input_ids.shape[1], input_ids.device)
+        return self._blocks(self.backbone.embed(input_ids), 0, end, mask)
 
     def tail(self, hidden: torch.Tensor, lengths: torch.Tensor, start: int) -> torch.Tensor:
         """Blocks ``start ..``, then pool, final norm and head.
@@ -106,7 +139,7 @@ class SequenceClassifier(nn.Module):
         Pooling before the norm and head is exact (both act per position) and saves
         running them on every position.
         """
-        h = self.backbone.run_blocks(hidden, start, None)
+        h = self._blocks(hidden, start, None, self.attention_mask(lengths, hidden.shape[1], hidden.device))
         if self.pooling == "mean":
             h = self.backbone.final_norm(h)
             return self.backbone.out_head(pool(h, lengths, "mean"))

@@ -31,15 +31,29 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--init", choices=["pretrained", "random"], default="pretrained",
                    help="pretrained weights, or train from random initialisation")
     g.add_argument("--trainable", default="last_block",
-                   help="last_layer (head only), last_block (the book), last_two_blocks, all, or a "
-                        "number N of last blocks (with the final norm and the head)")
-    g.add_argument("--pooling", choices=["last", "last-nonpad", "mean"], default=None,
+                   help="last_layer (head only), last_block (the book), last_two_blocks, all, a "
+                        "number N of last blocks (with the final norm and the head), or lora "
+                        "(low-rank adapters in every block + final norm + head; the book's appendix E)")
+    g.add_argument("--pooling", choices=["last", "last-nonpad", "mean", "first"], default=None,
                    help="which position classifies: last real token (default), position -1 "
-                        "(the book's; needs --padding longest) or the mean over real tokens")
+                        "(the book's; needs --padding longest), the mean over real tokens, or the "
+                        "first token (a bonus experiment of the chapter)")
     g.add_argument("--template", default=None,
                    help="wrap each text before tokenizing, e.g. 'Message: {text}\\nIs this message "
                         "spam?' (\\n is a newline); saved with the model and used at prediction. "
                         "With last-token pooling the classifier then reads the question's last token")
+    g.add_argument("--average-embeddings", action="store_true",
+                   help="the chapter's bonus experiment name for --pooling mean")
+    g.add_argument("--no-causal-mask", action="store_true",
+                   help="let every token attend to the whole text (the chapter's bonus experiment); "
+                        "padding stays hidden by a padding mask")
+    lo = p.add_argument_group("LoRA (--trainable lora)")
+    lo.add_argument("--lora-rank", type=int, default=16, help="rank r of each adapter (the book's 16)")
+    lo.add_argument("--lora-alpha", type=float, default=16.0, help="scale: the update is B@A*alpha/r")
+    lo.add_argument("--lora-targets", default=None,
+                    help="comma-separated linear layers of each block (default: "
+                         "att.qkv,att.out_proj,ff.fc,ff.proj, i.e. attention and MLP)")
+    lo.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input")
     d = p.add_argument_group("data")
     d.add_argument("--data", default="sms-spam",
                    help="'sms-spam' (downloaded, checksum-verified, cached) or a CSV/TSV/JSONL file")
@@ -54,6 +68,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="truncate texts to this many tokens (default: the longest training text)")
     d.add_argument("--padding", choices=["dynamic", "longest"], default=None,
                    help="pad each batch to its longest text (default) or every text to --max-length (the book)")
+    d.add_argument("--context-length", type=int, default=None,
+                   help="pad every text to N tokens (= --padding longest --max-length N); 1024 is the "
+                        "chapter's 'pad to the full context' experiment for GPT-2")
     t = p.add_argument_group("training (defaults: the book's)")
     t.add_argument("--epochs", type=int, default=5)
     t.add_argument("--batch-size", type=int, default=8)
@@ -103,6 +120,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto = bf16 autocast on GPUs that support it, else fp32")
     s.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    s.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute each block's activations in the backward pass: much less memory "
+                        "for --trainable all on large models, about a third more compute")
     p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>; runs/latest links it)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
@@ -191,6 +211,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a self-contained copy of a model directory")
+    p.add_argument("src", help="model directory written by 'gptclf train'")
+    p.add_argument("out", help="new directory to write")
+    p.add_argument("--merge", action="store_true", required=True,
+                   help="merge LoRA adapters into the base weights (W + B@A*alpha/r): the copy needs "
+                        "no base model")
+    p.set_defaults(func=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptclf",
@@ -202,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_evaluate(sub)
     _add_serve(sub)
+    _add_export(sub)
     return parser
 
 
@@ -211,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, run_training
 
+    if args.average_embeddings:
+        if args.pooling not in (None, "mean"):
+            raise GptclfError(f"--average-embeddings means --pooling mean, not --pooling {args.pooling}")
+        args.pooling = "mean"
     cfg = TrainConfig(
         grad_accum=args.grad_accum, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
         warmup_ratio=args.warmup_ratio, clip_grad_norm=args.clip_grad_norm,
@@ -225,6 +260,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         padding=args.padding, max_length=args.max_length, group_by_length=args.group_by_length,
         cache=args.cache, cache_max_gb=args.cache_max_gb, reference=args.reference,
         device=args.device, precision=args.precision, compile=args.compile, out=args.out,
+        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
+        lora_dropout=args.lora_dropout, grad_checkpointing=args.grad_checkpointing,
+        causal_mask=not args.no_causal_mask, context_length=args.context_length,
         progress=not args.quiet and sys.stderr.isatty(),
     )
     if args.resume:
@@ -267,6 +305,14 @@ def _resume(args: argparse.Namespace, cfg: TrainConfig) -> Path:
                           + ", ".join(conflicts),
                           hint="leave them out (or give the same values), or start a new run")
     return resume_training(args.resume, progress=cfg.progress)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .lora import export_merged
+
+    out = export_merged(args.src, args.out)
+    print(json.dumps({"exported": str(out)}))
+    return 0
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:

@@ -24,6 +24,17 @@ from .metrics import classification_report, most_confident_mistakes
 from .tokenizer import tokenizer_from_config
 
 
+def _read_safetensors(weights: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise GptclfError(f"{weights} is not a valid safetensors file ({type(e).__name__}: {e})",
+                          hint="the file is truncated or corrupted; retrain or restore it") from None
+
+
 def read_run_config(directory: Path) -> dict[str, Any]:
     cfg_path = directory / "config.json"
     if not directory.exists():
@@ -87,8 +98,6 @@ class Classifier:
     @classmethod
     def load(cls, directory: str | Path, device: str = "auto", precision: str = "fp32",
              quantize: str | None = None) -> "Classifier":
-        from safetensors import safe_open
-
         from .weights import _load_plugins, state_dict_problems
 
         _load_plugins()
@@ -101,33 +110,34 @@ class Classifier:
         weights = directory / "model.safetensors"
         if not weights.exists():
             raise GptclfError(f"{directory} has no model.safetensors")
-        # Compare config and file on the meta device first: a config whose sizes disagree
-        # with the weights (or are absurd) is refused before any memory is allocated.
-        with torch.device("meta"):
-            skeleton = replace_head(models.ARCHITECTURES[arch.arch][1](arch), len(cfg["labels"]))
-        declared = _file_shapes(weights)
-        own = skeleton.state_dict()
-        for k in own:
-            if k not in declared and k.endswith("out_head.weight") and "tok_emb.weight" in declared:
-                declared[k] = declared["tok_emb.weight"]
-        problems = state_dict_problems(own, declared)
-        if problems:
-            raise GptclfError(f"{directory}: config.json and model.safetensors disagree: {problems}",
-                              hint="the directory mixes files of different models; retrain or restore it")
-        backbone = models.build_model(arch)
-        replace_head(backbone, len(cfg["labels"]))
-        try:
-            with safe_open(str(weights), framework="pt") as f:
-                sd = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:
-            raise GptclfError(f"{weights} is not a valid safetensors file ({type(e).__name__}: {e})",
-                              hint="the file is truncated or corrupted; retrain or restore it") from None
-        own = backbone.state_dict()
-        # Tied weights are stored once; fill the aliases from their twin.
-        for k in own:
-            if k not in sd and k.endswith("out_head.weight") and "tok_emb.weight" in sd:
-                sd[k] = sd["tok_emb.weight"]
-        backbone.load_state_dict(sd, strict=True)  # names and shapes were checked above
+        if cfg.get("lora"):
+            # Adapters only: rebuild the base model it names (checked against its fingerprint)
+            # and merge them into it.
+            from .lora import load_adapter_classifier
+
+            backbone = load_adapter_classifier(directory, cfg, _read_safetensors(weights))
+        else:
+            # Compare config and file on the meta device first: a config whose sizes disagree
+            # with the weights (or are absurd) is refused before any memory is allocated.
+            with torch.device("meta"):
+                skeleton = replace_head(models.ARCHITECTURES[arch.arch][1](arch), len(cfg["labels"]))
+            declared = _file_shapes(weights)
+            own = skeleton.state_dict()
+            for k in own:
+                if k not in declared and k.endswith("out_head.weight") and "tok_emb.weight" in declared:
+                    declared[k] = declared["tok_emb.weight"]
+            problems = state_dict_problems(own, declared)
+            if problems:
+                raise GptclfError(f"{directory}: config.json and model.safetensors disagree: {problems}",
+                                  hint="the directory mixes files of different models; retrain or restore it")
+            backbone = models.build_model(arch)
+            replace_head(backbone, len(cfg["labels"]))
+            sd = _read_safetensors(weights)
+            # Tied weights are stored once; fill the aliases from their twin.
+            for k in backbone.state_dict():
+                if k not in sd and k.endswith("out_head.weight") and "tok_emb.weight" in sd:
+                    sd[k] = sd["tok_emb.weight"]
+            backbone.load_state_dict(sd, strict=True)  # names and shapes were checked above
         tokenizer = tokenizer_from_config(cfg["tokenizer"], directory)
         if tokenizer.vocab_size > arch.vocab_size:
             raise GptclfError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but the "
@@ -137,7 +147,7 @@ class Classifier:
                               f"of {arch.vocab_size} tokens")
         dev = pick_device(device)
         prec = resolve_precision(precision, dev)
-        model = SequenceClassifier(backbone, cfg["pooling"])
+        model = SequenceClassifier(backbone, cfg["pooling"], causal=cfg.get("causal_mask", True))
         for p in model.parameters():
             p.requires_grad = False
         if quantize:

@@ -88,8 +88,14 @@ def is_interrupted_run(path: Path) -> bool:
 
 
 def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: dict[str, Any],
-             metrics: dict[str, Any], history: Any, replace_interrupted: bool = False) -> Path:
-    """Write the run directory; ``replace_interrupted``: a resumed run replaces its interrupted save."""
+             metrics: dict[str, Any], history: Any, replace_interrupted: bool = False,
+             tensors: dict[str, torch.Tensor] | None = None, update_latest_link: bool = True) -> Path:
+    """Write a run directory atomically.
+
+    ``replace_interrupted``: a resumed run replaces its interrupted save. ``tensors``
+    replaces the full classifier state dict (a LoRA run saves only what trained);
+    ``update_latest_link=False`` leaves ``<parent>/latest`` alone (exports).
+    """
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -112,7 +118,7 @@ def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: dict[str, 
             "tokenizer": tokenizer.to_config(),
             **run_config,
         }
-        save_file(classifier_state_dict(model), str(tmp / "model.safetensors"),
+        save_file(tensors if tensors is not None else classifier_state_dict(model), str(tmp / "model.safetensors"),
                   metadata={"format": "pt", "producer": "gptclf"})
         os.chmod(tmp / "model.safetensors", 0o666 & ~umask)
         _fsync_path(tmp / "model.safetensors")
@@ -153,7 +159,8 @@ def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: dict[str, 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    update_latest(out)
+    if update_latest_link:
+        update_latest(out)
     return out
 
 

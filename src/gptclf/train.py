@@ -82,6 +82,14 @@ class TrainConfig:
     eval_batch_size: int = 64
     trainable: str = "last_block"
     template: str | None = None  # e.g. "Message: {text}\nIs this message spam?"
+    # --trainable lora (the book's appendix E); rank/alpha 16 as the book's example.
+    lora_rank: int = 16
+    lora_alpha: float = 16.0
+    lora_targets: str | None = None  # comma-separated block-relative names; None: all four linears
+    lora_dropout: float = 0.0
+    grad_checkpointing: bool = False
+    causal_mask: bool = True  # False: the book's "no causal mask" experiment (pads are masked)
+    context_length: int | None = None  # pad every text to N tokens (the book's "pad to 1024")
     pooling: str | None = None  # None: last-nonpad, or 'last' with --reference
     padding: str | None = None  # 'dynamic' (default) or 'longest' (the book's)
     max_length: int | None = None  # default: the longest training text
@@ -105,6 +113,11 @@ class TrainConfig:
     keep_best: bool = False  # save the best epoch's weights (by early_stopping_metric, else val_loss)
     checkpoint_every: int = 500  # optimizer steps between checkpoints (and every epoch end); 0 = none
 
+    def lora_config(self):  # -> lora.LoRAConfig
+        from .lora import LoRAConfig, parse_targets
+
+        return LoRAConfig(self.lora_rank, self.lora_alpha, parse_targets(self.lora_targets), self.lora_dropout)
+
     def resolved(self) -> "TrainConfig":
         """Fill in the choices that depend on ``--reference``."""
         c = TrainConfig(**asdict(self))
@@ -114,6 +127,13 @@ class TrainConfig:
             c.cache = "off"
             c.group_by_length = 0
             c.eval_batch_size = c.batch_size
+        if c.context_length is not None:
+            if c.context_length < 1:
+                raise GptclfError("--context-length must be at least 1")
+            if c.padding == "dynamic" or (c.max_length is not None and c.max_length != c.context_length):
+                raise GptclfError("--context-length N pads every text to N tokens; it cannot be combined "
+                                  "with --padding dynamic or a different --max-length")
+            c.padding, c.max_length = "longest", c.context_length
         c.pooling = c.pooling or "last-nonpad"
         c.padding = c.padding or "dynamic"
         if c.padding not in ("dynamic", "longest"):
@@ -152,6 +172,8 @@ class TrainConfig:
             raise GptclfError("--checkpoint-every must be >= 0 (0: no checkpoints)")
         if c.max_length is not None and c.max_length < 1:
             raise GptclfError(f"--max-length must be at least 1 token, not {c.max_length}")
+        if c.trainable == "lora":
+            c.lora_config()  # fail fast on a bad rank/alpha/dropout, before any data is read
         return c
 
     def stopper(self) -> EarlyStopping | None:
@@ -231,7 +253,7 @@ class TrunkCache:
         for idx in batches:
             ids, lens = collate([ds.ids[i] for i in idx], pad_id, pad_to)
             with autocast(device, precision):
-                h = model.trunk(ids.to(device, non_blocking=True), end).float()
+                h = model.trunk(ids.to(device, non_blocking=True), end, lens.to(device)).float()
             h = h.to(storage.device)
             for j, i in enumerate(idx):
                 n = int(row_lengths[i])
@@ -518,13 +540,23 @@ def train_classifier(model: SequenceClassifier, optimizer: torch.optim.Optimizer
 
 
 def build_classifier(backbone: Backbone, num_classes: int, trainable: str, pooling: str,
-                     seed: int) -> tuple[SequenceClassifier, int]:
-    """Head swap (seeded, as the book's ``torch.manual_seed(123)`` before it) and freezing."""
+                     seed: int, lora: Any = None, causal: bool = True,
+                     grad_checkpointing: bool = False) -> tuple[SequenceClassifier, int]:
+    """Head swap (seeded, as the book's ``torch.manual_seed(123)`` before it) and freezing.
+
+    ``trainable="lora"`` freezes everything and adds LoRA adapters (``lora``: a
+    :class:`gptclf.lora.LoRAConfig`) instead of unfreezing whole blocks.
+    """
     model = backbone.model
     torch.manual_seed(seed)
     replace_head(model, num_classes)
-    frozen = freeze_for_finetuning(model, trainable)
-    return SequenceClassifier(model, pooling), frozen
+    if trainable == "lora":
+        from .lora import freeze_for_lora
+
+        frozen = freeze_for_lora(model, lora)
+    else:
+        frozen = freeze_for_finetuning(model, trainable)
+    return SequenceClassifier(model, pooling, causal=causal, grad_checkpointing=grad_checkpointing), frozen
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -559,6 +591,23 @@ def _cache_mode(cfg: TrainConfig, model: SequenceClassifier, frozen: int, datase
     log(f"trunk cache needs {need / 2**30:.1f} GiB, more than {budget / 2**30:.1f} GiB of RAM: "
         "spilling it to disk (use --cache off to recompute instead)")
     return "disk"
+
+
+def _log_memory_estimate(model: SequenceClassifier, cfg: TrainConfig, frozen: int, max_length: int,
+                         datasets: Sequence[EncodedDataset], pad_to: int | None, device: torch.device,
+                         log: Callable[[str], None]) -> None:
+    """Print what the run will need before it starts, and warn when that exceeds what there is."""
+    from .memory import available_memory, estimate_for_model, memory_warning
+
+    uses_cache = cfg.cache != "off" and frozen > 0
+    cache_tokens = sum(len(d) * pad_to if pad_to else int(d.lengths.sum()) for d in datasets) if uses_cache else 0
+    est = estimate_for_model(model.backbone, frozen, cfg.batch_size, pad_to or max_length,
+                             cfg.grad_checkpointing, cache_tokens)
+    log(est.describe())
+    available, where = available_memory(device)
+    warning = memory_warning(est, available, where)
+    if warning:
+        log(warning)
 
 
 def run_training(cfg: TrainConfig, log: Callable[[str], None] | None = None, *,
@@ -674,7 +723,15 @@ def _run_training(cfg: TrainConfig, log: Callable[[str], None] | None, ctx: Dist
             "gptclf_version": __version__, "out": where, "world_size": ctx.world_size,
             "data_fingerprint": fingerprint, "train": {**options, "out": where}})
 
-    model, frozen = build_classifier(backbone, len(splits.labels), cfg.trainable, cfg.pooling, cfg.seed)
+    lora_cfg = cfg.lora_config() if cfg.trainable == "lora" else None
+    base_fp = None
+    if lora_cfg is not None:
+        from .lora import base_fingerprint
+
+        base_fp = base_fingerprint(backbone.model)  # before the head swap and the adapters
+    model, frozen = build_classifier(backbone, len(splits.labels), cfg.trainable, cfg.pooling, cfg.seed,
+                                     lora=lora_cfg, causal=cfg.causal_mask,
+                                     grad_checkpointing=cfg.grad_checkpointing)
     model.to(device)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
@@ -685,6 +742,9 @@ def _run_training(cfg: TrainConfig, log: Callable[[str], None] | None, ctx: Dist
     if class_weight is not None:
         log("class weights (inverse frequency): " + ", ".join(
             f"{lab} {w:.3f}" for lab, w in zip(splits.labels, class_weight.tolist())))
+    if lora_cfg is not None and frozen == 0 and cfg.cache != "off":
+        log("trunk cache off: LoRA adapters reach block 0, so no block's output is fixed")
+    _log_memory_estimate(model, cfg, frozen, max_length, (train_ds, val_ds, test_ds), pad_to, device, log)
 
     caches: list[TrunkCache] = []
     mode = _cache_mode(cfg, model, frozen, (train_ds, val_ds, test_ds), pad_to, device, log)
@@ -766,6 +826,17 @@ def _run_training(cfg: TrainConfig, log: Callable[[str], None] | None, ctx: Dist
         })
         if ctx.world_size > 1:
             metrics["world_size"] = ctx.world_size
+        tensors = None
+        if lora_cfg is not None:
+            from .lora import base_reference, can_reload_base, merge_lora, trained_state_dict
+
+            if can_reload_base(backbone.source):
+                # Only what trained; config.json names the base model to rebuild the rest from.
+                tensors = trained_state_dict(model_for_save)
+            else:
+                merge_lora(model_for_save.backbone)
+                log("the base model was randomly initialised and cannot be rebuilt from its name: "
+                    "saving the full model with the LoRA adapters merged")
         run_config = {
             "gptclf_version": __version__,
             "labels": splits.labels,
@@ -776,11 +847,14 @@ def _run_training(cfg: TrainConfig, log: Callable[[str], None] | None, ctx: Dist
             "template": cfg.template,
             "trainable": cfg.trainable,
             "base_model": backbone.source,
+            "causal_mask": cfg.causal_mask,
+            **({"lora": {**lora_cfg.to_dict(), "base": base_reference(backbone.source),
+                         "base_fingerprint": base_fp}} if tensors is not None else {}),
             "data": splits.summary(),
             "train": asdict(cfg),
         }
         save_run(out, model_for_save, tok, run_config, metrics, history,
-                 replace_interrupted=resume_from is not None)
+                 replace_interrupted=resume_from is not None, tensors=tensors)
         if interrupted:
             log(f"saved (interrupted) run to {out} in {total_seconds:.1f}s"
                 + (f"; continue it with: gptclf train --resume {out}" if (checkpointer.directory / "checkpoint.json").exists() else ""))
