@@ -146,3 +146,17 @@ def test_template_is_saved_and_used_at_prediction(tmp_path: Path, sms_env: Path,
     with torch.inference_mode():
         p_bare = torch.softmax(clf.model(bare, lens), -1)[0].numpy()
     assert not np.allclose(clf.predict_proba(["hello there"])[0], p_bare, atol=1e-6)
+
+
+def test_backbone_recipe_fills_only_what_is_not_given() -> None:
+    from gptclf.train import BOOK_RECIPE, recipe_for
+
+    book = TrainConfig().resolved()
+    assert (book.trainable, book.lr) == (BOOK_RECIPE["trainable"], BOOK_RECIPE["lr"]) == ("last_block", 5e-5)
+    smol = TrainConfig(model="smollm2-135m").resolved()
+    assert (smol.trainable, smol.lr) == (recipe_for("smollm2-135m")["trainable"], recipe_for("smollm2-135m")["lr"])
+    assert (smol.trainable, smol.lr) != ("last_block", 5e-5)
+    mine = TrainConfig(model="smollm2-135m", trainable="all", lr=1e-5).resolved()
+    assert (mine.trainable, mine.lr) == ("all", 1e-5)
+    # A file path gets the book's recipe: the recipe belongs to a named backbone.
+    assert TrainConfig(model="/some/dir").resolved().lr == 5e-5

@@ -30,10 +30,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "Hugging Face directory, a .gguf file, or a hub id")
     g.add_argument("--init", choices=["pretrained", "random"], default="pretrained",
                    help="pretrained weights, or train from random initialisation")
-    g.add_argument("--trainable", default="last_block",
+    g.add_argument("--trainable", default=None,
                    help="last_layer (head only), last_block (the book), last_two_blocks, all, a "
                         "number N of last blocks (with the final norm and the head), or lora "
-                        "(low-rank adapters in every block + final norm + head; the book's appendix E)")
+                        "(low-rank adapters in every block + final norm + head; the book's appendix E). "
+                        "Default: the backbone's recipe (the book's last_block for GPT-2, "
+                        "last_two_blocks for smollm2-135m)")
     g.add_argument("--pooling", choices=["last", "last-nonpad", "mean", "first"], default=None,
                    help="which position classifies: last real token (default), position -1 "
                         "(the book's; needs --padding longest), the mean over real tokens, or the "
@@ -74,7 +76,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     t = p.add_argument_group("training (defaults: the book's)")
     t.add_argument("--epochs", type=int, default=5)
     t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--lr", type=float, default=5e-5)
+    t.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: the backbone's recipe; the book's 5e-5 for GPT-2, "
+                        "2e-4 for smollm2-135m)")
     t.add_argument("--weight-decay", type=float, default=0.1)
     t.add_argument("--eval-freq", type=int, default=50, help="estimate losses every N steps")
     t.add_argument("--eval-iter", type=int, default=5, help="... on this many batches")
