@@ -464,7 +464,7 @@ def test_config_and_weights_that_disagree_are_refused(tmp_path: Path, tiny_run: 
         (lambda c: c["architecture"].update(vocab_size=1000), "disagree"),
         (lambda c: c.update(max_length=64), "longer than the model's context of 32"),
         (lambda c: c.update(labels=["a", "a"]), "distinct"),
-        (lambda c: c.update(pooling="first"), "pooling 'first'"),
+        (lambda c: c.update(pooling="median"), "pooling 'median'"),
         (lambda c: c.update(max_length="32"), "max_length '32'"),
         (lambda c: c["architecture"].update(surprise=1), "unexpected keyword argument 'surprise'"),
         (lambda c: c["architecture"].update(n_heads=3), "not a multiple of n_heads"),

@@ -9,9 +9,15 @@ per-tensor int8 of every block cost 1.3 points of test accuracy):
 
 * weights are quantized **per output channel**, not with one scale per matrix, so a
   few large rows do not crush the resolution of all the others;
-* the blocks that were **fine-tuned** stay in fp32 (``keep_last``, by default the run's
-  trainable blocks): they carry the task, they are few, and the frozen blocks before
-  them are the bulk of the compute.
+* each architecture names the linears whose *inputs* have outlier channels
+  (``int8_fp32_linears`` in its model file: for Llama the q/k/v projection and the MLP's
+  down projection); those stay fp32, since a dynamic int8 activation scale is set by the
+  largest channel and rounds the rest away.
+
+Measured on a fine-tuned SmolLM2-135M (chapter-6 test split, 300 texts, fp32 98.33 %):
+per-tensor int8 everywhere 95.33 %; per-channel 96.00 %; per-channel with the down
+projection kept 97.67 %; with q/k/v and the down projection kept 98.33 % (all 300
+predictions equal to fp32's, max probability change 0.12).
 
 Embeddings, norms and the class head stay in fp32.
 """
@@ -29,12 +35,15 @@ MODES = ("int8",)
 
 
 def quantize_model(model: nn.Module, mode: str = "int8", keep_last: int = 0,
-                   per_channel: bool = True, skip: tuple[str, ...] = ()) -> nn.Module:
+                   per_channel: bool = True, skip: tuple[str, ...] | None = None) -> nn.Module:
     """Quantize the linear layers of every block except the last ``keep_last`` ones
-    and those whose name (inside the block) ends with one of ``skip``."""
+    and those whose name (inside the block) ends with one of ``skip`` (default: the
+    architecture's ``int8_fp32_linears``)."""
     if mode not in MODES:
         raise GptclfError(f"unknown quantization {mode!r}", hint=f"use one of {', '.join(MODES)}")
     backbone = getattr(model, "backbone", model)
+    if skip is None:
+        skip = tuple(getattr(backbone, "int8_fp32_linears", ()))
     blocks = backbone.trf_blocks
     n_quant = max(len(blocks) - max(keep_last, 0), 0)
     qconfig = (torch.ao.quantization.per_channel_dynamic_qconfig if per_channel

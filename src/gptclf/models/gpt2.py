@@ -134,6 +134,9 @@ class TransformerBlock(nn.Module):
 
 
 class GPT2Model(nn.Module):
+    # Linears that stay fp32 under int8 inference (gptclf.quantize); none for GPT-2.
+    int8_fp32_linears: tuple[str, ...] = ()
+
     def __init__(self, cfg: GPT2Config) -> None:
         super().__init__()
         self.config = cfg
