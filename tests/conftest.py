@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -102,3 +103,48 @@ def tiny_classifier(tiny_run: Path):
     from gptclf.predict import Classifier
 
     return Classifier.load(tiny_run, device="cpu")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_process(model: Path, *flags: str):
+    """A real ``gptclf serve`` subprocess on a free loopback port: yields (url, process).
+
+    No --host: the default must be loopback (test_soak checks it)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "gptclf", "serve", "--model", str(model), "--port", str(port),
+                             "--log-level", "warning", *flags], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"gptclf serve exited: {proc.stdout.read() if proc.stdout else ''}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("gptclf serve did not start in 60 s") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

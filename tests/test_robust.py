@@ -7,7 +7,6 @@ readers and the tokenize / pad / batch / predict path.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -28,7 +27,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import gptclf
 from gptclf import data, models

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from gptclf.serve import create_app  # noqa: E402
 from gptclf.serve_settings import ServeSettings  # noqa: E402
+
+from conftest import free_port, serve_process  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPAM = "WINNER!! As a valued network customer you have been selected to receive a £900 prize reward! Call 09061701461"
@@ -222,39 +223,10 @@ def test_slow_model_answers_504_and_recovers(tiny_classifier: Any) -> None:
 # ------------------------------------------------------------ a real gptclf serve
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def gptclf_serve(model: Path, *flags: str) -> Iterator[str]:
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "gptclf", "serve", "--model", str(model), "--port", str(port),
-                             "--log-level", "warning", *flags], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"gptclf serve exited: {proc.stdout.read() if proc.stdout else ''}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError("gptclf serve did not start in 60 s") from None
-                time.sleep(0.1)
+    with serve_process(model, *flags) as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")

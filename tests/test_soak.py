@@ -10,11 +10,11 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+
+from conftest import free_port, serve_process
 
 pytest.importorskip("uvicorn", reason="the serve extra (fastapi, uvicorn) is not installed")
 
@@ -28,42 +28,6 @@ FLAGS = ("--max-queue", "8", "--max-texts", "8", "--max-body-bytes", "20000", "-
 # lazily built modules) and the end of the last round. Measured: well under 1 MiB; a leak of
 # even 2 KiB per healthy request would pass it within the run.
 MAX_RSS_GROWTH_MIB = 16
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def served(model: Path, *flags: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    # No --host: the default must be loopback (checked below).
-    proc = subprocess.Popen([sys.executable, "-m", "gptclf", "serve", "--model", str(model), "--port", str(port),
-                             "--log-level", "warning", *flags], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"gptclf serve exited: {proc.stdout.read() if proc.stdout else ''}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError("gptclf serve did not start in 60 s") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}", proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _listening_addresses(pid: int, port: int) -> set[str]:
@@ -88,7 +52,7 @@ def _listening_addresses(pid: int, port: int) -> set[str]:
 
 def test_soak_real_server_with_hostile_clients(tiny_run: Path) -> None:
     t0 = time.monotonic()
-    with served(tiny_run, *FLAGS) as (url, proc):
+    with serve_process(tiny_run, *FLAGS) as (url, proc):
         port = int(url.rsplit(":", 1)[1])
         assert _listening_addresses(proc.pid, port) == {"127.0.0.1"}, "must bind loopback only by default"
         r = subprocess.run([sys.executable, str(SOAK), "--url", url, "--rounds", "3", "--healthy-clients", "4",
@@ -125,6 +89,6 @@ def test_soak_real_server_with_hostile_clients(tiny_run: Path) -> None:
 
 
 def test_soak_script_says_when_it_cannot_reach_the_server() -> None:
-    r = subprocess.run([sys.executable, str(SOAK), "--url", f"http://127.0.0.1:{_free_port()}", "--rounds", "1"],
+    r = subprocess.run([sys.executable, str(SOAK), "--url", f"http://127.0.0.1:{free_port()}", "--rounds", "1"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "cannot reach" in r.stderr and "Traceback" not in r.stderr

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .errors import GptclfError
-from .runs import write_json_atomic
+from .runs import fsync_path, write_json_atomic
 
 CHECKPOINT_FORMAT = "gptclf-checkpoint/1"
 RUN_FILE = "run.json"
@@ -58,19 +58,6 @@ def find_partial(path: str | Path) -> Path:
     raise GptclfError(f"no checkpoint to resume at {path} (looked for {partial_dir(path) / RUN_FILE})",
                       hint="pass the --out directory of a run that was interrupted after its first "
                            "checkpoint (see --checkpoint-every)")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory; the file fsyncs still hold
-    finally:
-        os.close(fd)
 
 
 def data_fingerprint(*datasets: Any) -> str:
@@ -171,9 +158,9 @@ class Checkpointer:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(self.directory)
+        fsync_path(self.directory)
         write_json_atomic(self.directory / STATE_FILE, {"format": CHECKPOINT_FORMAT, "tensors": name, **state})
-        _fsync_dir(self.directory)
+        fsync_path(self.directory)
         for old in self.directory.glob("checkpoint-*.safetensors"):
             if old.name != name:
                 old.unlink(missing_ok=True)

@@ -121,7 +121,7 @@ def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: dict[str, 
         save_file(tensors if tensors is not None else classifier_state_dict(model), str(tmp / "model.safetensors"),
                   metadata={"format": "pt", "producer": "gptclf"})
         os.chmod(tmp / "model.safetensors", 0o666 & ~umask)
-        _fsync_path(tmp / "model.safetensors")
+        fsync_path(tmp / "model.safetensors")
         tokenizer.save(tmp)
         write_json_atomic(tmp / "config.json", config)
         write_json_atomic(tmp / "metrics.json", metrics)
@@ -139,8 +139,8 @@ def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: dict[str, 
             print(f"warning: could not write report.html: {e}")
         for f in tmp.iterdir():
             if f.name != "model.safetensors" and f.is_file():
-                _fsync_path(f)
-        _fsync_path(tmp)
+                fsync_path(f)
+        fsync_path(tmp)
         if replacing:
             # Two renames: for a moment there is no `out`, but never a half-written one.
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -155,7 +155,7 @@ def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: dict[str, 
             if out.exists():
                 out.rmdir()
             os.replace(tmp, out)
-        _fsync_path(out.parent)  # the rename itself survives a power cut
+        fsync_path(out.parent)  # the rename itself survives a power cut
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -164,7 +164,7 @@ def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: dict[str, 
     return out
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """Flush a file's (or a directory's entries') data to disk before it is renamed into place."""
     try:
         fd = os.open(path, os.O_RDONLY)
