@@ -216,3 +216,13 @@ def test_template_wraps_every_text_and_truncation_keeps_the_question() -> None:
     with pytest.raises(GptclfError, match="no room"):
         encode_examples(tok, ["x"], [0], max_length=len(pre) + len(post), context_length=1024,
                         template=template)
+
+
+def test_template_special_tokens_count_but_texts_special_tokens_do_not() -> None:
+    from gptclf.data import tokenize_texts
+    from gptclf.tokenizer import GPT2Tokenizer
+
+    tok = GPT2Tokenizer()
+    ids, pre, post = tokenize_texts(tok, ["hi <|endoftext|>"], "{text}<|endoftext|>")
+    assert post == [50256]                  # the template's marker is the special token
+    assert 50256 not in ids[0]              # a text cannot inject it

@@ -566,8 +566,10 @@ def tokenize_texts(tokenizer, texts: Sequence[str], template: str | None = None
     token (the one the classifier reads) is always the question's.
     """
     prefix, suffix = split_template(template)
-    pre = tokenizer.encode(prefix) if prefix else []
-    post = tokenizer.encode(suffix) if suffix else []
+    # The template is the user's own option, so its special tokens count (a chat format
+    # like "<|im_start|>user\n{text}<|im_end|>" works); the texts are data and never do.
+    pre = tokenizer.encode(prefix, allow_special=True) if prefix else []
+    post = tokenizer.encode(suffix, allow_special=True) if suffix else []
     ids = tokenizer.encode_batch(list(texts))
     for i, t in enumerate(ids):
         if not t and not pre and not post:
