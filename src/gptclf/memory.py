@@ -20,6 +20,7 @@ on top, so the warning fires at 90 % of what is available.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -98,13 +99,23 @@ def estimate_for_model(backbone: nn.Module, first_trained_block: int, batch_size
         cache_tokens=cache_tokens)
 
 
+def available_ram() -> int:
+    """Bytes of RAM the kernel says a new allocation can get (MemAvailable)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def available_memory(device: torch.device) -> tuple[int, str]:
     """Free bytes where training runs: GPU memory on CUDA, else available RAM."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0], "free GPU memory"
-    from .train import _available_ram
-
-    return _available_ram(), "available RAM"
+    return available_ram(), "available RAM"
 
 
 def memory_warning(est: MemoryEstimate, available: int, where: str) -> str | None:

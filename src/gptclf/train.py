@@ -53,6 +53,7 @@ from .device import autocast, configure_backends, pick_device, resolve_precision
 from .distributed import (DistContext, any_rank, barrier, broadcast_float, broadcast_text,
                           init_distributed, no_sync, shutdown, wrap_ddp)
 from .errors import GptclfError
+from .memory import available_ram
 from .metrics import classification_report, most_confident_mistakes
 from .schedule import SCHEDULES, lr_factor, warmup_steps
 from .weights import Backbone, check_model_name, load_backbone
@@ -205,17 +206,6 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------------ trunk cache
-
-
-def _available_ram() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 class TrunkCache:
@@ -601,9 +591,9 @@ def _cache_mode(cfg: TrainConfig, model: SequenceClassifier, frozen: int, datase
         free = torch.cuda.mem_get_info(device)[0]
         if need < 0.5 * free:
             return "ram"
-        budget = _available_ram() * 0.5
+        budget = available_ram() * 0.5
         return "cpu" if need < budget else "disk"
-    budget = cfg.cache_max_gb * 2**30 if cfg.cache_max_gb is not None else _available_ram() * 0.5
+    budget = cfg.cache_max_gb * 2**30 if cfg.cache_max_gb is not None else available_ram() * 0.5
     if need <= budget or cfg.cache == "ram":
         return "ram"
     log(f"trunk cache needs {need / 2**30:.1f} GiB, more than {budget / 2**30:.1f} GiB of RAM: "

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from ..memory import available_ram
 from . import gpt2
 
 ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
@@ -99,17 +100,6 @@ def parameter_bytes(cfg: Any) -> int:
     return 4 * (sum(p.numel() for p in m.parameters()) + sum(b.numel() for b in m.buffers()))
 
 
-def _available_ram() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def build_model(cfg: Any) -> nn.Module:
     """Instantiate the backbone for a config object (randomly initialised).
 
@@ -119,8 +109,8 @@ def build_model(cfg: Any) -> nn.Module:
     from ..errors import GptclfError
 
     need = check_config(cfg)
-    free = _available_ram()
-    if free is not None and need > free:
+    free = available_ram()
+    if need > free:
         raise GptclfError(f"the architecture needs {need / 2**30:.1f} GiB for its weights, more than the "
                           f"{free / 2**30:.1f} GiB of free memory",
                           hint="check the model's config.json (sizes) or use a smaller model")
