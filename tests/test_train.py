@@ -160,3 +160,32 @@ def test_backbone_recipe_fills_only_what_is_not_given() -> None:
     assert (mine.trainable, mine.lr) == ("all", 1e-5)
     # A file path gets the book's recipe: the recipe belongs to a named backbone.
     assert TrainConfig(model="/some/dir").resolved().lr == 5e-5
+
+
+def test_seed_spread_reproduces_the_train_run(tmp_path: Path, sms_env: Path, tiny_cfg: Path) -> None:
+    """scripts/seed_spread.py: its run for the split's own seed is gptclf train's run, exactly;
+    another seed changes the head and batch order only (same split sizes), and the summary adds up."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "seed_spread", Path(__file__).resolve().parents[1] / "scripts" / "seed_spread.py")
+    seed_spread = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seed_spread)
+    run = _train(tmp_path, "run", tiny_cfg, trainable="last_block")
+    metrics = json.loads((run / "metrics.json").read_text())
+    cfg = TrainConfig(model=str(tiny_cfg), init="random", epochs=1, eval_freq=40, progress=False, lr=1e-3,
+                      trainable="last_block")
+    summary = seed_spread.spread(cfg, [123, 7], log=lambda s: None)
+    first, other = summary["runs"]
+    for split in ("train", "val", "test"):
+        assert first[f"{split}_accuracy"] == metrics[f"{split}_accuracy"], split
+    assert len(first["test_wrong"]) == round((1 - metrics["test_accuracy"]) * metrics["n_test"])
+    accs = [first["test_accuracy"], other["test_accuracy"]]
+    assert summary["test"]["mean"] == pytest.approx(sum(accs) / 2)
+    assert summary["test"]["min"] == min(accs) and summary["test"]["max"] == max(accs)
+    assert sum(w["seeds"] for w in summary["test_wrong_counts"]) == len(first["test_wrong"]) + len(other["test_wrong"])
+    # The other seed really trained differently (a different head init and batch order).
+    assert first["test_wrong"] != other["test_wrong"] or first["train_accuracy"] != other["train_accuracy"]
+
+    with pytest.raises(GptclfError, match="cannot share one trunk cache"):
+        seed_spread.spread(TrainConfig(model=str(tiny_cfg), init="random", trainable="lora"), [1])

@@ -243,14 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------- commands
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, run_training
+def train_config(args: argparse.Namespace) -> "TrainConfig":
+    """The :class:`TrainConfig` that ``gptclf train``'s parsed options describe."""
+    from .train import TrainConfig
 
     if args.average_embeddings:
         if args.pooling not in (None, "mean"):
             raise GptclfError(f"--average-embeddings means --pooling mean, not --pooling {args.pooling}")
         args.pooling = "mean"
-    cfg = TrainConfig(
+    return TrainConfig(
         grad_accum=args.grad_accum, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
         warmup_ratio=args.warmup_ratio, clip_grad_norm=args.clip_grad_norm,
         early_stopping_metric=args.early_stopping_metric, patience=args.patience,
@@ -269,6 +270,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         causal_mask=not args.no_causal_mask, context_length=args.context_length,
         progress=not args.quiet and sys.stderr.isatty(),
     )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import run_training
+
+    cfg = train_config(args)
     if args.resume:
         out = _resume(args, cfg)
     else:
