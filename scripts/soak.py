@@ -40,16 +40,10 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-MESSAGES = [
-    "WINNER!! As a valued network customer you have been selected to receive a £900 prize reward!",
-    "Ok lar... Joking wif u oni...",
-    "Are we still meeting for lunch tomorrow at noon?",
-    "URGENT! Your mobile number has won a 2000 bonus caller prize. Call 09061701461 now.",
-    "I'll be home late tonight, don't wait for me for dinner.",
-    "Free entry in 2 a wkly comp to win FA Cup final tkts 21st May 2005. Text FA to 87121",
-    "Sorry, I'll call later",
-    "Ünïcödé ✓ 日本語のメッセージ 🙂",
-]
+from loadtest import MESSAGES as LOAD_MESSAGES  # scripts/ is on sys.path when run as a script
+
+# The load test's messages, plus one that exercises non-ASCII text end to end.
+MESSAGES = [*LOAD_MESSAGES, "Ünïcödé ✓ 日本語のメッセージ 🙂"]
 
 # What an error body must never show: a stack trace or where the server's files are.
 LEAK = re.compile(r"Traceback|File \"|/work/|/tmp/|/home/|/usr/|site-packages|\.py\b")
