@@ -278,8 +278,12 @@ class TrunkCache:
             n = int(self.row_lengths[i])
             out[j, :n] = self.storage[self.offsets[i]: self.offsets[i] + n]
         lengths = self.lengths[list(idx)]
-        if out.device != device:
-            out = out.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else out.to(device)
+        # Compare types, not devices: a cache on cuda:0 serves device "cuda" as it is (and only
+        # CPU tensors can be pinned).
+        if out.device.type == "cpu" and device.type == "cuda":
+            out = out.pin_memory().to(device, non_blocking=True)
+        elif out.device.type != device.type:
+            out = out.to(device)
         return out, lengths.to(device)
 
     def close(self) -> None:
