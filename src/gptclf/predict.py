@@ -18,7 +18,7 @@ import torch
 from . import models
 from .classifier import POOLINGS, SequenceClassifier, replace_head
 from .data import collate, fit_to_length, sorted_batches, tokenize_texts
-from .device import autocast, pick_device, resolve_precision
+from .device import autocast, pad_multiple, pick_device, resolve_precision
 from .errors import GptclfError
 from .metrics import classification_report, most_confident_mistakes
 from .tokenizer import tokenizer_from_config
@@ -176,7 +176,8 @@ class Classifier:
             return out
         lengths = np.fromiter((len(t) for t in ids), dtype=np.int64, count=len(ids))
         for idx in sorted_batches(lengths, batch_size):
-            batch, lens = collate([ids[i] for i in idx], self.tokenizer.pad_id, self.pad_to)
+            batch, lens = collate([ids[i] for i in idx], self.tokenizer.pad_id, self.pad_to,
+                                  pad_multiple(self.device))
             with autocast(self.device, self.precision):
                 logits = self.model(batch.to(self.device), lens.to(self.device)).float()
             out[idx] = torch.softmax(logits, -1).cpu().numpy()

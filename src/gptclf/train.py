@@ -49,7 +49,7 @@ from .classifier import SequenceClassifier, freeze_for_finetuning, replace_head
 from .controls import STOPPING_METRICS, EarlyStopping, class_weights, step_loss
 from .data import (DataWarning, EncodedDataset, cache_dir, collate, encode_examples, load_splits,
                    shuffled_batches, sorted_batches)
-from .device import autocast, configure_backends, pick_device, resolve_precision
+from .device import autocast, configure_backends, pad_multiple, pick_device, resolve_precision
 from .distributed import (DistContext, any_rank, barrier, broadcast_float, broadcast_text,
                           init_distributed, no_sync, shutdown, wrap_ddp)
 from .errors import GptclfError
@@ -219,8 +219,9 @@ class TrunkCache:
     """
 
     def __init__(self, storage: torch.Tensor, offsets: np.ndarray, row_lengths: np.ndarray,
-                 lengths: torch.Tensor, spill_dir: str | None = None) -> None:
+                 lengths: torch.Tensor, spill_dir: str | None = None, fixed_width: bool = False) -> None:
         self.storage = storage
+        self.fixed_width = fixed_width  # rows padded to pad_to: a batch is exactly that wide
         self.offsets = offsets
         self.row_lengths = row_lengths
         self.lengths = lengths  # real token counts (for pooling)
@@ -259,7 +260,7 @@ class TrunkCache:
         bar = tqdm(total=len(ds), desc=f"caching frozen blocks ({where})", unit="text",
                    disable=not progress, leave=False)
         for idx in batches:
-            ids, lens = collate([ds.ids[i] for i in idx], pad_id, pad_to)
+            ids, lens = collate([ds.ids[i] for i in idx], pad_id, pad_to, pad_multiple(device))
             with autocast(device, precision):
                 h = model.trunk(ids.to(device, non_blocking=True), end, lens.to(device)).float()
             h = h.to(storage.device)
@@ -268,10 +269,13 @@ class TrunkCache:
                 storage[offsets[i]: offsets[i] + n] = h[j, :n]
             bar.update(len(idx))
         bar.close()
-        return cls(storage, offsets, row_lengths, torch.as_tensor(lengths), spill_dir)
+        return cls(storage, offsets, row_lengths, torch.as_tensor(lengths), spill_dir, fixed_width=bool(pad_to))
 
     def batch(self, idx: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         width = int(self.row_lengths[list(idx)].max())
+        if not self.fixed_width:  # position -1 must stay where --padding longest put it
+            multiple = pad_multiple(device)
+            width = -(-width // multiple) * multiple
         out = torch.zeros((len(idx), width, self.storage.shape[1]), dtype=torch.float32,
                           device=self.storage.device)
         for j, i in enumerate(idx):
@@ -300,9 +304,10 @@ class TokenFeeder:
 
     def __init__(self, ds: EncodedDataset, pad_id: int, pad_to: int | None, device: torch.device) -> None:
         self.ds, self.pad_id, self.pad_to, self.device = ds, pad_id, pad_to, device
+        self.multiple = pad_multiple(device)
 
     def __call__(self, model: SequenceClassifier, idx: Sequence[int]) -> torch.Tensor:
-        ids, lengths = collate([self.ds.ids[i] for i in idx], self.pad_id, self.pad_to)
+        ids, lengths = collate([self.ds.ids[i] for i in idx], self.pad_id, self.pad_to, self.multiple)
         if self.device.type == "cuda":
             ids, lengths = ids.pin_memory(), lengths.pin_memory()
         return model(ids.to(self.device, non_blocking=True), lengths.to(self.device, non_blocking=True))
