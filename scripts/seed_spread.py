@@ -14,15 +14,24 @@ seeds, so N seeds cost one load, one cache and N short trainings.
     python scripts/seed_spread.py --seeds 123,1,2,3,4,5 -- \\
         --model smollm2-135m --data ../shared/data/sms_spam_collection/SMSSpamCollection
 
-Everything after ``--`` is a ``gptclf train`` option. Recipes the cache cannot serve
-(``--trainable all`` or ``lora``, ``--reference``, ``--cache off``) are refused: loop over
-``gptclf train --seed S`` for those.
+Everything after ``--`` is a ``gptclf train`` option. Recipes that freeze nothing
+(``--trainable all``, LoRA on every block) train without the cache; ``--reference`` (the
+book's own loop) is refused.
+
+A sweep compares many recipes on one model load: ``--recipes FILE`` holds one recipe per
+line (options added to those after ``--``); each recipe's summary goes to ``--jsonl`` as
+soon as it is done, and a table sorted by mean test accuracy ends the run:
+
+    python scripts/seed_spread.py --seeds 1,2,3,4,5,6 --recipes recipes.txt --jsonl out.jsonl -- \\
+        --model smollm2-135m --data ../shared/data/sms_spam_collection/SMSSpamCollection
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -31,29 +40,33 @@ from pathlib import Path
 
 import torch
 
-from gptclf.classifier import freeze_for_finetuning, replace_head
 from gptclf.cli import build_parser, train_config
 from gptclf.data import encode_examples, load_splits
 from gptclf.device import configure_backends, pick_device, resolve_precision
 from gptclf.errors import GptclfError
-from gptclf.train import (CachedFeeder, TrunkCache, _cache_mode, build_classifier, make_optimizer,
+from gptclf.train import (CachedFeeder, TokenFeeder, TrunkCache, _cache_mode, build_classifier, make_optimizer,
                           predict_probabilities, train_classifier)
-from gptclf.weights import load_backbone
+from gptclf.weights import Backbone, load_backbone
 
 
-def spread(cfg, seeds: list[int], log=print) -> dict:
-    """Train ``cfg`` once per seed in ``seeds``; per-seed accuracies and test mistakes."""
+def spread(cfg, seeds: list[int], log=print, backbone: Backbone | None = None) -> dict:
+    """Train ``cfg`` once per seed in ``seeds``; per-seed accuracies and test mistakes.
+
+    ``backbone`` (as :func:`load_backbone` returns it) saves the load when a sweep runs many
+    recipes on one model; it is never modified: every seed trains its own copy.
+    """
     cfg = cfg.resolved()
-    if cfg.trainable == "lora" or cfg.reference or cfg.cache == "off":
-        raise GptclfError("this recipe cannot share one trunk cache between seeds",
-                          hint="loop over 'gptclf train --seed S' instead")
+    if cfg.reference:
+        raise GptclfError("--reference runs the book's own loop; seed_spread runs gptclf's",
+                          hint="loop over 'gptclf train --reference --seed S' instead")
     device = pick_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     configure_backends(device)
     splits = load_splits(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
                          label_column=cfg.label_column, balance=cfg.balance, seed=cfg.seed)
-    torch.manual_seed(cfg.seed)  # as gptclf train does before loading: --init random weights match
-    backbone = load_backbone(cfg.model, cfg.init)
+    if backbone is None:
+        torch.manual_seed(cfg.seed)  # as gptclf train does before loading: --init random weights match
+        backbone = load_backbone(cfg.model, cfg.init)
     tok = backbone.tokenizer
     ctx_len = backbone.model.config.context_length
     index = {lab: i for i, lab in enumerate(splits.labels)}
@@ -63,40 +76,35 @@ def spread(cfg, seeds: list[int], log=print) -> dict:
         sets[name] = encode_examples(tok, [e.text for e in examples], [index[e.label] for e in examples],
                                      max_length, ctx_len, name, cfg.template)
         max_length = sets["train"].max_length  # val and test use the training length, as train does
-    model, frozen = build_classifier(backbone, len(splits.labels), cfg.trainable, cfg.pooling, seeds[0],
-                                     causal=cfg.causal_mask)
-    if frozen == 0:
-        raise GptclfError(f"--trainable {cfg.trainable} freezes no block, so there is nothing to cache",
-                          hint="loop over 'gptclf train --seed S' instead")
-    model.to(device)
     pad_to = max_length if cfg.padding == "longest" else None
-    mode = _cache_mode(cfg, model, frozen, list(sets.values()), pad_to, device, lambda s: None)
-    if mode == "off":
-        raise GptclfError("the frozen blocks' output is not fixed (dropout?), so it cannot be cached")
-    t0 = time.perf_counter()
-    caches = {name: TrunkCache.build(model, ds, frozen, tok.pad_id, pad_to, device, precision,
-                                     cfg.eval_batch_size, name, mode="ram" if mode == "ram" else
-                                     ("disk" if mode == "disk" else "cpu"), progress=cfg.progress)
-              for name, ds in sets.items()}
-    log(f"{cfg.model}: {len(splits.train)} / {len(splits.val)} / {len(splits.test)} texts, "
-        f"{frozen} frozen blocks cached in {time.perf_counter() - t0:.1f}s")
-    feeds = {name: CachedFeeder(c, frozen, device) for name, c in caches.items()}
-    # The trainable blocks as loaded: every seed starts from them, as a new run would.
-    start = {n: p.detach().clone() for n, p in model.named_parameters()
-             if p.requires_grad and not n.startswith("backbone.out_head.")}
+    lora_cfg = cfg.lora_config() if cfg.trainable == "lora" else None
+    caches: dict[str, TrunkCache] = {}
+    feeds: dict = {}
     runs = []
     try:
         for seed in seeds:
             t0 = time.perf_counter()
-            with torch.no_grad():
-                for n, p in model.named_parameters():
-                    if n in start:
-                        p.copy_(start[n])
-            # build_classifier's order: seed, then the new head (so seed S matches a run with --seed S).
-            torch.manual_seed(seed)
-            replace_head(model.backbone, len(splits.labels))
-            freeze_for_finetuning(model.backbone, cfg.trainable)
+            # A fresh copy per seed: full fine-tuning and LoRA change the blocks themselves. The
+            # head swap and freezing are build_classifier's, seeded the same way as gptclf train's.
+            fresh = Backbone(copy.deepcopy(backbone.model), tok, backbone.source)
+            model, frozen = build_classifier(fresh, len(splits.labels), cfg.trainable, cfg.pooling, seed,
+                                             lora=lora_cfg, causal=cfg.causal_mask,
+                                             grad_checkpointing=cfg.grad_checkpointing)
             model.to(device)
+            if not feeds:  # the frozen blocks are the same for every seed: cache them once
+                mode = _cache_mode(cfg, model, frozen, list(sets.values()), pad_to, device, log)
+                t_cache = time.perf_counter()
+                for name, ds in sets.items():
+                    if mode == "off":
+                        feeds[name] = TokenFeeder(ds, tok.pad_id, pad_to, device)
+                        continue
+                    caches[name] = TrunkCache.build(model, ds, frozen, tok.pad_id, pad_to, device, precision,
+                                                    cfg.eval_batch_size, name, mode=mode,
+                                                    progress=cfg.progress)
+                    feeds[name] = CachedFeeder(caches[name], frozen, device)
+                log(f"{cfg.model}: {len(splits.train)} / {len(splits.val)} / {len(splits.test)} texts, "
+                    + (f"{frozen} frozen blocks cached in {time.perf_counter() - t_cache:.1f}s" if caches
+                       else "no trunk cache (nothing is frozen, or --cache off)"))
             run_cfg = replace(cfg, seed=seed, progress=False)
             stopper = run_cfg.stopper()
             train_classifier(model, make_optimizer(model, run_cfg, device), feeds["train"], feeds["val"],
@@ -114,6 +122,7 @@ def spread(cfg, seeds: list[int], log=print) -> dict:
                     result["test_wrong"] = [int(i) for i in (probs.argmax(1) != y).nonzero()[0]]
             result["seconds"] = time.perf_counter() - t0
             runs.append(result)
+            del model, fresh
             log(f"seed {seed:>6}: train {result['train_accuracy'] * 100:6.2f}  val "
                 f"{result['val_accuracy'] * 100:6.2f}  test {result['test_accuracy'] * 100:6.2f} "
                 f"({len(result['test_wrong'])} wrong)  {result['seconds']:.0f}s")
@@ -135,11 +144,65 @@ def spread(cfg, seeds: list[int], log=print) -> dict:
     return summary
 
 
+def read_recipes(path: Path) -> list[list[str]]:
+    """One recipe per line (``gptclf train`` options); blank lines and ``#`` comments skipped."""
+    recipes = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            recipes.append(shlex.split(line))
+    return recipes
+
+
+def sweep(base: list[str], recipes: list[list[str]], seeds: list[int], log=print,
+          budget_s: float | None = None, jsonl: Path | None = None) -> list[dict]:
+    """:func:`spread` for each recipe (``base`` + its options), one backbone load for all.
+
+    Each summary is appended to ``jsonl`` as soon as it is done, so a sweep stopped part way
+    keeps what it finished; ``budget_s`` starts no new recipe once that many seconds passed.
+    """
+    cfgs = [train_config(build_parser().parse_args(["train", *base, *r])) for r in recipes]
+    models = {(c.model, c.init) for c in cfgs}
+    if len(models) != 1:
+        raise GptclfError(f"a sweep trains one model; these recipes name {len(models)}: {sorted(models)}",
+                          hint="put --model in the base options and run one sweep per model")
+    t_start = time.perf_counter()
+    torch.manual_seed(cfgs[0].seed)
+    backbone = load_backbone(cfgs[0].model, cfgs[0].init)
+    log(f"loaded {cfgs[0].model} in {time.perf_counter() - t_start:.1f}s")
+    summaries = []
+    for options, cfg in zip(recipes, cfgs):
+        if budget_s is not None and time.perf_counter() - t_start > budget_s:
+            log(f"budget of {budget_s:.0f}s spent: skipping the remaining {len(cfgs) - len(summaries)} recipe(s)")
+            break
+        name = " ".join(options) or "(base options)"
+        log(f"--- {name}")
+        try:
+            summary = spread(cfg, seeds, log=log, backbone=backbone)
+        except (GptclfError, RuntimeError) as e:  # one bad recipe (e.g. out of memory) must not end the sweep
+            log(f"    failed: {e}")
+            summary = {"error": str(e)}
+        summary["recipe"] = name
+        summaries.append(summary)
+        if "error" not in summary:
+            log(f"    test {summary['test']['mean'] * 100:.2f} ± {summary['test']['stdev'] * 100:.2f}  "
+                f"val {summary['val']['mean'] * 100:.2f}  train {summary['train']['mean'] * 100:.2f}")
+        if jsonl is not None:
+            with jsonl.open("a") as f:
+                f.write(json.dumps(summary, default=str) + "\n")
+    return summaries
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  usage="%(prog)s [--seeds S,S,...] [--json FILE] -- GPTCLF-TRAIN-OPTIONS")
     ap.add_argument("--seeds", default="123,1,2,3,4,5", help="training seeds, comma-separated")
     ap.add_argument("--json", type=Path, help="also write every seed's result here")
+    ap.add_argument("--recipes", type=Path, metavar="FILE",
+                    help="sweep: one recipe (gptclf train options, added to those after --) per line")
+    ap.add_argument("--jsonl", type=Path, help="sweep: append each recipe's summary to this file")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="sweep: start no new recipe after this many seconds")
     ap.add_argument("train_options", nargs=argparse.REMAINDER)
     a = ap.parse_args(argv)
     options = a.train_options[1:] if a.train_options[:1] == ["--"] else a.train_options
@@ -149,6 +212,17 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--seeds {a.seeds!r}: give whole numbers separated by commas")
     if not seeds:
         ap.error("--seeds: give at least one seed")
+    if a.recipes:
+        try:
+            done = sweep(options, read_recipes(a.recipes), seeds, budget_s=a.budget_s, jsonl=a.jsonl)
+        except GptclfError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{'test mean':>9} {'stdev':>5} {'min':>6} {'val':>6} {'train':>6}  recipe")
+        for r in sorted((r for r in done if "error" not in r), key=lambda r: -r["test"]["mean"]):
+            print(f"{r['test']['mean'] * 100:9.2f} {r['test']['stdev'] * 100:5.2f} {r['test']['min'] * 100:6.2f} "
+                  f"{r['val']['mean'] * 100:6.2f} {r['train']['mean'] * 100:6.2f}  {r['recipe']}")
+        return 0
     cfg = train_config(build_parser().parse_args(["train", *options]))
     try:
         summary = spread(cfg, seeds)

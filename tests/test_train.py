@@ -191,8 +191,27 @@ def test_seed_spread_reproduces_the_train_run(tmp_path: Path, sms_env: Path, tin
     # The other seed really trained differently (a different head init and batch order).
     assert first["test_wrong"] != other["test_wrong"] or first["train_accuracy"] != other["train_accuracy"]
 
-    with pytest.raises(GptclfError, match="cannot share one trunk cache"):
-        seed_spread.spread(TrainConfig(model=str(tiny_cfg), init="random", trainable="lora"), [1])
+    with pytest.raises(GptclfError, match="book's own loop"):
+        seed_spread.spread(TrainConfig(model=str(tiny_cfg), init="random", reference=True), [1])
+
+    # A sweep: one load for several recipes, cached or not; each summary lands in the JSONL
+    # as it finishes, and a recipe equal to the one above gives the same accuracies.
+    recipes = tmp_path / "recipes.txt"
+    recipes.write_text("# comment line\n--trainable last_block\n\n--trainable all --lr 1e-4  # no cache\n"
+                       "--trainable lora --lora-rank 2\n")
+    jsonl = tmp_path / "sweep.jsonl"
+    base = ["--model", str(tiny_cfg), "--init", "random", "--epochs", "1", "--eval-freq", "40", "--lr", "1e-3",
+            "--quiet"]
+    done = seed_spread.sweep(base, seed_spread.read_recipes(recipes), [123], log=lambda s: None, jsonl=jsonl)
+    assert [d["recipe"] for d in done] == ["--trainable last_block", "--trainable all --lr 1e-4",
+                                           "--trainable lora --lora-rank 2"]
+    assert all("error" not in d for d in done)
+    assert [json.loads(line)["recipe"] for line in jsonl.read_text().splitlines()] == [d["recipe"] for d in done]
+    for split in ("train", "val", "test"):
+        assert done[0]["runs"][0][f"{split}_accuracy"] == metrics[f"{split}_accuracy"], split
+    assert done[1]["config"]["trainable"] == "all" and done[2]["config"]["trainable"] == "lora"
+    with pytest.raises(GptclfError, match="one model"):
+        seed_spread.sweep(base, [["--model", "gpt2-small"], []], [1], log=lambda s: None)
 
 
 @pytest.mark.parametrize("opts", [{"cache": "ram"}, {"cache": "off"},
