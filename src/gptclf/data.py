@@ -608,12 +608,17 @@ def encode_examples(tokenizer, texts: Sequence[str], label_ids: Sequence[int] | 
     return EncodedDataset(ids, labels, max_length)
 
 
+def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple`` (a batch width; see device.pad_multiple)."""
+    return -(-n // multiple) * multiple
+
+
 def collate(ids: Sequence[Sequence[int]], pad_id: int, pad_to: int | None = None, multiple: int = 1
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad a batch with ``pad_id``: to ``pad_to`` (the book) or to its own longest text,
     rounded up to a multiple of ``multiple`` (fewer distinct shapes on a GPU)."""
     lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
-    width = pad_to if pad_to is not None else -(-int(lengths.max()) // multiple) * multiple
+    width = pad_to if pad_to is not None else round_up(int(lengths.max()), multiple)
     out = torch.full((len(ids), width), pad_id, dtype=torch.long)
     for i, x in enumerate(ids):
         out[i, : len(x)] = torch.as_tensor(x, dtype=torch.long)

@@ -48,7 +48,7 @@ from .checkpoint import (Checkpointer, DeferredInterrupt, data_fingerprint, find
 from .classifier import SequenceClassifier, freeze_for_finetuning, replace_head
 from .controls import STOPPING_METRICS, EarlyStopping, class_weights, step_loss
 from .data import (DataWarning, EncodedDataset, cache_dir, collate, encode_examples, load_splits,
-                   shuffled_batches, sorted_batches)
+                   round_up, shuffled_batches, sorted_batches)
 from .device import autocast, configure_backends, pad_multiple, pick_device, resolve_precision
 from .distributed import (DistContext, any_rank, barrier, broadcast_float, broadcast_text,
                           init_distributed, no_sync, shutdown, wrap_ddp)
@@ -274,8 +274,7 @@ class TrunkCache:
     def batch(self, idx: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         width = int(self.row_lengths[list(idx)].max())
         if not self.fixed_width:  # position -1 must stay where --padding longest put it
-            multiple = pad_multiple(device)
-            width = -(-width // multiple) * multiple
+            width = round_up(width, pad_multiple(device))
         out = torch.zeros((len(idx), width, self.storage.shape[1]), dtype=torch.float32,
                           device=self.storage.device)
         for j, i in enumerate(idx):
