@@ -27,10 +27,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from gptclf.data import collate, load_splits, shuffled_batches  # noqa: E402
-from gptclf.predict import Classifier  # noqa: E402
-from gptclf.tokenizer import GPT2Tokenizer  # noqa: E402
-from gptclf.train import TrainConfig, run_training  # noqa: E402
+from gptclf.data.batching import collate, shuffled_batches  # noqa: E402
+from gptclf.data.splits import load_splits  # noqa: E402
+from gptclf.inference.classifier import Classifier  # noqa: E402
+from gptclf.tokenizers.gpt2 import GPT2Tokenizer  # noqa: E402
+from gptclf.config import TrainConfig  # noqa: E402
+from gptclf.training.recipe import run_training  # noqa: E402
 
 
 def write_weights(directory: Path, size: str) -> Path:

@@ -40,13 +40,17 @@ from pathlib import Path
 
 import torch
 
-from gptclf.cli import build_parser, train_config
-from gptclf.data import encode_examples, load_splits
+from gptclf.cli import build_parser
+from gptclf.cli.train import train_config
 from gptclf.device import configure_backends, pick_device, resolve_precision
 from gptclf.errors import GptclfError
-from gptclf.train import (CachedFeeder, TokenFeeder, TrunkCache, _cache_mode, build_classifier, make_optimizer,
-                          predict_probabilities, train_classifier)
-from gptclf.weights import Backbone, load_backbone
+from gptclf.loading import load_backbone
+from gptclf.loading.backbone import Backbone
+from gptclf.training.controls import stopper_for
+from gptclf.training.evaluate import predict_probabilities
+from gptclf.training.loop import Trainer
+from gptclf.training.recipe import Encoded, build_classifier, encode_splits, make_optimizer, prepare_data
+from gptclf.training.trunk_cache import Feeds, build_feeds
 
 
 def spread(cfg, seeds: list[int], log=print, backbone: Backbone | None = None) -> dict:
@@ -62,64 +66,27 @@ def spread(cfg, seeds: list[int], log=print, backbone: Backbone | None = None) -
     device = pick_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     configure_backends(device)
-    splits = load_splits(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
-                         label_column=cfg.label_column, balance=cfg.balance, seed=cfg.seed)
+    splits = prepare_data(cfg)
     if backbone is None:
         torch.manual_seed(cfg.seed)  # as gptclf train does before loading: --init random weights match
         backbone = load_backbone(cfg.model, cfg.init)
-    tok = backbone.tokenizer
-    ctx_len = backbone.model.config.context_length
-    index = {lab: i for i, lab in enumerate(splits.labels)}
-    sets = {}
-    max_length = cfg.max_length
-    for name, examples in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
-        sets[name] = encode_examples(tok, [e.text for e in examples], [index[e.label] for e in examples],
-                                     max_length, ctx_len, name, cfg.template)
-        max_length = sets["train"].max_length  # val and test use the training length, as train does
-    pad_to = max_length if cfg.padding == "longest" else None
-    lora_cfg = cfg.lora_config() if cfg.trainable == "lora" else None
-    caches: dict[str, TrunkCache] = {}
-    feeds: dict = {}
+    enc = encode_splits(cfg, splits, backbone)
+    feeds: Feeds | None = None
     runs = []
     try:
         for seed in seeds:
             t0 = time.perf_counter()
             # A fresh copy per seed: full fine-tuning and LoRA change the blocks themselves. The
             # head swap and freezing are build_classifier's, seeded the same way as gptclf train's.
-            fresh = Backbone(copy.deepcopy(backbone.model), tok, backbone.source)
+            fresh = Backbone(copy.deepcopy(backbone.model), backbone.tokenizer, backbone.source)
             model, frozen = build_classifier(fresh, len(splits.labels), cfg.trainable, cfg.pooling, seed,
-                                             lora=lora_cfg, causal=cfg.causal_mask,
-                                             grad_checkpointing=cfg.grad_checkpointing)
+                                             lora=cfg.lora_config() if cfg.trainable == "lora" else None,
+                                             causal=cfg.causal_mask, grad_checkpointing=cfg.grad_checkpointing)
             model.to(device)
-            if not feeds:  # the frozen blocks are the same for every seed: cache them once
-                mode = _cache_mode(cfg, model, frozen, list(sets.values()), pad_to, device, log)
-                t_cache = time.perf_counter()
-                for name, ds in sets.items():
-                    if mode == "off":
-                        feeds[name] = TokenFeeder(ds, tok.pad_id, pad_to, device)
-                        continue
-                    caches[name] = TrunkCache.build(model, ds, frozen, tok.pad_id, pad_to, device, precision,
-                                                    cfg.eval_batch_size, name, mode=mode,
-                                                    progress=cfg.progress)
-                    feeds[name] = CachedFeeder(caches[name], frozen, device)
-                log(f"{cfg.model}: {len(splits.train)} / {len(splits.val)} / {len(splits.test)} texts, "
-                    + (f"{frozen} frozen blocks cached in {time.perf_counter() - t_cache:.1f}s" if caches
-                       else "no trunk cache (nothing is frozen, or --cache off)"))
-            run_cfg = replace(cfg, seed=seed, progress=False)
-            stopper = run_cfg.stopper()
-            train_classifier(model, make_optimizer(model, run_cfg, device), feeds["train"], feeds["val"],
-                             sets["train"], sets["val"], run_cfg, device, precision, lambda s: None,
-                             stopper=stopper)
-            if stopper is not None and stopper.best_epoch is not None:
-                stopper.restore_best(model)
-            result = {"seed": seed}
-            for name, ds in sets.items():
-                probs = predict_probabilities(model, feeds[name], len(ds), cfg.eval_batch_size, ds.lengths,
-                                              device, precision)
-                y = ds.labels.numpy()
-                result[f"{name}_accuracy"] = float((probs.argmax(1) == y).mean())
-                if name == "test":
-                    result["test_wrong"] = [int(i) for i in (probs.argmax(1) != y).nonzero()[0]]
+            if feeds is None:  # the frozen blocks are the same for every seed: cache them once
+                feeds = build_feeds(cfg, model, frozen, enc.datasets, backbone.tokenizer.pad_id,
+                                    enc.max_length if cfg.padding == "longest" else None, device, precision, log)
+            result = _train_one(cfg, seed, model, feeds, enc, device, precision)
             result["seconds"] = time.perf_counter() - t0
             runs.append(result)
             del model, fresh
@@ -127,8 +94,30 @@ def spread(cfg, seeds: list[int], log=print, backbone: Backbone | None = None) -
                 f"{result['val_accuracy'] * 100:6.2f}  test {result['test_accuracy'] * 100:6.2f} "
                 f"({len(result['test_wrong'])} wrong)  {result['seconds']:.0f}s")
     finally:
-        for c in caches.values():
-            c.close()
+        if feeds is not None:
+            feeds.close()
+    return _summary(cfg, runs, splits)
+
+
+def _train_one(cfg, seed: int, model, feeds: Feeds, enc: Encoded, device, precision: str) -> dict:
+    """gptclf train's loop with ``seed`` (head and batch order), best epoch kept if asked."""
+    run_cfg = replace(cfg, seed=seed, progress=False)
+    stopper = stopper_for(run_cfg)
+    Trainer(model, make_optimizer(model, run_cfg, device), feeds["train"], feeds["val"], enc.datasets["train"],
+            enc.datasets["val"], run_cfg, device, precision, lambda s: None, stopper=stopper).fit()
+    if stopper is not None and stopper.best_epoch is not None:
+        stopper.restore_best(model)
+    result: dict = {"seed": seed}
+    for name, ds in enc.datasets.items():
+        probs = predict_probabilities(model, feeds[name], len(ds), cfg.eval_batch_size, ds.lengths, device, precision)
+        y = ds.labels.numpy()
+        result[f"{name}_accuracy"] = float((probs.argmax(1) == y).mean())
+        if name == "test":
+            result["test_wrong"] = [int(i) for i in (probs.argmax(1) != y).nonzero()[0]]
+    return result
+
+
+def _summary(cfg, runs: list[dict], splits) -> dict:
     summary = {"config": asdict(cfg), "runs": runs}
     for name in ("train", "val", "test"):
         values = [r[f"{name}_accuracy"] for r in runs]

@@ -473,7 +473,7 @@ class Soak:
 
 def expected_from_model(model_dir: str) -> Callable[[str], tuple[str, float]]:
     """Answers of the model in-process, one text at a time, for checking the server's."""
-    from gptclf.predict import Classifier
+    from gptclf.inference.classifier import Classifier
 
     clf = Classifier.load(model_dir, device="cpu")
     cache: dict[str, tuple[str, float]] = {}

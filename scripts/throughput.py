@@ -25,22 +25,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from gptclf import models  # noqa: E402
-from gptclf.classifier import SequenceClassifier, freeze_for_finetuning, replace_head  # noqa: E402
 from gptclf.device import autocast, configure_backends, pick_device, resolve_precision  # noqa: E402
+from gptclf.models import registry as models  # noqa: E402
+from gptclf.models.classifier import SequenceClassifier, freeze_for_finetuning, replace_head  # noqa: E402
 
 
 def preset(name: str):
-    from gptclf.models import gpt2
-
-    name = gpt2.ALIASES.get(name, name)
-    if name in gpt2.PRESETS:
-        return gpt2.PRESETS[name]
-    from gptclf.models import llama
-
-    if name in llama.PRESETS:
-        return llama.PRESETS[name]
-    raise SystemExit(f"unknown preset {name!r}")
+    found = models.find_preset(name)
+    if found is None:
+        raise SystemExit(f"unknown preset {name!r}; known: {', '.join(models.model_names())}")
+    return found[2].config
 
 
 def flops_per_token(n_params: int, n_layers: int, dim: int, seq_len: int) -> float:

@@ -100,7 +100,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, sms_file: Path, tiny_gpt2
 
 @pytest.fixture(scope="session")
 def tiny_classifier(tiny_run: Path):
-    from gptclf.predict import Classifier
+    from gptclf.inference.classifier import Classifier
 
     return Classifier.load(tiny_run, device="cpu")
 

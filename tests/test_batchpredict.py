@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gptclf.batchpredict import TableStream, iter_chunks, predict_file
+from gptclf.data.tables import Table
+from gptclf.inference.batch_files import iter_chunks, predict_file
 from gptclf.errors import GptclfError
 
 TEXTS = ["WINNER!! You have won a £1000 prize. Call 09061701461 now to claim",
@@ -85,7 +86,7 @@ def test_reader_is_lazy(tmp_path: Path) -> None:
         nonlocal seen
         seen += n
 
-    with TableStream(src, on_bytes=count) as table:
+    with Table(src, on_bytes=count) as table:
         chunks = iter_chunks(table, 10)
         first = next(chunks)
         # One chunk read: a small fraction of the file, and the broken end not reached yet.

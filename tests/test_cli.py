@@ -98,7 +98,7 @@ def test_model_directory_whose_config_and_weights_disagree_is_refused(trained: t
     import shutil
 
     from gptclf.errors import GptclfError
-    from gptclf.predict import Classifier
+    from gptclf.inference.classifier import Classifier
 
     run, _ = trained
     bad = tmp_path / "bad"

@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from gptclf import data
-from gptclf.data import (Example, collate, create_balanced_dataset, download_sms_spam, load_splits,
-                         random_split, read_sms_spam, read_table, shuffled_batches)
+from gptclf.data import download as data
+from gptclf.errors import DataWarning
+from gptclf.data.tables import Example, read_table
+from gptclf.data.batching import collate, shuffled_batches
+from gptclf.data.splits import create_balanced_dataset, load_splits, random_split
+from gptclf.data.sms_spam import download_sms_spam, read_sms_spam
 from gptclf.errors import GptclfError
 
 
@@ -121,7 +124,7 @@ def test_crlf_and_bom(tmp_path: Path) -> None:
 def test_not_utf8_falls_back_and_says_where(tmp_path: Path) -> None:
     p = tmp_path / "d.csv"
     p.write_bytes(b"text,label\nok,a\ncaf\xe9,b\n")
-    with pytest.warns(data.DataWarning, match=r"d.csv:3: not valid UTF-8"):
+    with pytest.warns(DataWarning, match=r"d.csv:3: not valid UTF-8"):
         got = read_table(p)
     assert got[1].text == "café"
 
@@ -196,8 +199,8 @@ def test_length_grouped_batches_cover_each_example_once() -> None:
 
 
 def test_template_wraps_every_text_and_truncation_keeps_the_question() -> None:
-    from gptclf.data import encode_examples, split_template
-    from gptclf.tokenizer import GPT2Tokenizer
+    from gptclf.data.encoding import encode_examples, split_template
+    from gptclf.tokenizers.gpt2 import GPT2Tokenizer
 
     tok = GPT2Tokenizer()
     template = "Message: {text}\nIs this message spam?"
@@ -207,7 +210,7 @@ def test_template_wraps_every_text_and_truncation_keeps_the_question() -> None:
     for ids in ds.ids:
         assert ids[: len(pre)] == pre and ids[-len(post):] == post
     assert ds.ids[0] == pre + tok.encode("short") + post
-    with pytest.warns(data.DataWarning, match="1 text"):
+    with pytest.warns(DataWarning, match="1 text"):
         cut = encode_examples(tok, ["short", "a much longer text " * 20], [0, 1], max_length=20,
                               context_length=1024, template=template)
     assert cut.max_length == 20 and len(cut.ids[1]) == 20 and cut.ids[1][-len(post):] == post
@@ -219,8 +222,8 @@ def test_template_wraps_every_text_and_truncation_keeps_the_question() -> None:
 
 
 def test_template_special_tokens_count_but_texts_special_tokens_do_not() -> None:
-    from gptclf.data import tokenize_texts
-    from gptclf.tokenizer import GPT2Tokenizer
+    from gptclf.data.encoding import tokenize_texts
+    from gptclf.tokenizers.gpt2 import GPT2Tokenizer
 
     tok = GPT2Tokenizer()
     ids, pre, post = tokenize_texts(tok, ["hi <|endoftext|>"], "{text}<|endoftext|>")

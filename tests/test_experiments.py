@@ -10,13 +10,14 @@ import torch
 from conftest import write_gpt2_config_only
 
 from gptclf import cli
-from gptclf.classifier import SequenceClassifier, pool, replace_head
+from gptclf.models.classifier import SequenceClassifier, pool, replace_head
 from gptclf.errors import GptclfError
 from gptclf.models.gpt2 import GPT2Config, GPT2Model
 from gptclf.models.llama import LlamaConfig, LlamaModel
-from gptclf.predict import Classifier
-from gptclf.train import TrainConfig, run_training
-from gptclf.weights import load_backbone
+from gptclf.inference.classifier import Classifier
+from gptclf.config import TrainConfig
+from gptclf.training.recipe import run_training
+from gptclf.loading import load_backbone
 
 
 def _tiny(arch: str) -> torch.nn.Module:
@@ -88,7 +89,7 @@ def test_context_length_pads_every_text_to_n() -> None:
 
 
 def test_cli_names_of_the_bonus_experiments(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    import gptclf.train
+    import gptclf.training.recipe
 
     seen: list[TrainConfig] = []
 
@@ -96,7 +97,7 @@ def test_cli_names_of_the_bonus_experiments(monkeypatch: pytest.MonkeyPatch, cap
         seen.append(cfg)
         raise GptclfError("stop here")
 
-    monkeypatch.setattr(gptclf.train, "run_training", fake_run)
+    monkeypatch.setattr(gptclf.training.recipe, "run_training", fake_run)
     assert cli.main(["train", "--average-embeddings", "--no-causal-mask", "--context-length", "1024",
                      "--trainable", "lora", "--lora-rank", "8", "--lora-alpha", "32",
                      "--lora-targets", "att.qkv,ff.proj", "--grad-checkpointing"]) == 2

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptclf import data
-from gptclf.errors import GptclfError
+from gptclf.data import download, sms_spam, splits, tables
+from gptclf.errors import DataWarning, GptclfError
 
 from hypothesis_profiles import examples
 
@@ -36,20 +36,20 @@ SUFFIXES = [".csv", ".tsv", ".jsonl", ".json", ".txt"]
 
 def _read(raw: bytes, suffix: str, how: str) -> None:
     with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
-        warnings.simplefilter("ignore", data.DataWarning)
+        warnings.simplefilter("ignore", DataWarning)
         p = Path(d) / f"f{suffix}"
         p.write_bytes(raw)
         try:
             if how == "table":
-                rows = data.read_table(p)
+                rows = tables.read_table(p)
                 assert all(isinstance(e.text, str) and isinstance(e.label, str) and e.label for e in rows)
             elif how == "unlabelled":
-                data.read_table(p, label_column=None)
+                tables.read_table(p, label_column=None)
             elif how == "sms":
-                rows = data.read_sms_spam(p)
+                rows = sms_spam.read_sms_spam(p)
                 assert all(e.label for e in rows)
             else:
-                data.load_splits(str(p), balance="none")
+                splits.load_splits(str(p), balance="none")
         except GptclfError as e:
             assert e.message  # a message the user can act on; anything else propagates and fails
 
@@ -69,7 +69,7 @@ def test_arbitrary_zip_bytes_give_a_gptclf_error(raw: bytes) -> None:
         # A zip's magic number in front, so the zip reader (not the table reader) runs.
         z.write_bytes(b"PK\x03\x04" + raw)
         with pytest.raises(GptclfError):
-            data.extract_member(z, data.SMS_SPAM_FILE, Path(d) / "out", expected_sha256=data.SMS_SPAM_SHA256)
+            download.extract_member(z, sms_spam.SMS_SPAM_FILE, Path(d) / "out", expected_sha256=sms_spam.SMS_SPAM_SHA256)
         assert not (Path(d) / "out").exists()
 
 
@@ -88,18 +88,20 @@ ARCH_KEYS = ["arch", "vocab_size", "context_length", "emb_dim", "n_heads", "n_la
 def fuzz_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
-    from gptclf import models
-    from gptclf.classifier import SequenceClassifier, replace_head
+    from gptclf.models import registry as models
+    from gptclf.models.classifier import SequenceClassifier, replace_head
     from gptclf.models.gpt2 import GPT2Config
-    from gptclf.runs import save_run
-    from gptclf.tokenizer import GPT2Tokenizer
+    from gptclf.config import RunConfig
+    from gptclf.rundir.save import save_run
+    from gptclf.tokenizers.gpt2 import GPT2Tokenizer
 
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=50257, context_length=16, emb_dim=8, n_heads=2, n_layers=1)
     model = SequenceClassifier(replace_head(models.build_model(cfg), 2))
     run_config = {"labels": ["a", "b"], "max_length": 16, "pad_id": 50256, "pooling": "last-nonpad",
                   "padding": "dynamic", "train": {}}
-    return save_run(tmp_path_factory.mktemp("fuzz") / "run", model, GPT2Tokenizer(), run_config, {},
+    return save_run(tmp_path_factory.mktemp("fuzz") / "run", model, GPT2Tokenizer(),
+                    RunConfig.for_model(model, GPT2Tokenizer(), **run_config), {},
                     {"steps": [], "epochs": []})
 
 
@@ -110,7 +112,7 @@ def test_hostile_config_json_loads_or_is_a_gptclf_error(fuzz_run: Path, edits) -
     import json
     import shutil
 
-    from gptclf.predict import Classifier
+    from gptclf.inference.classifier import Classifier
 
     with tempfile.TemporaryDirectory() as d:
         run = Path(d) / "run"

@@ -23,8 +23,8 @@ from hypothesis_profiles import examples
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn) is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from gptclf.serve import create_app  # noqa: E402
-from gptclf.serve_settings import ServeSettings  # noqa: E402
+from gptclf.inference.serve.app import create_app  # noqa: E402
+from gptclf.inference.serve.settings import ServeSettings  # noqa: E402
 
 LIMITS = ServeSettings(max_texts=4, max_text_chars=200, max_body_bytes=4_000)
 LEAK = re.compile(r"Traceback|File \"|/work/|/tmp/|/home/|site-packages|\.py\b")

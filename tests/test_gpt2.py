@@ -11,7 +11,7 @@ import torch
 import gptclf
 from gptclf.errors import GptclfError
 from gptclf.models.gpt2 import PRESETS, GPT2Config, GPT2Model
-from gptclf.weights import load_backbone
+from gptclf.loading import load_backbone
 
 from conftest import write_tiny_gpt2
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptclf import models, weights
+from gptclf import loading as weights
+from gptclf.models import registry as models
 from gptclf.errors import GptclfError
-from gptclf.tokenizer import tokenizer_from_config
+from gptclf.tokenizers import tokenizer_from_config
 
 transformers = pytest.importorskip("transformers")
 

@@ -12,12 +12,13 @@ import torch
 from conftest import env_with, write_gpt2_config_only
 from safetensors.torch import load_file
 
-from gptclf.classifier import SequenceClassifier, replace_head
+from gptclf.models.classifier import SequenceClassifier, replace_head
 from gptclf.errors import GptclfError
-from gptclf.lora import LoRAConfig, LoRALinear, apply_lora, freeze_for_lora, merge_lora, parse_targets
-from gptclf.predict import Classifier
-from gptclf.train import TrainConfig, run_training
-from gptclf.weights import load_backbone
+from gptclf.peft.lora import LoRAConfig, LoRALinear, apply_lora, freeze_for_lora, merge_lora, parse_targets
+from gptclf.inference.classifier import Classifier
+from gptclf.config import TrainConfig
+from gptclf.training.recipe import run_training
+from gptclf.loading import load_backbone
 
 
 def _classifier(model_dir: Path, lora: LoRAConfig | None, seed: int = 0) -> SequenceClassifier:
@@ -83,7 +84,7 @@ def test_unknown_target_lists_the_valid_ones(tiny_gpt2: Path) -> None:
 
 
 def test_llama_targets_are_the_fused_projections() -> None:
-    from gptclf.lora import valid_targets
+    from gptclf.peft.lora import valid_targets
     from gptclf.models.llama import LlamaConfig, LlamaModel
 
     m = LlamaModel(LlamaConfig(vocab_size=64, emb_dim=32, n_heads=4, n_kv_heads=2, n_layers=2, hidden_dim=48))

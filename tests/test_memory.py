@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptclf.classifier import SequenceClassifier, replace_head
-from gptclf.lora import LoRAConfig, freeze_for_lora
-from gptclf.memory import GIB, MemoryEstimate, estimate_for_model, estimate_training_memory, memory_warning
+from gptclf.models.classifier import SequenceClassifier, replace_head
+from gptclf.peft.lora import LoRAConfig, freeze_for_lora
+from gptclf.training.memory import GIB, MemoryEstimate, estimate_for_model, estimate_training_memory, memory_warning
 from gptclf.models.gpt2 import GPT2Config, GPT2Model
-from gptclf.train import build_classifier
-from gptclf.weights import load_backbone
+from gptclf.training.recipe import build_classifier
+from gptclf.loading import load_backbone
 
 
 @pytest.mark.parametrize("name, n_params", [
@@ -99,15 +99,16 @@ def test_gradient_checkpointing_gives_the_same_gradients(lora_dropout: float | N
 
 
 def test_training_logs_the_estimate_and_warns_when_it_does_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gptclf.memory
-    from gptclf.train import TrainConfig, _log_memory_estimate
+    import gptclf.training.recipe
+    from gptclf.config import TrainConfig
+    from gptclf.training.recipe import _log_memory_estimate
 
     cfg = GPT2Config(vocab_size=100, context_length=32, emb_dim=32, n_heads=4, n_layers=3)
     model = SequenceClassifier(replace_head(GPT2Model(cfg), 2))
     lines: list[str] = []
-    monkeypatch.setattr(gptclf.memory, "available_memory", lambda device: (10**12, "available RAM"))
+    monkeypatch.setattr(gptclf.training.recipe, "available_memory", lambda device: (10**12, "available RAM"))
     _log_memory_estimate(model, TrainConfig(cache="off"), 0, 32, (), None, torch.device("cpu"), lines.append)
     assert len(lines) == 1 and lines[0].startswith("memory estimate:")
-    monkeypatch.setattr(gptclf.memory, "available_memory", lambda device: (1000, "available RAM"))
+    monkeypatch.setattr(gptclf.training.recipe, "available_memory", lambda device: (1000, "available RAM"))
     _log_memory_estimate(model, TrainConfig(cache="off"), 0, 32, (), None, torch.device("cpu"), lines.append)
     assert lines[-1].startswith("warning: the run needs about") and "available RAM" in lines[-1]

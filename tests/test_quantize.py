@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from gptclf import models
-from gptclf.classifier import SequenceClassifier, replace_head
+from gptclf.models import registry as models
+from gptclf.models.classifier import SequenceClassifier, replace_head
 from gptclf.errors import GptclfError
 from gptclf.models.gpt2 import GPT2Config
 from gptclf.models.llama import LlamaConfig
-from gptclf.quantize import quantize_model
+from gptclf.inference.quantize import quantize_model
 
 QLinear = torch.ao.nn.quantized.dynamic.Linear
 
@@ -65,7 +65,7 @@ def test_keep_last_and_explicit_skip() -> None:
 
 
 def test_int8_classifier_agrees_with_fp32_on_real_texts(tiny_run: Path, sms_file: Path) -> None:
-    from gptclf.predict import Classifier
+    from gptclf.inference.classifier import Classifier
 
     texts = [line.split("\t", 1)[1] for line in sms_file.read_text(encoding="utf-8").splitlines()[:200]]
     p32 = Classifier.load(tiny_run).predict_proba(texts)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from gptclf.metrics import most_confident_mistakes
-from gptclf.report import render_report, write_run_report
+from gptclf.rundir.report import render_report, write_run_report
 
 
 def test_metrics_json_has_a_full_report_per_split(tiny_run: Path) -> None:

@@ -7,6 +7,7 @@ readers and the tokenize / pad / batch / predict path.
 
 from __future__ import annotations
 
+import builtins
 import io
 import json
 import os
@@ -30,15 +31,20 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 import gptclf
-from gptclf import data, models
-from gptclf.classifier import SequenceClassifier, replace_head
+from gptclf.data import download, sms_spam
+from gptclf.models import registry as models
+from gptclf.models.classifier import SequenceClassifier, replace_head
 from gptclf.cli import main
-from gptclf.data import DataWarning, collate, encode_examples, read_table, shuffled_batches, sorted_batches
+from gptclf.errors import DataWarning
+from gptclf.data.batching import collate, shuffled_batches, sorted_batches
+from gptclf.data.encoding import encode_examples
+from gptclf.data.tables import read_table
 from gptclf.errors import GptclfError
 from gptclf.models.gpt2 import GPT2Config
-from gptclf.predict import Classifier
-from gptclf.runs import save_run
-from gptclf.tokenizer import GPT2Tokenizer
+from gptclf.inference.classifier import Classifier
+from gptclf.config import RunConfig
+from gptclf.rundir.save import save_run
+from gptclf.tokenizers.gpt2 import GPT2Tokenizer
 
 from conftest import write_gpt2_config_only
 from hypothesis_profiles import examples
@@ -97,7 +103,8 @@ def write_run(out: Path, model: SequenceClassifier | None = None, labels: tuple[
     model = model or tiny_classifier(labels)
     run_config = {"labels": list(labels), "max_length": max_length, "pad_id": 50256,
                   "pooling": model.pooling, "padding": "dynamic", "train": {"epochs": 1}}
-    return save_run(out, model, GPT2Tokenizer(), run_config, {"test_accuracy": 0.5},
+    return save_run(out, model, GPT2Tokenizer(), RunConfig.for_model(model, GPT2Tokenizer(), **run_config),
+                    {"test_accuracy": 0.5},
                     {"steps": [], "epochs": []})
 
 
@@ -181,14 +188,14 @@ def test_unreadable_file_is_a_clear_error(capsys, tmp_path: Path, tiny_model_dir
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     f = tmp_path / "locked.csv"
     f.write_text(rows_csv())
-    real = Path.read_bytes
+    real = builtins.open
 
-    def read_bytes(self: Path) -> bytes:  # chmod 000 does not stop root, who runs CI here
-        if self.name == "locked.csv":
-            raise PermissionError(13, "Permission denied", str(self))
-        return real(self)
+    def locked_open(file, *args, **kwargs):  # chmod 000 does not stop root, who runs CI here
+        if Path(str(file)).name == "locked.csv":
+            raise PermissionError(13, "Permission denied", str(file))
+        return real(file, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(builtins, "open", locked_open)
     code, _, err = cli(capsys, *train_args(tiny_model_dir, f, tmp_path / "out"))
     assert_clean_error(code, err, "Permission denied", "locked.csv")
 
@@ -268,10 +275,10 @@ def test_sms_reader_bad_bytes_and_empty_label(tmp_path: Path) -> None:
     p = tmp_path / "SMSSpamCollection"
     p.write_bytes(b"ham\tcaf\xe9\r\nspam\twin\rham\tok\n")
     with pytest.warns(DataWarning, match="not valid UTF-8"):
-        assert [(e.label, e.text) for e in data.read_sms_spam(p)] == [("ham", "café"), ("spam", "win"), ("ham", "ok")]
+        assert [(e.label, e.text) for e in sms_spam.read_sms_spam(p)] == [("ham", "café"), ("spam", "win"), ("ham", "ok")]
     p.write_bytes(b"ham\thi\n\tno label\n")
     with pytest.raises(GptclfError, match=r"SMSSpamCollection:2: empty label"):
-        data.read_sms_spam(p)
+        sms_spam.read_sms_spam(p)
 
 
 def test_long_csv_fields_are_read_not_refused(tmp_path: Path) -> None:
@@ -502,7 +509,7 @@ def test_absurd_sizes_are_refused_before_allocating(tmp_path: Path, tiny_run: Pa
         Classifier.load(d)
     # The same sizes as a backbone to train from scratch: refused by the memory check.
     hf = write_gpt2_config_only(tmp_path / "hf", n_embd=65536, n_head=64, n_layer=100)
-    from gptclf.weights import load_backbone
+    from gptclf.loading import load_backbone
 
     with pytest.raises(GptclfError, match=r"needs \d+\.\d GiB for its weights, more than"):
         load_backbone(str(hf), init="random")
@@ -534,7 +541,7 @@ def test_tokenizer_paths_in_config_cannot_leave_the_directory(tmp_path: Path, ti
 
 
 def test_shard_index_cannot_name_files_outside(tmp_path: Path) -> None:
-    from gptclf.weights import load_backbone
+    from gptclf.loading import load_backbone
 
     d = write_gpt2_config_only(tmp_path / "m")
     (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"wte.weight": "../evil.safetensors"}}))
@@ -620,7 +627,7 @@ def _zip_with(path: Path, entries: list[tuple[str, bytes, bool]]) -> Path:
 def test_zip_members_cannot_write_outside_the_target(tmp_path: Path) -> None:
     target = tmp_path / "cache" / "sms"
     target.mkdir(parents=True)
-    dest = target / data.SMS_SPAM_FILE
+    dest = target / sms_spam.SMS_SPAM_FILE
     outside = tmp_path / "outside"
     for entries in (
         [("../../outside/SMSSpamCollection", b"ham\thi\n", False)],
@@ -630,48 +637,48 @@ def test_zip_members_cannot_write_outside_the_target(tmp_path: Path) -> None:
         [("..\\..\\SMSSpamCollection", b"ham\thi\n", False)],
     ):
         z = _zip_with(tmp_path / "evil.zip", entries)
-        data.extract_member(z, data.SMS_SPAM_FILE, dest)
+        download.extract_member(z, sms_spam.SMS_SPAM_FILE, dest)
         assert dest.is_file() and not dest.is_symlink()
         assert dest.read_bytes() == entries[0][1]  # the bytes, wherever the archive says they go
         assert not outside.exists() and not Path("/etc/SMSSpamCollection").exists()
-        assert sorted(p.name for p in target.iterdir()) == [data.SMS_SPAM_FILE]
+        assert sorted(p.name for p in target.iterdir()) == [sms_spam.SMS_SPAM_FILE]
         # With the checksum on, none of these is accepted, and the good copy stays.
         dest.write_bytes(b"good copy")
         with pytest.raises(GptclfError, match="checksum mismatch"):
-            data.extract_member(z, data.SMS_SPAM_FILE, dest, expected_sha256=data.SMS_SPAM_SHA256)
+            download.extract_member(z, sms_spam.SMS_SPAM_FILE, dest, expected_sha256=sms_spam.SMS_SPAM_SHA256)
         assert dest.read_bytes() == b"good copy"
-        assert sorted(p.name for p in target.iterdir()) == [data.SMS_SPAM_FILE]
+        assert sorted(p.name for p in target.iterdir()) == [sms_spam.SMS_SPAM_FILE]
 
 
 def test_zip_bomb_and_corrupt_zip_are_refused(tmp_path: Path) -> None:
     z = tmp_path / "bomb.zip"
     with zipfile.ZipFile(z, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(data.SMS_SPAM_FILE, b"\0" * (3 << 20))  # compresses to a few KB
+        zf.writestr(sms_spam.SMS_SPAM_FILE, b"\0" * (3 << 20))  # compresses to a few KB
     assert z.stat().st_size < 50_000
     dest = tmp_path / "out"
     with pytest.raises(GptclfError, match="larger than 1 MB"):
-        data.extract_member(z, data.SMS_SPAM_FILE, dest, max_bytes=1 << 20)
+        download.extract_member(z, sms_spam.SMS_SPAM_FILE, dest, max_bytes=1 << 20)
     assert list(tmp_path.iterdir()) == [z]
     raw = bytearray(z.read_bytes())
     raw[40:60] = b"\xff" * 20  # inside the compressed stream
     z.write_bytes(bytes(raw))
     with pytest.raises(GptclfError, match="is not a readable zip archive|has no member"):
-        data.extract_member(z, data.SMS_SPAM_FILE, dest)
+        download.extract_member(z, sms_spam.SMS_SPAM_FILE, dest)
     assert list(tmp_path.iterdir()) == [z]
 
 
 def test_bad_download_does_not_replace_the_cached_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GPTCLF_SMS_SPAM", raising=False)
-    z = _zip_with(tmp_path / "mirror.zip", [(data.SMS_SPAM_FILE, b"ham\ttampered\n", False)])
-    cached = tmp_path / "c" / "sms_spam_collection" / data.SMS_SPAM_FILE
+    z = _zip_with(tmp_path / "mirror.zip", [(sms_spam.SMS_SPAM_FILE, b"ham\ttampered\n", False)])
+    cached = tmp_path / "c" / "sms_spam_collection" / sms_spam.SMS_SPAM_FILE
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"stale but not replaced by bad bytes")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)  # "failed its checksum; downloading it again"
         with pytest.raises(GptclfError, match="checksum mismatch"):
-            data.download_sms_spam(tmp_path / "c", urls=[z.as_uri()])
+            sms_spam.download_sms_spam(tmp_path / "c", urls=[z.as_uri()])
     assert cached.read_bytes() == b"stale but not replaced by bad bytes"
-    assert sorted(p.name for p in cached.parent.iterdir()) == [data.SMS_SPAM_FILE]
+    assert sorted(p.name for p in cached.parent.iterdir()) == [sms_spam.SMS_SPAM_FILE]
 
 
 # =============================================================== 3. killed while saving
@@ -679,11 +686,12 @@ def test_bad_download_does_not_replace_the_cached_copy(tmp_path: Path, monkeypat
 DRIVER = textwrap.dedent("""
     import sys, torch
     from pathlib import Path
-    from gptclf import models
-    from gptclf.classifier import SequenceClassifier, replace_head
+    from gptclf.models import registry as models
+    from gptclf.models.classifier import SequenceClassifier, replace_head
     from gptclf.models.gpt2 import GPT2Config
-    from gptclf.runs import save_run
-    from gptclf.tokenizer import GPT2Tokenizer
+    from gptclf.config import RunConfig
+    from gptclf.rundir.save import save_run
+    from gptclf.tokenizers.gpt2 import GPT2Tokenizer
 
     root = Path(sys.argv[1])
     cfg = GPT2Config(vocab_size=50257, context_length=32, emb_dim=16, n_heads=2, n_layers=1)
@@ -696,7 +704,8 @@ DRIVER = textwrap.dedent("""
             model.backbone.out_head.bias.fill_(float(i))  # each run's weights say which run it is
         run_config = {"labels": ["a", "b"], "max_length": 32, "pad_id": 50256, "pooling": "last-nonpad",
                       "padding": "dynamic", "train": {"epochs": 1}, "run_index": i}
-        save_run(root / f"run-{i:05d}", model, tok, run_config, {"i": i}, {"steps": [], "epochs": []})
+        save_run(root / f"run-{i:05d}", model, tok, RunConfig.for_model(model, tok, **run_config), {"i": i},
+                 {"steps": [], "epochs": []})
         i += 1
 """)
 

@@ -21,8 +21,8 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn) is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from gptclf.serve import create_app  # noqa: E402
-from gptclf.serve_settings import ServeSettings  # noqa: E402
+from gptclf.inference.serve.app import create_app  # noqa: E402
+from gptclf.inference.serve.settings import ServeSettings  # noqa: E402
 
 from conftest import free_port, serve_process  # noqa: E402
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from gptclf.tokenizer import GPT2Tokenizer, tokenizer_from_config
+from gptclf.tokenizers.gpt2 import GPT2Tokenizer
+from gptclf.tokenizers import tokenizer_from_config
 
 
 def test_ids_match_tiktoken_gpt2() -> None:

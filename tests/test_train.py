@@ -10,11 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gptclf.classifier import SequenceClassifier, freeze_for_finetuning, pool, replace_head
+from gptclf.models.classifier import SequenceClassifier, freeze_for_finetuning, pool, replace_head
 from gptclf.errors import GptclfError
-from gptclf.predict import Classifier
-from gptclf.train import TrainConfig, run_training
-from gptclf.weights import load_backbone
+from gptclf.inference.classifier import Classifier
+from gptclf.config import TrainConfig
+from gptclf.training.recipe import run_training
+from gptclf.loading import load_backbone
 
 from conftest import write_gpt2_config_only
 
@@ -134,7 +135,7 @@ def test_pooling_modes() -> None:
 
 
 def test_template_is_saved_and_used_at_prediction(tmp_path: Path, sms_env: Path, tiny_cfg: Path) -> None:
-    from gptclf.predict import Classifier
+    from gptclf.inference.classifier import Classifier
 
     template = "SMS: {text}\nSpam?"
     run = _train(tmp_path, "tpl", tiny_cfg, template=template, eval_freq=1000)
@@ -144,7 +145,7 @@ def test_template_is_saved_and_used_at_prediction(tmp_path: Path, sms_env: Path,
     ids = clf.encode(["hello there"])[0]
     assert ids == pre + clf.tokenizer.encode("hello there") + post
     # The model sees the wrapped text: its probabilities differ from those of the bare text.
-    from gptclf.data import collate
+    from gptclf.data.batching import collate
 
     bare, lens = collate([clf.tokenizer.encode("hello there")], clf.tokenizer.pad_id)
     with torch.inference_mode():
@@ -153,7 +154,7 @@ def test_template_is_saved_and_used_at_prediction(tmp_path: Path, sms_env: Path,
 
 
 def test_backbone_recipe_fills_only_what_is_not_given() -> None:
-    from gptclf.train import BOOK_RECIPE, recipe_for
+    from gptclf.config import BOOK_RECIPE, recipe_for
 
     book = TrainConfig().resolved()
     assert (book.trainable, book.lr) == (BOOK_RECIPE["trainable"], BOOK_RECIPE["lr"]) == ("last_block", 5e-5)
@@ -221,7 +222,7 @@ def test_padding_to_a_multiple_changes_no_result(tmp_path: Path, sms_env: Path, 
     """On a GPU each dynamic batch is padded up to a multiple of 16 tokens (fewer kernel shapes,
     a 4x faster first epoch on an H200). The run must not change: padding is masked, pooling
     reads real tokens, and a fixed --padding longest width (position -1) is kept as it is."""
-    from gptclf.data import collate
+    from gptclf.data.batching import collate
     from gptclf.device import pad_multiple
 
     monkeypatch.delenv("GPTCLF_PAD_MULTIPLE", raising=False)

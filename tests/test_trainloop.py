@@ -16,11 +16,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gptclf.checkpoint import flatten_optimizer_state, partial_dir, unflatten_optimizer_state, write_run_info
-from gptclf.controls import EarlyStopping, class_weights, step_loss
+from gptclf.training.state import flatten_optimizer_state, partial_dir, unflatten_optimizer_state, write_run_info
+from gptclf.training.controls import EarlyStopping, class_weights, step_loss, stopper_for
 from gptclf.errors import GptclfError
-from gptclf.schedule import lr_factor, warmup_steps
-from gptclf.train import TrainConfig, run_training
+from gptclf.training.schedule import lr_factor, warmup_steps
+from gptclf.config import TrainConfig
+from gptclf.training.recipe import run_training
 
 from conftest import env_with, write_gpt2_config_only
 
@@ -199,9 +200,9 @@ def test_new_options_are_validated() -> None:
                      (dict(early_stopping_metric="f1"), "--early-stopping-metric")]:
         with pytest.raises(GptclfError, match=msg):
             TrainConfig(**bad).resolved()
-    assert TrainConfig().stopper() is None
-    assert TrainConfig(early_stopping_metric="val_accuracy").stopper().patience == 3
-    assert TrainConfig(keep_best=True).stopper().patience is None
+    assert stopper_for(TrainConfig()) is None
+    assert stopper_for(TrainConfig(early_stopping_metric="val_accuracy")).patience == 3
+    assert stopper_for(TrainConfig(keep_best=True)).patience is None
 
 
 # ----------------------------------------------------------------------- the loop
@@ -331,7 +332,7 @@ def test_resume_errors_are_clear(tmp_path: Path, small_csv: Path, tiny_gpt2: Pat
 
 
 def _resume(run: Path) -> Path:
-    from gptclf.train import resume_training
+    from gptclf.training.recipe import resume_training
 
     return resume_training(run, log=lambda s: None, progress=False)
 
@@ -357,8 +358,8 @@ def test_resume_restores_every_control(tmp_path: Path, small_csv: Path, tiny_gpt
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Crash right after the 8th checkpoint (epoch 2, mid-epoch), with accumulation, a
     warmup + cosine schedule, clipping, class weights and early stopping all on."""
-    from gptclf import checkpoint
-    from gptclf.train import resume_training
+    from gptclf.training import state as checkpoint
+    from gptclf.training.recipe import resume_training
 
     opts = dict(epochs=4, batch_size=4, grad_accum=2, lr=5e-3, lr_schedule="cosine", warmup_steps=5,
                 clip_grad_norm=0.5, balance="weight", early_stopping_metric="val_loss", patience=1,

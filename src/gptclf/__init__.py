@@ -21,14 +21,15 @@ from .errors import GptclfError
 
 def load_model(name_or_path: str, init: str = "pretrained") -> Any:
     """The backbone language model (vocabulary head on): ``model(ids) -> [batch, seq, vocab]``."""
-    from .weights import load_model as _load
+    from .loading import load_model as _load
 
     return _load(name_or_path, init)
 
 
 def train(**options: Any) -> Any:
-    """Run ``gptclf train`` from Python; returns the run directory."""
-    from .train import TrainConfig, run_training
+    """Run ``gptclf train`` from Python (the same options, as keywords); returns the run directory."""
+    from .config import TrainConfig
+    from .training.recipe import run_training
 
     return run_training(TrainConfig(**options))
 
@@ -36,16 +37,16 @@ def train(**options: Any) -> Any:
 def __getattr__(name: str) -> Any:
     # Lazy so that ``import gptclf`` stays fast for the CLI's --help.
     if name == "Classifier":
-        from .predict import Classifier
+        from .inference.classifier import Classifier
 
         return Classifier
     if name == "TrainConfig":
-        from .train import TrainConfig
+        from .config import TrainConfig
 
         return TrainConfig
     raise AttributeError(name)
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .predict import Classifier
-    from .train import TrainConfig
+    from .config import TrainConfig
+    from .inference.classifier import Classifier

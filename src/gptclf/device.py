@@ -1,4 +1,4 @@
-"""Device and precision choices shared by training and inference."""
+"""Where the work runs: device and precision choices, and how much memory there is."""
 
 from __future__ import annotations
 
@@ -72,3 +72,15 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def available_ram() -> int:
+    """Bytes of RAM the kernel says a new allocation can get (MemAvailable)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -1,10 +1,14 @@
-"""One exception type for everything a user can get wrong.
+"""What a user can get wrong, and what they should know about.
 
 The CLI catches :class:`GptclfError` and prints its message (and hint) without a
-traceback; anything else is a bug and keeps its traceback.
+traceback; anything else is a bug and keeps its traceback. :class:`DataWarning` is the
+category of every warning about the user's data (truncated texts, dropped rows,
+leakage); the CLI prints those as one ``warning:`` line each.
 """
 
 from __future__ import annotations
+
+import warnings
 
 
 class GptclfError(Exception):
@@ -17,3 +21,11 @@ class GptclfError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class DataWarning(UserWarning):
+    """Something in the data the user should know about (truncation, dropped rows, leakage)."""
+
+
+def warn(message: str) -> None:
+    warnings.warn(message, DataWarning, stacklevel=3)

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .family import TOKENIZER_GPT2_BPE, Family, Preset
+
 
 @dataclass
 class GPT2Config:
@@ -59,29 +61,12 @@ class GPT2Config:
         )
 
 
-# The four OpenAI GPT-2 sizes (table in chapter 5) and their Hugging Face repositories.
+# The four OpenAI GPT-2 sizes (table in chapter 5); FAMILY below names their hub repositories.
 PRESETS: dict[str, GPT2Config] = {
     "gpt2-small": GPT2Config(emb_dim=768, n_layers=12, n_heads=12),
     "gpt2-medium": GPT2Config(emb_dim=1024, n_layers=24, n_heads=16),
     "gpt2-large": GPT2Config(emb_dim=1280, n_layers=36, n_heads=20),
     "gpt2-xl": GPT2Config(emb_dim=1600, n_layers=48, n_heads=25),
-}
-HF_REPOS: dict[str, str] = {
-    "gpt2-small": "openai-community/gpt2",
-    "gpt2-medium": "openai-community/gpt2-medium",
-    "gpt2-large": "openai-community/gpt2-large",
-    "gpt2-xl": "openai-community/gpt2-xl",
-}
-ALIASES: dict[str, str] = {
-    "gpt2": "gpt2-small",
-    "gpt2-124m": "gpt2-small",
-    "gpt2-355m": "gpt2-medium",
-    "gpt2-774m": "gpt2-large",
-    "gpt2-1558m": "gpt2-xl",
-    "openai-community/gpt2": "gpt2-small",
-    "openai-community/gpt2-medium": "gpt2-medium",
-    "openai-community/gpt2-large": "gpt2-large",
-    "openai-community/gpt2-xl": "gpt2-xl",
 }
 
 
@@ -134,12 +119,6 @@ class TransformerBlock(nn.Module):
 
 
 class GPT2Model(nn.Module):
-    # Linears that stay fp32 under int8 inference (gptclf.quantize): the MLP's down
-    # projection, whose GELU input has the outlier channels. Measured on the benchmark's
-    # fine-tuned GPT-2 (300 test texts): every linear int8 per channel flipped 5
-    # predictions; with this one kept fp32, 1 (and prediction still ran 2x fp32's speed).
-    int8_fp32_linears: tuple[str, ...] = ("ff.proj",)
-
     def __init__(self, cfg: GPT2Config) -> None:
         super().__init__()
         self.config = cfg
@@ -204,3 +183,29 @@ def convert_hf_state_dict(sd: dict[str, torch.Tensor], cfg: GPT2Config) -> dict[
     # The head is tied to wte unless the checkpoint carries its own.
     out["out_head.weight"] = sd.get("lm_head.weight", sd["wte.weight"])
     return out
+
+
+FAMILY = Family(
+    arch="gpt2",
+    config_cls=GPT2Config,
+    model_cls=GPT2Model,
+    tokenizer=TOKENIZER_GPT2_BPE,
+    hf_model_types=("gpt2",),
+    config_from_hf=GPT2Config.from_hf,
+    convert_hf=convert_hf_state_dict,
+    # OpenAI's four sizes, fetched from the Hugging Face hub; no recipe: the book's defaults.
+    presets={
+        "gpt2-small": Preset(PRESETS["gpt2-small"], hub="openai-community/gpt2",
+                             aliases=("gpt2", "gpt2-124m", "openai-community/gpt2")),
+        "gpt2-medium": Preset(PRESETS["gpt2-medium"], hub="openai-community/gpt2-medium",
+                              aliases=("gpt2-355m", "openai-community/gpt2-medium")),
+        "gpt2-large": Preset(PRESETS["gpt2-large"], hub="openai-community/gpt2-large",
+                             aliases=("gpt2-774m", "openai-community/gpt2-large")),
+        "gpt2-xl": Preset(PRESETS["gpt2-xl"], hub="openai-community/gpt2-xl",
+                          aliases=("gpt2-1558m", "openai-community/gpt2-xl")),
+    },
+    # The MLP's down projection, whose GELU input has the outlier channels. Measured on the
+    # benchmark's fine-tuned GPT-2 (300 test texts): every linear int8 per channel flipped 5
+    # predictions; with this one kept fp32, 1 (and prediction still ran 2x fp32's speed).
+    int8_fp32_linears=("ff.proj",),
+)

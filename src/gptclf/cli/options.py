@@ -1,0 +1,60 @@
+"""Command-line options generated from the config dataclasses, so each option is declared once.
+
+Every dataclass field with help text (``gptclf.config.opt``) becomes an option: ``--name``
+(or its ``flag``), typed from the annotation, with its choices and group; a boolean is a
+switch (``store_false`` when its default is True, e.g. ``--no-causal-mask``), a list is
+repeatable. Defaults stay in the dataclass: the parser records only the options actually
+given (argparse's SUPPRESS), which is what ``--resume`` needs to compare them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any
+
+
+def _base_type(annotation: Any) -> Any:
+    """``int | None`` -> int; ``list[str]`` -> list."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (list, tuple):
+        return list
+    return args[0] if args and typing.get_origin(annotation) is not None else annotation
+
+
+def _help(f: dataclasses.Field) -> str:
+    text = f.metadata["help"].replace("%", "%%")
+    if f.default is not dataclasses.MISSING and f.default is not None and not isinstance(f.default, bool):
+        text += f" (default: {f.default})"
+    return text
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one option per documented field of the dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+    groups: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if "help" not in meta:
+            continue  # not a command-line option
+        group = meta.get("group")
+        target = groups.setdefault(group, parser.add_argument_group(group)) if group else parser
+        kind = _base_type(hints[f.name])
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": _help(f)}
+        if kind is bool:
+            kw["action"] = "store_false" if f.default else "store_true"
+        elif kind is list:
+            kw["action"] = "append"
+        else:
+            kw["type"] = meta.get("type", kind)
+        for key in ("choices", "metavar"):
+            if key in meta:
+                kw[key] = meta[key]
+        target.add_argument(meta.get("flag", "--" + f.name.replace("_", "-")), **kw)
+
+
+def given_options(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of ``cls`` that the command line gave, by field name."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}

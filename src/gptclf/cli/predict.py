@@ -1,0 +1,163 @@
+"""``gptclf predict`` (texts, a file of lines, or a table in and a table out) and
+``gptclf evaluate`` (accuracy, per-class P/R/F1, confusion matrix)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..data.tables import FORMATS
+from ..errors import GptclfError
+
+
+def add_predict_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify texts with a fine-tuned model")
+    p.add_argument("texts", nargs="*", help="texts to classify (else --file, else stdin)")
+    p.add_argument("--model", default="runs/latest", help="model directory written by 'gptclf train'")
+    p.add_argument("--file", default=None, help="file with one text per line ('-' for stdin)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--int8", action="store_true", help="int8 dynamic quantization (CPU)")
+    f = p.add_argument_group("file in, file out (CSV / TSV / JSONL, streamed in chunks)")
+    f.add_argument("--input", default=None,
+                   help="table to classify; every row gets one output row, in order, with its columns "
+                        "kept plus predicted_label, predicted_score and p_<label> per class")
+    f.add_argument("--output", default=None, help="where to write it (atomically: no partial file on error)")
+    f.add_argument("--text-column", default="text", help="the --input column holding the text")
+    f.add_argument("--format", choices=FORMATS, default=None,
+                   help="input format (default: from the file suffix); the output's comes from its suffix")
+    f.add_argument("--chunk-size", type=int, default=1000, help="rows read, classified and written at a time")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+
+def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="accuracy, per-class precision/recall/F1 and confusion matrix")
+    p.add_argument("--model", default="runs/latest", help="model directory written by 'gptclf train'")
+    p.add_argument("--data", default="sms-spam",
+                   help="labelled CSV/TSV/JSONL file, or 'sms-spam' (its chapter-6 test split)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--int8", action="store_true", help="int8 dynamic quantization (CPU)")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="also write DIR/report.html, DIR/metrics.json and DIR/confusion-matrix.png")
+    p.add_argument("--mistakes", type=int, default=20, help="most confident mistakes listed in the report")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _read_texts(args: argparse.Namespace) -> list[str]:
+    if args.texts:
+        return list(args.texts)
+    if args.file and args.file != "-":
+        path = Path(args.file)
+        if not path.exists():
+            raise GptclfError(f"{path}: no such file")
+        if path.is_dir():
+            raise GptclfError(f"{path} is a directory", hint="--file takes a text file, one text per line")
+        return _text_lines(path.read_bytes(), str(path))
+    if args.file == "-" or not sys.stdin.isatty():
+        stdin = getattr(sys.stdin, "buffer", None)
+        if stdin is None:  # a StringIO standing in for stdin (tests, embedding)
+            from ..data.text import split_lines
+
+            return [line for line in split_lines(sys.stdin.read()) if line.strip()]
+        return _text_lines(stdin.read(), "stdin")
+    raise GptclfError("no texts to classify", hint="pass texts as arguments, --file FILE, or pipe them on stdin")
+
+
+def _text_lines(raw: bytes, where: str) -> list[str]:
+    """Non-blank lines; bytes that are not UTF-8 are read as cp1252 (what Windows tools write)."""
+    from ..data.text import decode_text, split_lines
+
+    return [line for line in split_lines(decode_text(raw, where)) if line.strip()]
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise GptclfError(f"--{name} must be at least 1, not {value}")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ..inference.classifier import Classifier
+
+    _positive("batch-size", args.batch_size)
+    if args.input or args.output:
+        return _predict_file(args)
+    texts = _read_texts(args)
+    clf = Classifier.load(args.model, device=args.device, quantize="int8" if args.int8 else None)
+    for text, r in zip(texts, clf.predict(texts, batch_size=args.batch_size)):
+        if args.json:
+            print(json.dumps({"text": text, **r}, ensure_ascii=False))
+        else:
+            print(f"{r['label']}\t{r['score']:.4f}\t{text}")
+    return 0
+
+
+def _predict_file(args: argparse.Namespace) -> int:
+    from ..inference.batch_files import predict_file
+    from ..inference.classifier import Classifier
+
+    if not (args.input and args.output):
+        raise GptclfError("--input and --output go together", hint="gptclf predict --input in.csv --output out.csv")
+    if args.texts or args.file:
+        raise GptclfError("pass texts, --file, or --input/--output, not several")
+    if not Path(args.input).expanduser().exists():  # before the model loads: fail fast
+        raise GptclfError(f"{args.input}: no such file")
+    clf = Classifier.load(args.model, device=args.device, quantize="int8" if args.int8 else None)
+    res = predict_file(clf, args.input, args.output, text_column=args.text_column, chunk_size=args.chunk_size,
+                       batch_size=args.batch_size, input_format=args.format,
+                       progress=not args.quiet and sys.stderr.isatty())
+    print(f"wrote {res.rows} rows to {res.output} in {res.seconds:.1f}s", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..data.sms_spam import SMS_SPAM_NAMES
+    from ..data.splits import drop_empty_texts, load_splits
+    from ..data.tables import read_table
+    from ..inference.classifier import Classifier
+
+    _positive("batch-size", args.batch_size)
+    clf = Classifier.load(args.model, device=args.device, quantize="int8" if args.int8 else None)
+    if args.data.lower() in SMS_SPAM_NAMES:
+        train_cfg = clf.run_config.train or {}
+        splits = load_splits(args.data, seed=train_cfg.get("seed", 123),
+                             balance=train_cfg.get("balance", "undersample"))
+        examples, where = splits.test, "sms-spam (chapter-6 test split)"
+    else:
+        examples = drop_empty_texts(read_table(args.data, args.text_column, args.label_column), args.data)
+        where = args.data
+    if not examples:
+        raise GptclfError(f"{where}: no texts to evaluate")
+    report = clf.evaluate([e.text for e in examples], [e.label for e in examples], args.batch_size,
+                          mistakes=args.mistakes if args.report else 0)
+    report["data"] = where
+    if args.report:
+        from ..rundir.report import write_evaluation_report
+
+        page = write_evaluation_report(args.report, report, model=str(args.model), data=where)
+        print(f"report: {page}", file=sys.stderr)
+        report.pop("mistakes", None)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"data: {where} ({report['n']} texts)")
+    print(f"accuracy: {report['accuracy'] * 100:.2f}%   loss: {report['loss']:.4f}"
+          + (f"   ROC-AUC: {report['roc_auc']:.4f}" if report.get("roc_auc") is not None else ""))
+    w = max(len(x) for x in report["labels"]) + 2
+    print(f"{'label':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
+    for lab, m in report["per_class"].items():
+        print(f"{lab:<{w}}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}{m['support']:>10d}")
+    print("confusion matrix (rows: true, columns: predicted)")
+    print(" " * w + "".join(f"{lab:>10}" for lab in report["labels"]))
+    for lab, row in zip(report["labels"], report["confusion_matrix"]):
+        print(f"{lab:<{w}}" + "".join(f"{v:>10d}" for v in row))
+    return 0
+
+

@@ -1,0 +1,287 @@
+"""The two configurations a user meets: the options of a training run, and a run's config.json.
+
+:class:`TrainConfig` holds every option of ``gptclf train``. Each field carries its help
+text, choices and group, and the command line is generated from them
+(:mod:`gptclf.cli.options`), so an option is declared once. The defaults are the book's
+chapter-6 settings; ``trainable`` and ``lr`` left out take the backbone's measured recipe.
+
+:class:`RunConfig` owns ``config.json``, the file that makes a fine-tuned model directory
+self-describing: architecture, labels, tokenizer, max length, pad id, pooling, ... Every
+reader of a run directory goes through :meth:`RunConfig.from_json`, which checks it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .errors import GptclfError
+
+# The book's chapter-6 recipe; a preset's own recipe (gptclf.models.registry) overrides it.
+BOOK_RECIPE: dict[str, Any] = {"trainable": "last_block", "lr": 5e-5}
+DEFAULT_PATIENCE = 3
+POOLINGS = ("last", "last-nonpad", "mean", "first")
+TRAINABLE_CHOICES = ("last_layer", "last_block", "last_two_blocks", "all", "lora")
+SCHEDULES = ("constant", "cosine", "linear")
+STOPPING_METRICS = ("val_loss", "val_accuracy")
+
+
+def opt(default: Any, help: str, group: str | None = None, *, factory: Any = None, **cli: Any) -> Any:
+    """A dataclass field that is also a command-line option: its help, group and, where they
+    differ from the defaults, ``choices``, ``flag``, ``metavar`` or ``type`` (see gptclf.cli.options)."""
+    metadata = {"help": help, "group": group, **cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def unescape(s: str) -> str:
+    """Let a shell user write newlines and tabs in --template as \\n and \\t."""
+    return s.replace("\\n", "\n").replace("\\t", "\t")
+
+
+MODEL, LORA, DATA, TRAINING = "model", "LoRA (--trainable lora)", "data", "training (defaults: the book's)"
+CONTROLS, SPEED, OUTPUT = "training controls (default: off, the book's loop)", "speed", "output"
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``gptclf train``; the defaults are the book's chapter-6 settings."""
+
+    model: str = opt("gpt2-small", "backbone: gpt2-small|medium|large|xl, smollm2-135m (offline), a local "
+                     "Hugging Face directory, a .gguf file, or a hub id", MODEL)
+    init: str = opt("pretrained", "pretrained weights, or train from random initialisation", MODEL,
+                    choices=("pretrained", "random"))
+    trainable: str | None = opt(
+        None, "last_layer (head only), last_block (the book), last_two_blocks, all, a number N of last "
+        "blocks (with the final norm and the head), or lora (low-rank adapters in every block + final norm "
+        "+ head; the book's appendix E). Default: the backbone's recipe (the book's last_block for GPT-2, "
+        "last_two_blocks for smollm2-135m)", MODEL)
+    pooling: str | None = opt(
+        None, "which position classifies: last real token (default), position -1 (the book's; needs "
+        "--padding longest), the mean over real tokens, or the first token (a bonus experiment of the "
+        "chapter)", MODEL, choices=POOLINGS)
+    template: str | None = opt(
+        None, "wrap each text before tokenizing, e.g. 'Message: {text}\\nIs this message spam?' (\\n is a "
+        "newline); saved with the model and used at prediction. With last-token pooling the classifier "
+        "then reads the question's last token", MODEL, type=unescape)
+    causal_mask: bool = opt(True, "let every token attend to the whole text (the chapter's bonus "
+                            "experiment); padding stays hidden by a padding mask", MODEL, flag="--no-causal-mask")
+    lora_rank: int = opt(16, "rank r of each adapter (the book's 16)", LORA)
+    lora_alpha: float = opt(16.0, "scale: the update is B@A*alpha/r", LORA)
+    lora_targets: str | None = opt(None, "comma-separated linear layers of each block (default: "
+                                   "att.qkv,att.out_proj,ff.fc,ff.proj, i.e. attention and MLP)", LORA)
+    lora_dropout: float = opt(0.0, "dropout on the adapters' input", LORA)
+    data: str = opt("sms-spam", "'sms-spam' (downloaded, checksum-verified, cached) or a CSV/TSV/JSONL file", DATA)
+    val: str | None = opt(None, "your own validation file (else a seeded 10% split)", DATA)
+    test: str | None = opt(None, "your own test file (else a seeded 20% split)", DATA)
+    text_column: str = opt("text", "the column holding the text", DATA)
+    label_column: str = opt("label", "the column holding the label", DATA)
+    balance: str = opt("undersample", "undersample every class to the smallest (the book), keep all data, or "
+                       "keep all data and weight the training loss by inverse class frequency", DATA,
+                       choices=("undersample", "none", "weight"))
+    max_length: int | None = opt(None, "truncate texts to this many tokens (default: the longest training text)", DATA)
+    padding: str | None = opt(None, "pad each batch to its longest text (default) or every text to "
+                              "--max-length (the book)", DATA, choices=("dynamic", "longest"))
+    context_length: int | None = opt(None, "pad every text to N tokens (= --padding longest --max-length N); "
+                                     "1024 is the chapter's 'pad to the full context' experiment for GPT-2", DATA)
+    epochs: int = opt(5, "passes over the training split", TRAINING)
+    batch_size: int = opt(8, "texts per batch (per process under torchrun)", TRAINING)
+    lr: float | None = opt(None, "learning rate (default: the backbone's recipe; the book's 5e-5 for GPT-2, "
+                           "2e-4 for smollm2-135m)", TRAINING)
+    weight_decay: float = opt(0.1, "AdamW's weight decay", TRAINING)
+    eval_freq: int = opt(50, "estimate losses every N steps", TRAINING)
+    eval_iter: int = opt(5, "... on this many batches", TRAINING)
+    eval_batch_size: int = opt(64, "texts per batch when evaluating", TRAINING)
+    seed: int = opt(123, "seed of the split, the head's initialisation and the batch order", TRAINING)
+    grad_accum: int = opt(1, "accumulate N batches per optimizer step (effective batch: batch size x N x "
+                          "processes; the loss is that of one big batch)", CONTROLS, metavar="N")
+    lr_schedule: str = opt("constant", "after warmup: keep --lr, or decay it to 0 by the last step", CONTROLS,
+                           choices=SCHEDULES)
+    warmup_steps: int = opt(0, "raise the lr linearly over this many optimizer steps", CONTROLS)
+    warmup_ratio: float = opt(0.0, "... or over this fraction of all optimizer steps", CONTROLS)
+    clip_grad_norm: float | None = opt(None, "clip the gradients' global L2 norm to MAX", CONTROLS, metavar="MAX")
+    early_stopping_metric: str | None = opt(
+        None, "stop when this metric, on the full validation set at each epoch end, has not improved for "
+        "--patience epochs; the saved model is the best epoch's", CONTROLS, choices=STOPPING_METRICS)
+    patience: int | None = opt(None, "epochs without a gain before early stopping (unset: 3)", CONTROLS)
+    keep_best: bool = opt(False, "save the best epoch's weights by full validation loss, without stopping "
+                          "early (--early-stopping-metric keeps the best epoch's too)", CONTROLS)
+    checkpoint_every: int = opt(500, "write a checkpoint to <out>.partial/ every N optimizer steps and at each "
+                                "epoch end (0: never)", CONTROLS, metavar="N")
+    reference: bool = opt(False, "run the book's exact path (pad to longest, position -1, full forward every "
+                          "step, no cache) to measure the speed-up honestly", SPEED)
+    cache: str = opt("auto", "frozen-trunk cache: compute the frozen blocks once per text", SPEED,
+                     choices=("auto", "off", "ram", "disk"))
+    cache_max_gb: float | None = opt(None, "RAM budget for the cache before it spills to disk (default: half "
+                                     "the free RAM)", SPEED)
+    group_by_length: int = opt(4, "sort each group of N shuffled batches by length (0: plain shuffle)", SPEED)
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps", SPEED)
+    precision: str = opt("auto", "auto = bf16 autocast on GPUs that support it, else fp32", SPEED,
+                         choices=("auto", "fp32", "bf16"))
+    compile: bool = opt(False, "torch.compile the model (GPU)", SPEED)
+    grad_checkpointing: bool = opt(False, "recompute each block's activations in the backward pass: much less "
+                                   "memory for --trainable all on large models, about a third more compute", SPEED)
+    out: str | None = opt(None, "run directory (default runs/<timestamp>; runs/latest links it)", OUTPUT)
+    progress: bool = opt(True, "no progress bars", OUTPUT, flag="--quiet")
+
+    def lora_config(self):  # -> peft.lora.LoRAConfig
+        from .peft.lora import LoRAConfig, parse_targets
+
+        return LoRAConfig(self.lora_rank, self.lora_alpha, parse_targets(self.lora_targets), self.lora_dropout)
+
+    def resolved(self) -> "TrainConfig":
+        """Fill in the backbone's recipe and the choices that depend on ``--reference``; check everything."""
+        c = TrainConfig(**asdict(self))
+        recipe = recipe_for(c.model)
+        for name in ("trainable", "lr"):
+            if getattr(c, name) is None:
+                setattr(c, name, recipe[name])
+        c._resolve_padding()
+        c._check()
+        if c.trainable == "lora":
+            c.lora_config()  # fail fast on a bad rank/alpha/dropout, before any data is read
+        return c
+
+    def _resolve_padding(self) -> None:
+        if self.reference:
+            self.pooling = self.pooling or "last"
+            self.padding = self.padding or "longest"
+            self.cache = "off"
+            self.group_by_length = 0
+            self.eval_batch_size = self.batch_size
+        if self.context_length is not None:
+            if self.context_length < 1:
+                raise GptclfError("--context-length must be at least 1")
+            if self.padding == "dynamic" or (self.max_length is not None and self.max_length != self.context_length):
+                raise GptclfError("--context-length N pads every text to N tokens; it cannot be combined "
+                                  "with --padding dynamic or a different --max-length")
+            self.padding, self.max_length = "longest", self.context_length
+        self.pooling = self.pooling or "last-nonpad"
+        self.padding = self.padding or "dynamic"
+        if self.pooling == "last" and self.padding == "dynamic":
+            raise GptclfError(
+                "--pooling last reads position -1, which is padding (and depends on the batch) "
+                "under dynamic padding",
+                hint="use --pooling last-nonpad (default), or --padding longest for the book's behaviour")
+
+    def _check(self) -> None:
+        """Refuse values no run can use, naming the option (choices first, then ranges)."""
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value is not None and value not in choices:
+                raise GptclfError(f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)}, not {value!r}")
+        for name in ("batch_size", "epochs", "eval_freq", "eval_iter", "eval_batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise GptclfError(f"--{name.replace('_', '-')} must be at least 1")
+        if not self.lr > 0:
+            raise GptclfError("--lr must be positive")
+        if self.warmup_steps < 0 or not 0 <= self.warmup_ratio < 1:
+            raise GptclfError("--warmup-steps must be >= 0 and --warmup-ratio in [0, 1)")
+        if self.warmup_steps and self.warmup_ratio:
+            raise GptclfError("give --warmup-steps or --warmup-ratio, not both")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise GptclfError("--clip-grad-norm must be positive")
+        if self.patience is not None:
+            if self.early_stopping_metric is None:
+                raise GptclfError("--patience needs --early-stopping-metric val_loss or val_accuracy")
+            if self.patience < 1:
+                raise GptclfError("--patience must be at least 1")
+        if self.checkpoint_every < 0:
+            raise GptclfError("--checkpoint-every must be >= 0 (0: no checkpoints)")
+        if self.max_length is not None and self.max_length < 1:
+            raise GptclfError(f"--max-length must be at least 1 token, not {self.max_length}")
+
+
+def recipe_for(model: str) -> dict[str, Any]:
+    """The defaults ``gptclf train --model MODEL`` uses for the options it is not given
+    (aliases resolve to their preset first: ``smollm2`` gets ``smollm2-135m``'s recipe)."""
+    from .models.registry import recipe_for as preset_recipe
+
+    return {**BOOK_RECIPE, **preset_recipe(model)}
+
+
+# --------------------------------------------------------------------------- config.json
+
+
+@dataclass
+class RunConfig:
+    """``config.json`` of a fine-tuned model directory (format ``gptclf/1``).
+
+    Keys a newer gptclf may add, or a user's own (``extra``), are kept as they are.
+    """
+
+    architecture: dict[str, Any]        # the backbone's config (gptclf.models.registry.config_from_dict)
+    labels: list[str]
+    tokenizer: dict[str, Any]           # gptclf.tokenizers.tokenizer_from_config
+    max_length: int
+    pooling: str
+    padding: str = "dynamic"
+    pad_id: int | None = None
+    template: str | None = None
+    causal_mask: bool = True
+    trainable: str | None = None
+    base_model: Any = None              # where the backbone came from (name, hub, file, init)
+    lora: dict[str, Any] | None = None  # LoRA runs: adapters' config, base name and fingerprint
+    data: dict[str, Any] | None = None  # the splits' sizes and class counts
+    train: dict[str, Any] | None = None  # the TrainConfig the run used
+    gptclf_version: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    FORMAT = "gptclf/1"
+    # Written first, in this order; then the rest of the fields, then ``extra``.
+    _HEAD = ("format", "architecture", "num_classes", "tokenizer", "gptclf_version", "labels", "max_length",
+             "pad_id", "pooling", "padding", "template", "trainable", "base_model", "causal_mask")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def for_model(cls, backbone: Any, tokenizer: Any, **values: Any) -> "RunConfig":
+        """The config of a model about to be saved: its architecture and tokenizer, plus ``values``
+        (fields of this class; other keys go to ``extra``)."""
+        known = {f.name for f in fields(cls)} - {"extra", "architecture", "tokenizer"}
+        return cls(architecture=getattr(backbone, "backbone", backbone).config.to_dict(),
+                   tokenizer=tokenizer.to_config(), **{k: v for k, v in values.items() if k in known},
+                   extra={k: v for k, v in values.items() if k not in known})
+
+    def to_json(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        values.update(format=self.FORMAT, num_classes=self.num_classes)
+        out = {k: values[k] for k in self._HEAD}
+        out.update({k: v for k, v in values.items() if k not in out and not (k == "lora" and v is None)})
+        out.update({k: v for k, v in self.extra.items() if k not in out})
+        return out
+
+    @classmethod
+    def from_json(cls, d: Any, where: str = "config.json") -> "RunConfig":
+        """Check everything a loader relies on, with a message naming the file and the key."""
+        if not isinstance(d, dict) or not str(d.get("format", "")).startswith("gptclf/"):
+            raise GptclfError(f"{where} is not a gptclf model config",
+                              hint="pass the directory written by 'gptclf train'")
+        for key in ("architecture", "labels", "tokenizer", "max_length", "pooling"):
+            if key not in d:
+                raise GptclfError(f"{where} lacks {key!r}")
+        labels = d["labels"]
+        if (not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) and x for x in labels)
+                or len(set(labels)) != len(labels)):
+            raise GptclfError(f"{where}: 'labels' must list at least two distinct non-empty strings")
+        ml = d["max_length"]
+        if isinstance(ml, bool) or not isinstance(ml, int) or ml < 1:
+            raise GptclfError(f"{where}: max_length {ml!r} is not a positive integer")
+        if d["pooling"] not in POOLINGS:
+            raise GptclfError(f"{where}: pooling {d['pooling']!r} is not one of {list(POOLINGS)}")
+        if d.get("padding", "dynamic") not in ("dynamic", "longest"):
+            raise GptclfError(f"{where}: padding {d.get('padding')!r} is not 'dynamic' or 'longest'")
+        for key in ("architecture", "tokenizer"):
+            if not isinstance(d[key], dict):
+                raise GptclfError(f"{where}: {key!r} must be a JSON object")
+        if d.get("lora") is not None and not isinstance(d["lora"], dict):
+            raise GptclfError(f"{where}: 'lora' must be a JSON object")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        kwargs.setdefault("padding", "dynamic")
+        extra = {k: v for k, v in d.items() if k not in known and k not in ("format", "num_classes")}
+        return cls(**kwargs, extra=extra)

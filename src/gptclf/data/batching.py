@@ -1,0 +1,54 @@
+"""Batches: the chapter's padding (:func:`collate`) and the order texts are drawn in."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple`` (a batch width; see device.pad_multiple)."""
+    return -(-n // multiple) * multiple
+
+
+def collate(ids: Sequence[Sequence[int]], pad_id: int, pad_to: int | None = None, multiple: int = 1
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad a batch with ``pad_id``: to ``pad_to`` (the book) or to its own longest text,
+    rounded up to a multiple of ``multiple`` (fewer distinct shapes on a GPU)."""
+    lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
+    width = pad_to if pad_to is not None else round_up(int(lengths.max()), multiple)
+    out = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    for i, x in enumerate(ids):
+        out[i, : len(x)] = torch.as_tensor(x, dtype=torch.long)
+    return out, lengths
+
+
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = True,
+                     lengths: np.ndarray | None = None, group_size: int = 0) -> list[list[int]]:
+    """One epoch of batch indices: a seeded shuffle, as ``DataLoader(shuffle=True)`` gives.
+
+    With ``lengths`` and ``group_size`` > 0, each run of ``group_size`` batches of the
+    shuffled order is sorted by length before it is cut into batches, and the batches are
+    shuffled again: each batch holds texts of similar length, so dynamic padding wastes
+    little, while the groups stay small enough that batches still mix classes.
+    """
+    perm = torch.randperm(n, generator=generator).tolist()
+    if drop_last:
+        perm = perm[: n - n % batch_size]
+    if lengths is None or group_size <= 1:
+        return [perm[i: i + batch_size] for i in range(0, len(perm), batch_size)]
+    chunk = batch_size * group_size
+    batches: list[list[int]] = []
+    for s in range(0, len(perm), chunk):
+        group = sorted(perm[s: s + chunk], key=lambda i: lengths[i])
+        batches += [group[i: i + batch_size] for i in range(0, len(group), batch_size)]
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in order]
+
+
+def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:
+    """Evaluation batches over every example, longest first (least padding, no shuffling)."""
+    order = np.argsort(-lengths, kind="stable").tolist()
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]

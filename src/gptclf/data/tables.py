@@ -1,0 +1,264 @@
+"""The one reader of the user's tables: CSV, TSV, JSONL and JSON files of texts (and labels).
+
+Training (:func:`read_table`), evaluation and batch prediction
+(:mod:`gptclf.inference.batch_files`) all read through :class:`Table`, so a file that one
+command accepts, every command accepts, and every command reads it the same way:
+
+* the format comes from the suffix (``.csv``, ``.tsv``/``.tab``, ``.jsonl``/``.ndjson``,
+  ``.json``); any other suffix (``.txt``, none) is sniffed from the first line;
+* text is decoded line by line (:mod:`gptclf.data.text`): UTF-8, else cp1252 with a warning;
+* a column named twice (a CSV header or a JSON object's keys) is refused, never guessed;
+* rows stream from disk (JSON lists excepted), so a file of any size reads in bounded memory;
+* JSON numbers are cells as they are written (``1``, not ``1.0``); objects and lists are not text.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+from ..errors import GptclfError
+from .text import decoded_lines
+
+FORMATS = ("csv", "tsv", "jsonl", "json")
+SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str | None
+    line: int = 0  # 1-based source line (record number for JSON), for error messages
+
+
+@dataclass
+class Row:
+    line: int                 # 1-based physical line where the row starts
+    record: dict[str, Any]    # column -> value (strings for CSV/TSV, JSON values for JSON)
+
+
+# Files that are not text tables: refused by name rather than read as garbage.
+NOT_TEXT = (".xlsx", ".xls", ".ods", ".zip", ".gz", ".bz2", ".xz", ".pkl", ".pickle", ".npy", ".npz")
+
+
+def detect_format(path: Path, role: str = "input") -> str:
+    """The format a file's suffix names, or ``"auto"`` (sniffed from its first line)."""
+    suffix = path.suffix.lower()
+    if suffix in NOT_TEXT:
+        raise GptclfError(f"{path}: unknown {role} format {suffix!r}",
+                          hint="save the table as .csv, .tsv, .jsonl or .json")
+    return SUFFIXES.get(suffix, "auto")
+
+
+def _sniff(first_line: str) -> str:
+    first = first_line.lstrip()[:1]
+    if first in ("{", "["):
+        return "jsonl" if first == "{" else "json"
+    return "tsv" if first_line.count("\t") > first_line.count(",") else "csv"
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``' object hook: a key given twice would silently keep only the last value."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        dup = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+        raise ValueError(f"the object names key(s) {dup} more than once")
+    return out
+
+
+def parse_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as e:
+        raise GptclfError(f"{where}: invalid JSON: {e.msg}",
+                          hint="JSONL needs one JSON object per line") from None
+    except (ValueError, RecursionError) as e:  # 5,000-digit numbers, [[[[... nested too deep, dup keys
+        raise GptclfError(f"{where}: invalid JSON: {type(e).__name__}: {str(e)[:100]}") from None
+
+
+class Table:
+    """Rows of a CSV / TSV / JSONL / JSON file, read lazily from disk.
+
+    ``columns`` is known after construction (the header; for JSON the keys of the first
+    record) and ``format`` is the format read; iterate the object for :class:`Row` s.
+    ``on_bytes`` is told how many bytes were read (for a progress bar).
+    """
+
+    def __init__(self, path: str | Path, fmt: str | None = None,
+                 on_bytes: Callable[[int], None] | None = None) -> None:
+        self.path = Path(path).expanduser()
+        if not self.path.exists():
+            raise GptclfError(f"{self.path}: no such file")
+        if self.path.is_dir():
+            raise GptclfError(f"{self.path} is a directory", hint="pass a CSV, TSV, JSONL or JSON file")
+        if fmt is not None and fmt not in FORMATS:
+            raise GptclfError(f"unknown format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
+        try:
+            self._file: IO[bytes] = open(self.path, "rb")
+        except OSError as e:
+            raise GptclfError(f"{self.path}: cannot read the file ({e.strerror})") from None
+        try:
+            self._open(fmt or detect_format(self.path), on_bytes)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, fmt: str, on_bytes: Callable[[int], None] | None) -> None:
+        lines = decoded_lines(self._file, self.path, on_bytes)
+        head: list[str] = []  # up to the first line with something on it: what the format is sniffed from
+        for line in lines:
+            head.append(line)
+            if line.strip():
+                break
+        if not head or not head[-1].strip():
+            raise GptclfError(f"{self.path} is empty", hint="the file needs a header row and at least one row of data")
+        self.format = _sniff(head[-1]) if fmt == "auto" else fmt
+        self._lines = _chain(head, lines)
+        if self.format == "json":
+            self._records = self._json_rows()
+        elif self.format == "jsonl":
+            self._records = self._jsonl_rows()
+        else:
+            self._records = self._delimited_rows()
+        self._first = next(self._records, None) if self.format in ("json", "jsonl") else None
+        if self.format in ("json", "jsonl"):
+            if self._first is None:
+                raise GptclfError(f"{self.path} has no rows")
+            self.columns = list(self._first.record)
+
+    # ------------------------------------------------------------------ formats
+
+    def _delimited_rows(self) -> Iterator[Row]:
+        delimiter = "\t" if self.format == "tsv" else ","
+        kind = "TSV" if self.format == "tsv" else "CSV"
+        # csv's default 128 KiB field limit would reject a long (legitimate) text; the
+        # tokenizer truncates long texts later, with a warning that counts them.
+        csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+        reader = csv.reader(self._lines, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except csv.Error as e:
+            raise GptclfError(f"{self.path}:1: malformed header: {e}") from None
+        self.columns = [h.strip() for h in header]
+        dups = sorted(h for h, n in Counter(self.columns).items() if n > 1)  # linear, for wide files
+        if dups:
+            raise GptclfError(f"{self.path}:1: the header names column(s) {dups[:10]} more than once",
+                              hint="give every column a distinct name")
+        return self._delimited_records(reader, kind)
+
+    def _delimited_records(self, reader: Any, kind: str) -> Iterator[Row]:
+        n = len(self.columns)
+        start = reader.line_num + 1  # a record's first physical line (quoted newlines span several)
+        try:
+            for row in reader:
+                where = f"{self.path}:{start}" + (f"-{reader.line_num}" if reader.line_num > start else "")
+                line, start = start, reader.line_num + 1
+                if not row or (len(row) == 1 and not row[0].strip() and n > 1):
+                    continue  # a blank line; a row of empty fields is kept and checked like any other
+                if len(row) != n:
+                    raise GptclfError(
+                        f"{where}: {len(row)} fields, the header has {n}",
+                        hint="quote fields that contain the delimiter "
+                             f"({'tab' if kind == 'TSV' else 'comma'}) or a newline, and close every quote")
+                yield Row(line, dict(zip(self.columns, row)))
+        except csv.Error as e:
+            raise GptclfError(f"{self.path}:{start}: malformed {kind}: {e}") from None
+
+    def _jsonl_rows(self) -> Iterator[Row]:
+        for i, line in enumerate(self._lines, 1):
+            if not line.strip():
+                continue
+            rec = parse_json(line, f"{self.path}:{i}")
+            if not isinstance(rec, dict):
+                raise GptclfError(f"{self.path}:{i}: expected a JSON object, got {type(rec).__name__}")
+            yield Row(i, rec)
+
+    def _json_rows(self) -> Iterator[Row]:
+        data = parse_json("".join(self._lines), str(self.path))
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise GptclfError(f"{self.path}: expected a JSON list of objects")
+        for i, rec in enumerate(data, 1):
+            yield Row(i, rec)
+
+    # ------------------------------------------------------------------ iteration
+
+    def __iter__(self) -> Iterator[Row]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        yield from self._records
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "Table":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _chain(head: list[str], rest: Iterator[str]) -> Iterator[str]:
+    yield from head
+    yield from rest
+
+
+def cell_text(v: object, where: str, column: str) -> str:
+    """A cell as text: JSON numbers the way they are written (1, not 1.0), objects refused."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):  # before int: True is an int
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))  # 1.0 and 1 are the same label
+    if isinstance(v, (str, int, float)):
+        return str(v)
+    raise GptclfError(f"{where}: column {column!r} holds a JSON {type(v).__name__}, "
+                      "expected a string or a number")
+
+
+def find_column(name: str, columns: list[str], path: Path | str, role: str) -> str:
+    """``name`` among ``columns`` (exact, else the one case-insensitive match), or a clear error."""
+    if name in columns:
+        return name
+    folded = [c for c in columns if c.lower() == name.lower()]
+    if len(folded) == 1:
+        return folded[0]
+    close = difflib.get_close_matches(name, columns, n=1)
+    hint = f"pass --{role}-column NAME"
+    if close:
+        hint = f"did you mean --{role}-column {close[0]!r}? " + hint
+    raise GptclfError(f"{path}: no {role} column {name!r}; the columns are {columns[:50]}", hint=hint)
+
+
+def read_table(path: Path | str, text_column: str = "text", label_column: str | None = "label",
+               fmt: str | None = None) -> list[Example]:
+    """Every row of a file of labelled (or, with ``label_column=None``, plain) texts."""
+    with Table(path, fmt) as table:
+        rows = list(table)
+        if not rows:
+            raise GptclfError(f"{table.path} has a header but no rows")
+        columns = table.columns
+        if table.format in ("json", "jsonl"):  # records may differ in their keys
+            columns = sorted({k for r in rows for k in r.record})
+        tcol = find_column(text_column, columns, table.path, "text")
+        lcol = find_column(label_column, columns, table.path, "label") if label_column else None
+        return [_example(r, tcol, lcol, table.path) for r in rows]
+
+
+def _example(row: Row, tcol: str, lcol: str | None, path: Path) -> Example:
+    where = f"{path}:{row.line}"
+    text = cell_text(row.record.get(tcol), where, tcol)
+    label = None
+    if lcol is not None:
+        label = cell_text(row.record.get(lcol), where, lcol).strip() or None
+        if label is None:
+            raise GptclfError(f"{where}: empty label in column {lcol!r}",
+                              hint="every row needs a label; remove the row or fill it in")
+    return Example(text, label, row.line)

@@ -1,0 +1,128 @@
+"""Crash-safe files: every file gptclf writes appears whole or not at all.
+
+:func:`atomic_path` is the one way gptclf writes a file: into a temporary name beside the
+target (``.<name>.tmp-<pid>...``), flushed to disk, then renamed over the target. A
+crash, a kill or an exception at any moment leaves the old file (or none), never half a
+new one; the temporaries of writers that died are removed by the next writer.
+:func:`read_json_object` reads the JSON files gptclf keeps, with a size bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+import stat
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import GptclfError
+
+# config.json, metrics.json, ... of a run are kilobytes; a file that claims more is not one
+# of ours (or is /dev/zero behind a symlink), and reading it whole would exhaust memory.
+MAX_JSON_BYTES = 64 << 20
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a directory's entries') data to disk before it is renamed into place."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories
+    finally:
+        os.close(fd)
+
+
+def temporary_name(path: Path, suffix: str = "") -> Path:
+    """The temporary beside ``path`` that this process writes (the pid tells dead writers apart)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
+
+
+def pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.<name>.tmp-<pid>...`` files and directories whose writer process is gone."""
+    prefix = f".{path.name}.tmp-"
+    for p in path.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = p.name[len(prefix):].split("-", 1)[0].split(".", 1)[0]
+        if not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Write to the yielded temporary path; on success it replaces ``path`` (keeping the mode of
+    the file it replaces), on any error it is removed and ``path`` is untouched."""
+    path = Path(path)
+    remove_stale_temporaries(path)
+    tmp = temporary_name(path, suffix)
+    try:
+        yield tmp
+        if path.exists():
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists() or tmp.is_symlink():
+            tmp.unlink()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "__dataclass_fields__"):
+        return asdict(o)
+    return str(o)
+
+
+def read_json(path: Path, limit: int = MAX_JSON_BYTES) -> Any:
+    """The JSON value in ``path``, read with a size bound; a clear error for anything else."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)
+    except OSError as e:
+        raise GptclfError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(raw) > limit:
+        raise GptclfError(f"{path} is larger than {limit >> 20} MB, which no gptclf JSON file is",
+                          hint="the file is damaged or not gptclf's")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, 5,000-digit numbers, [[[[...
+        raise GptclfError(f"{path} is not valid JSON: {type(e).__name__}: {str(e)[:200]}") from None
+
+
+def read_json_object(path: Path, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    obj = read_json(path, limit)
+    if not isinstance(obj, dict):
+        raise GptclfError(f"{path} is not a JSON object")
+    return obj

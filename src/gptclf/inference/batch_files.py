@@ -1,0 +1,134 @@
+"""Batch prediction over a file: ``gptclf predict --input FILE --output FILE``.
+
+The input (any table :class:`gptclf.data.tables.Table` reads: CSV, TSV, JSONL, JSON) is
+read as a stream, ``chunk_size`` rows at a time, so memory stays bounded whatever the file
+size. Every input row gives exactly one output row, in input order (an empty text still
+gets one), with every input column kept and these columns added:
+
+* ``predicted_label``  the most probable label
+* ``predicted_score``  its probability
+* ``p_<label>``        one probability column per class (in the model's label order)
+
+The output (CSV, TSV or JSONL, from its suffix) is written to a temporary file beside it
+and renamed over it only when every row is written (:func:`gptclf.files.atomic_path`): an
+error or Ctrl-C leaves no partial file behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from ..data.tables import Row, Table, cell_text, find_column
+from ..errors import DataWarning, GptclfError
+from ..files import atomic_path
+
+LABEL_COLUMN = "predicted_label"
+SCORE_COLUMN = "predicted_score"
+PROB_PREFIX = "p_"
+OUTPUT_FORMATS = ("csv", "tsv", "jsonl")
+OUTPUT_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def added_columns(labels: list[str]) -> list[str]:
+    return [LABEL_COLUMN, SCORE_COLUMN] + [f"{PROB_PREFIX}{lab}" for lab in labels]
+
+
+def iter_chunks(rows: Iterable[Row], chunk_size: int) -> Iterator[list[Row]]:
+    """Lists of at most ``chunk_size`` rows; only one list is alive at a time."""
+    if chunk_size < 1:
+        raise GptclfError(f"--chunk-size must be at least 1, not {chunk_size}")
+    chunk: list[Row] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == chunk_size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@dataclass
+class BatchResult:
+    rows: int
+    chunks: int
+    seconds: float
+    output: Path
+
+
+def predict_file(classifier: Any, input_path: str | Path, output_path: str | Path, *,
+                 text_column: str = "text", chunk_size: int = 1000, batch_size: int = 32,
+                 input_format: str | None = None, output_format: str | None = None,
+                 progress: bool = False) -> BatchResult:
+    """Classify every row of ``input_path`` and write ``output_path`` (see the module doc).
+
+    ``classifier`` needs ``labels`` and ``predict_proba(texts, batch_size)`` (a
+    :class:`gptclf.inference.classifier.Classifier`).
+    """
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    output_path = Path(output_path).expanduser()
+    labels = list(classifier.labels)
+    size = Path(input_path).expanduser().stat().st_size if Path(input_path).expanduser().is_file() else None
+    bar = tqdm(total=size, unit="B", unit_scale=True, desc="predict", disable=not progress, file=sys.stderr)
+    with bar, Table(input_path, input_format, on_bytes=bar.update) as table:
+        out_fmt = output_format or OUTPUT_SUFFIXES.get(output_path.suffix.lower()) or \
+            (table.format if table.format in OUTPUT_FORMATS else "jsonl")
+        if out_fmt not in OUTPUT_FORMATS:
+            raise GptclfError(f"unknown output format {out_fmt!r}", hint=f"use one of {', '.join(OUTPUT_FORMATS)}")
+        tcol = find_column(text_column, table.columns, table.path, "text")
+        extra = added_columns(labels)
+        clash = [c for c in extra if c in table.columns]
+        if clash:
+            raise GptclfError(f"{table.path} already has column(s) {clash} that the output adds",
+                              hint="rename those columns in the input")
+        if not output_path.parent.is_dir():
+            raise GptclfError(f"--output {output_path}: the folder {output_path.parent} does not exist")
+        rows = chunks = truncated_chunks = 0
+        with atomic_path(output_path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as out:
+            writer = None
+            if out_fmt != "jsonl":
+                writer = csv.writer(out, delimiter="\t" if out_fmt == "tsv" else ",", lineterminator="\n")
+                writer.writerow(table.columns + extra)
+            for chunk in iter_chunks(table, chunk_size):
+                texts = [cell_text(r.record.get(tcol), f"{table.path}:{r.line}", tcol) for r in chunk]
+                # One summary warning at the end instead of one per chunk.
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", DataWarning)
+                    probs = classifier.predict_proba(texts, batch_size)
+                truncated_chunks += any(issubclass(w.category, DataWarning) for w in caught)
+                for row, p in zip(chunk, probs):
+                    k = int(p.argmax())
+                    added = [labels[k], round(float(p[k]), 6)] + [round(float(v), 6) for v in p]
+                    if writer is None:
+                        out.write(json.dumps(row.record | dict(zip(extra, added)), ensure_ascii=False) + "\n")
+                    else:
+                        unknown = set(row.record) - set(table.columns)
+                        if unknown:
+                            raise GptclfError(f"{table.path}:{row.line}: keys {sorted(unknown)} not in the "
+                                              f"first record's {table.columns}",
+                                              hint="write JSONL output, or give every record the same keys")
+                        writer.writerow([_output_cell(row.record.get(c)) for c in table.columns] + added)
+                rows += len(chunk)
+                chunks += 1
+            out.flush()
+    if truncated_chunks:
+        warnings.warn(f"some texts were longer than the model's {getattr(classifier, 'max_length', '?')} "
+                      f"tokens and were truncated (in {truncated_chunks} of {chunks} chunks)",
+                      DataWarning, stacklevel=2)
+    return BatchResult(rows, chunks, time.perf_counter() - t0, output_path)
+
+
+def _output_cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, ensure_ascii=False)
+    return v

@@ -1,0 +1,154 @@
+"""The model families gptclf knows, and the checks every config passes before a model is built.
+
+Adding a family: write ``models/<family>.py`` ending in ``FAMILY = Family(...)`` (see
+:mod:`gptclf.models.family`) and add it to :data:`FAMILIES` below. Everything else in
+gptclf uses the shared backbone interface documented in :mod:`gptclf.models.gpt2`
+(``embed``, ``run_blocks``, ``trf_blocks``, ``final_norm``, ``out_head``, ``config``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from torch import nn
+
+from ..device import available_ram
+from ..errors import GptclfError
+from . import gpt2, llama
+from .family import Family, Preset
+
+FAMILIES: dict[str, Family] = {f.arch: f for f in (gpt2.FAMILY, llama.FAMILY)}
+
+
+def family(arch: str) -> Family:
+    """The family of an ``arch`` name (as stored in config.json)."""
+    if not isinstance(arch, str) or arch not in FAMILIES:
+        raise GptclfError(f"unknown architecture {arch!r} in config",
+                          hint=f"known architectures: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[arch]
+
+
+def family_for_hf(model_type: Any) -> Family | None:
+    """The family that reads a Hugging Face ``config.json`` with this ``model_type``."""
+    return next((f for f in FAMILIES.values() if model_type in f.hf_model_types), None)
+
+
+def hf_model_types() -> list[str]:
+    return sorted(t for f in FAMILIES.values() for t in f.hf_model_types)
+
+
+def family_for_gguf(arch: Any) -> Family | None:
+    """The family that reads a GGUF file whose ``general.architecture`` is ``arch``."""
+    return next((f for f in FAMILIES.values() if arch in f.gguf_archs), None)
+
+
+def find_preset(name: str) -> tuple[str, Family, Preset] | None:
+    """``(canonical name, family, preset)`` for a preset name or alias (any case), else None."""
+    low = name.strip().lower()
+    for fam in FAMILIES.values():
+        for key, preset in fam.presets.items():
+            if low == key.lower() or low in (a.lower() for a in preset.aliases):
+                return key, fam, preset
+    return None
+
+
+def model_names() -> list[str]:
+    """Every name ``--model`` resolves by itself (presets and their aliases)."""
+    return sorted({n for f in FAMILIES.values() for k, p in f.presets.items() for n in (k, *p.aliases)})
+
+
+def canonical_name(name: str) -> str:
+    """The preset a name or alias stands for; other names (paths, hub ids) as given."""
+    found = find_preset(name)
+    return found[0] if found else name
+
+
+def recipe_for(name: str) -> dict[str, Any]:
+    """The preset's measured defaults for options the user leaves out ({} if it has none)."""
+    found = find_preset(name)
+    return dict(found[2].recipe) if found else {}
+
+
+# Bounds far above any real model (Llama 3 405B: emb 16384, 126 layers, vocab 128k) and
+# far below what would make a hostile config.json allocate terabytes.
+MAX_DIMS: dict[str, int] = {
+    "vocab_size": 1 << 22, "context_length": 1 << 20, "emb_dim": 1 << 16, "n_heads": 1 << 10,
+    "n_kv_heads": 1 << 10, "n_layers": 1 << 10, "hidden_dim": 1 << 18, "head_dim": 1 << 12,
+}
+
+
+def config_from_dict(d: dict[str, Any]) -> Any:
+    """The config object an ``architecture`` dict describes, checked before anything is allocated."""
+    if not isinstance(d, dict):
+        raise GptclfError(f"the architecture must be a JSON object, not {type(d).__name__}")
+    arch = d.get("arch", "gpt2")
+    fam = family(arch)
+    try:
+        cfg = fam.config_cls.from_dict(d)
+    except GptclfError:
+        raise
+    except (TypeError, ValueError, KeyError, ZeroDivisionError) as e:
+        raise GptclfError(f"invalid {arch} architecture in config: {type(e).__name__}: {e}") from None
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: Any) -> int:
+    """Refuse sizes and values the model cannot be built from; return its fp32 size in bytes.
+
+    Runs before any memory is allocated: the constructor is tried on the meta device."""
+    for name, top in MAX_DIMS.items():
+        if not hasattr(cfg, name):  # not a field of this architecture
+            continue
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
+            raise GptclfError(f"architecture: {name}={v!r} is not an integer between 1 and {top}",
+                              hint="config.json is corrupted or not from a model gptclf can load")
+    if cfg.arch == "gpt2" and cfg.emb_dim % cfg.n_heads:  # Llama configs carry their own head_dim
+        raise GptclfError(f"architecture: emb_dim ({cfg.emb_dim}) is not a multiple of n_heads ({cfg.n_heads})")
+    # Every other field must have its default's type (a JSON number for a float, ...).
+    for f in dataclasses.fields(cfg):
+        v, default = getattr(cfg, f.name), f.default
+        if f.name in MAX_DIMS or default is dataclasses.MISSING or default is None:
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(v, bool)
+        elif isinstance(default, float):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        else:
+            ok = isinstance(v, type(default)) and not (isinstance(v, bool) and not isinstance(default, bool))
+        if not ok:
+            raise GptclfError(f"architecture: {f.name}={v!r} should be a {type(default).__name__}",
+                              hint="config.json is corrupted or not from a model gptclf can load")
+    if not 0 <= getattr(cfg, "drop_rate", 0.0) < 1:
+        raise GptclfError(f"architecture: drop_rate={cfg.drop_rate!r} must be in [0, 1)")
+    try:
+        return parameter_bytes(cfg)
+    except (TypeError, ValueError, KeyError, ZeroDivisionError, RuntimeError) as e:
+        raise GptclfError(f"invalid {cfg.arch} architecture in config: {type(e).__name__}: {e}") from None
+
+
+def parameter_bytes(cfg: Any) -> int:
+    """fp32 bytes of the model's parameters and buffers, counted on the meta device (no memory)."""
+    import torch
+
+    with torch.device("meta"):
+        m = family(cfg.arch).model_cls(cfg)
+    return 4 * (sum(p.numel() for p in m.parameters()) + sum(b.numel() for b in m.buffers()))
+
+
+def build_model(cfg: Any) -> nn.Module:
+    """Instantiate the backbone for a config object (randomly initialised).
+
+    The size is counted first on the meta device: a config that would need more memory
+    than the machine has is refused with a message instead of being killed by the OOM killer.
+    """
+    need = check_config(cfg)
+    free = available_ram()
+    if need > free:
+        raise GptclfError(f"the architecture needs {need / 2**30:.1f} GiB for its weights, more than the "
+                          f"{free / 2**30:.1f} GiB of free memory",
+                          hint="check the model's config.json (sizes) or use a smaller model")
+    return family(cfg.arch).model_cls(cfg)

@@ -1,0 +1,1 @@
+"""Parameter-efficient fine-tuning: LoRA (the book's appendix E)."""

@@ -1,0 +1,1 @@
+"""The run directory: save (atomically), load, export, report and plots."""

@@ -1,0 +1,33 @@
+"""``gptclf export``: a self-contained copy of a model directory."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from ..files import read_json_object
+from .load import load_classifier_backbone, read_run_config
+from .save import save_run
+
+
+def export_merged(src: str | Path, out: str | Path) -> Path:
+    """``gptclf export --merge SRC OUT``: a full directory with any LoRA adapters merged in,
+    which needs no base model to load."""
+    from ..inference.classifier import Classifier
+
+    src, out = Path(src).expanduser(), Path(out).expanduser()
+    cfg = read_run_config(src)
+    clf = Classifier.load(src, device="cpu")
+    extra = dict(cfg.extra)
+    if cfg.lora:
+        extra["lora_merged"] = {k: v for k, v in cfg.lora.items() if k != "saved"}
+    extra["exported_from"] = str(src.resolve())
+    merged = replace(cfg, lora=None, extra=extra)
+    metrics = read_json_object(src / "metrics.json") if (src / "metrics.json").exists() else {}
+    history = read_json_object(src / "history.json") if (src / "history.json").exists() else {}
+    save_run(out, clf.model, clf.tokenizer, merged, metrics, history, update_latest_link=False)
+    for plot in ("loss-plot.png", "accuracy-plot.png"):
+        if (src / plot).exists() and not (out / plot).exists():
+            shutil.copy2(src / plot, out / plot)
+    return out

@@ -1,0 +1,81 @@
+"""The run's pictures: the book's loss and accuracy curves (``plot_values``) and the
+test split's confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..files import atomic_path
+
+CONFUSION_PNG = "confusion-matrix.png"
+
+
+def _pyplot():  # -> matplotlib.pyplot, drawing to files only
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_values(epochs_seen: list[float], examples_seen: list[float], train_values: list[float],
+                val_values: list[float], label: str, path: Path) -> None:
+    """The book's ``plot_values``: epochs on the bottom axis, examples seen on the top."""
+    plt = _pyplot()
+    fig, ax1 = plt.subplots(figsize=(5, 3))
+    ax1.plot(epochs_seen, train_values, label=f"Training {label}")
+    ax1.plot(epochs_seen, val_values, linestyle="-.", label=f"Validation {label}")
+    ax1.set_xlabel("Epochs")
+    ax1.set_ylabel(label.capitalize())
+    ax1.legend()
+    ax2 = ax1.twiny()
+    ax2.plot(examples_seen, train_values, alpha=0)  # invisible: only sets the top axis
+    ax2.set_xlabel("Examples seen")
+    fig.tight_layout()
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+def plot_history(hist: dict[str, Any], directory: Path, epochs: int) -> None:
+    steps, eps = hist.get("steps", []), hist.get("epochs", [])
+    if steps:
+        n = len(steps)
+        xs = [epochs * (i / (n - 1) if n > 1 else 1.0) for i in range(n)]
+        plot_values(xs, [s["examples_seen"] for s in steps], [s["train_loss"] for s in steps],
+                    [s["val_loss"] for s in steps], "loss", directory / "loss-plot.png")
+    if eps:
+        plot_values([e["epoch"] for e in eps], [e["examples_seen"] for e in eps],
+                    [e["train_accuracy"] for e in eps], [e["val_accuracy"] for e in eps],
+                    "accuracy", directory / "accuracy-plot.png")
+
+
+def plot_confusion_matrix(cm: Sequence[Sequence[int]], labels: Sequence[str], path: Path,
+                          title: str = "Confusion matrix") -> None:
+    """Counts in every cell; rows are the true class, columns the predicted one."""
+    import numpy as np
+
+    plt = _pyplot()
+    m = np.asarray(cm)
+    n = len(labels)
+    size = max(3.0, 0.6 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(n), labels=list(labels), rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_yticks(range(n), labels=list(labels))
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("True")
+    ax.set_title(title)
+    threshold = m.max() / 2 if m.size else 0
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(int(m[i, j])), ha="center", va="center",
+                    color="white" if m[i, j] > threshold else "black")
+    fig.tight_layout()
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+

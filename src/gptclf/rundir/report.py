@@ -1,0 +1,167 @@
+"""The run report: one self-contained ``report.html`` (plots embedded as base64 PNGs) with
+the data summary, the settings, the training curves, the metrics of every split and the
+test mistakes the model was surest of.
+
+``write_run_report(run_dir)`` builds it from what a run directory already holds
+(config.json, metrics.json, loss-plot.png, accuracy-plot.png), so it can be redrawn at any
+time; ``write_evaluation_report`` does the same for ``gptclf evaluate --report DIR``.
+Every string that came from data or config is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import GptclfError
+from ..files import read_json_object, write_json_atomic, write_text_atomic
+from .load import read_run_config
+from .plots import CONFUSION_PNG, plot_confusion_matrix
+
+REPORT_HTML = "report.html"
+
+
+# ------------------------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:980px;margin:2em auto;
+padding:0 1em;color:#222}h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;
+vertical-align:top}th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.plots img{max-width:48%;margin-right:1%}.text{max-width:560px;white-space:pre-wrap;word-break:break-word}
+.muted{color:#666}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _num(x: Any, digits: int = 4) -> str:
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return _e(x)
+
+
+def _img(path: Path, alt: str) -> str:
+    if not path.exists():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _kv_table(d: dict[str, Any]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return _num(v)
+        return _e(json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v)
+
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{cell(v)}</td></tr>" for k, v in d.items())
+    return f"<table>{rows}</table>"
+
+
+def _report_table(rep: dict[str, Any]) -> str:
+    head = "<tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"
+    rows = "".join(
+        f"<tr><td>{_e(lab)}</td><td class=num>{_num(m['precision'])}</td><td class=num>{_num(m['recall'])}</td>"
+        f"<td class=num>{_num(m['f1'])}</td><td class=num>{_e(m['support'])}</td></tr>"
+        for lab, m in rep.get("per_class", {}).items())
+    labels = rep.get("labels", [])
+    cm_head = "<tr><th>true \\ predicted</th>" + "".join(f"<th>{_e(x)}</th>" for x in labels) + "</tr>"
+    cm_rows = "".join(f"<tr><th>{_e(lab)}</th>" + "".join(f"<td class=num>{_e(v)}</td>" for v in row) + "</tr>"
+                      for lab, row in zip(labels, rep.get("confusion_matrix", [])))
+    extra = [f"accuracy <b>{_num(rep.get('accuracy', float('nan')) * 100, 2)} %</b>",
+             f"macro F1 {_num(rep.get('macro_f1', float('nan')))}", f"n = {_e(rep.get('n', ''))}"]
+    if rep.get("roc_auc") is not None:
+        extra.append(f"ROC-AUC {_num(rep['roc_auc'])}")
+    if rep.get("loss") is not None:
+        extra.append(f"loss {_num(rep['loss'])}")
+    return (f"<p>{' &middot; '.join(extra)}</p><table>{head}{rows}</table>"
+            f"<p class=muted>Confusion matrix (rows: true class, columns: predicted)</p><table>{cm_head}{cm_rows}</table>")
+
+
+def _mistakes_table(mistakes: list[dict[str, Any]]) -> str:
+    if not mistakes:
+        return "<p>No mistakes.</p>"
+    head = "<tr><th>#</th><th>text</th><th>true</th><th>predicted</th><th>probability</th></tr>"
+    rows = "".join(f"<tr><td class=num>{i}</td><td class=text>{_e(m['text'])}</td><td>{_e(m['true'])}</td>"
+                   f"<td>{_e(m['predicted'])}</td><td class=num>{_num(float(m['probability']))}</td></tr>"
+                   for i, m in enumerate(mistakes, 1))
+    return f"<table>{head}{rows}</table>"
+
+
+def render_report(title: str, *, data_summary: dict[str, Any] | None = None,
+                  settings: dict[str, Any] | None = None, headline: dict[str, Any] | None = None,
+                  reports: dict[str, dict[str, Any]] | None = None, plots: Sequence[str] = (),
+                  mistakes: list[dict[str, Any]] | None = None, mistakes_of: str = "test") -> str:
+    """The report page; ``plots`` are ready ``<img>`` tags (already escaped)."""
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>"
+             f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>"
+             f"<p class=muted>written {_e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>"]
+    if headline:
+        parts.append("<h2>Summary</h2>" + _kv_table(headline))
+    if data_summary:
+        parts.append("<h2>Data</h2>" + _kv_table(data_summary))
+    if settings:
+        parts.append("<h2>Settings</h2>" + _kv_table(settings))
+    if plots:
+        parts.append("<h2>Curves and confusion matrix</h2><div class=plots>" + "".join(plots) + "</div>")
+    for name, rep in (reports or {}).items():
+        parts.append(f"<h2>Metrics: {_e(name)}</h2>" + _report_table(rep))
+    if mistakes is not None:
+        parts.append(f"<h2>Most confident mistakes ({_e(mistakes_of)})</h2>" + _mistakes_table(mistakes))
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def write_run_report(directory: str | Path, name: str | None = None) -> Path:
+    """Draw ``confusion-matrix.png`` and write ``report.html`` for a training run directory
+    (``name``: the run's name, when ``directory`` is still its temporary folder)."""
+    directory = Path(directory)
+    config = read_run_config(directory)
+    metrics = read_json_object(directory / "metrics.json")
+    test = metrics.get("test_report")
+    if test and test.get("confusion_matrix"):
+        plot_confusion_matrix(test["confusion_matrix"], test["labels"], directory / CONFUSION_PNG,
+                              "Confusion matrix (test)")
+    headline = {k: metrics[k] for k in ("train_accuracy", "val_accuracy", "test_accuracy", "train_loss",
+                                        "val_loss", "test_loss", "seconds", "device", "interrupted")
+                if k in metrics}
+    base = config.base_model
+    headline = {"base model": base.get("name") if isinstance(base, dict) else base, "labels": config.labels,
+                "max length": config.max_length, **headline}
+    reports = {name: metrics[f"{key}_report"] for name, key in (("train", "train"), ("validation", "val"),
+                                                                ("test", "test"))
+               if f"{key}_report" in metrics}
+    plots = [_img(directory / "loss-plot.png", "loss curves"), _img(directory / "accuracy-plot.png", "accuracy curves"),
+             _img(directory / CONFUSION_PNG, "confusion matrix")]
+    page = render_report(f"gptclf run {name or directory.name}", data_summary=config.data,
+                         settings=config.train, headline=headline, reports=reports,
+                         plots=[p for p in plots if p], mistakes=metrics.get("test_mistakes", []))
+    out = directory / REPORT_HTML
+    write_text_atomic(out, page)
+    return out
+
+
+def write_evaluation_report(directory: str | Path, report: dict[str, Any], *, model: str, data: str) -> Path:
+    """``gptclf evaluate --report DIR``: metrics.json, confusion-matrix.png and report.html."""
+    directory = Path(directory).expanduser()
+    if directory.exists() and not directory.is_dir():
+        raise GptclfError(f"--report {directory} is a file", hint="pass a directory (it is created if missing)")
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(directory / "metrics.json", report)
+    plot_confusion_matrix(report["confusion_matrix"], report["labels"], directory / CONFUSION_PNG,
+                          "Confusion matrix")
+    headline = {"model": model, "data": data, "n": report.get("n"), "accuracy": report.get("accuracy"),
+                "loss": report.get("loss")}
+    page = render_report(f"gptclf evaluation: {Path(data).name}", headline=headline,
+                         reports={"evaluation data": report},
+                         plots=[_img(directory / CONFUSION_PNG, "confusion matrix")],
+                         mistakes=report.get("mistakes", []), mistakes_of="evaluation data")
+    out = directory / REPORT_HTML
+    write_text_atomic(out, page)
+    return out

@@ -1,0 +1,154 @@
+"""The fine-tuned model directory: self-describing, safetensors + JSON, never a pickle.
+
+::
+
+    runs/20261125-221500/
+      model.safetensors   classifier weights (backbone with the new head; no vocabulary head)
+      config.json         architecture, labels, tokenizer, max length, pad id, pooling, ...
+                          (gptclf.config.RunConfig)
+      metrics.json        train/val/test accuracy, loss, per-class report, sizes, seconds
+      history.json        losses every eval_freq steps, accuracies every epoch
+      loss-plot.png       the book's two plots
+      accuracy-plot.png
+      confusion-matrix.png  test split
+      report.html         data, settings, curves, metrics, most confident test mistakes
+    runs/latest -> 20261125-221500
+
+The directory is written under a temporary name and renamed into place, so a run that
+dies while saving leaves no half-written model behind. While a run trains, its
+checkpoints live beside it in ``runs/20261125-221500.partial/`` (see
+:mod:`gptclf.training.state`), removed once the run directory is saved.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import RunConfig
+from ..errors import GptclfError
+from ..files import fsync_path, read_json_object, remove_stale_temporaries, temporary_name, write_json_atomic
+from .plots import plot_history
+from .report import write_run_report
+
+
+def default_run_dir(root: str | Path = "runs") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(root) / stamp
+    n = 1
+    while path.exists():
+        n += 1
+        path = Path(root) / f"{stamp}-{n}"
+    return path
+
+
+def classifier_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's weights with its class head, contiguous and unshared (safetensors rule)."""
+    backbone = getattr(model, "backbone", model)
+    out: dict[str, torch.Tensor] = {}
+    seen: dict[int, str] = {}
+    for k, v in backbone.state_dict().items():
+        if v.data_ptr() in seen and v.numel():
+            continue  # a tied weight is stored once
+        seen[v.data_ptr()] = k
+        out[k] = v.detach().to("cpu").contiguous()
+    return out
+
+
+def is_interrupted_run(path: Path) -> bool:
+    try:
+        return bool(read_json_object(Path(path) / "metrics.json").get("interrupted", False))
+    except GptclfError:
+        return False
+
+
+def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: RunConfig,
+             metrics: dict[str, Any], history: Any, replace_interrupted: bool = False,
+             tensors: dict[str, torch.Tensor] | None = None, update_latest_link: bool = True) -> Path:
+    """Write a run directory atomically.
+
+    ``replace_interrupted``: a resumed run replaces its interrupted save. ``tensors``
+    replaces the full classifier state dict (a LoRA run saves only what trained);
+    ``update_latest_link=False`` leaves ``<parent>/latest`` alone (exports).
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    replacing = replace_interrupted and out.exists() and is_interrupted_run(out)
+    if out.exists() and any(out.iterdir()) and not replacing:
+        raise GptclfError(f"{out} already exists and is not empty", hint="choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    # The pid in the name lets a later save tell a dead writer's leftovers from a live one's.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a run directory is not a secret
+    try:
+        config = run_config.to_json()
+        save_file(tensors if tensors is not None else classifier_state_dict(model), str(tmp / "model.safetensors"),
+                  metadata={"format": "pt", "producer": "gptclf"})
+        os.chmod(tmp / "model.safetensors", 0o666 & ~umask)
+        fsync_path(tmp / "model.safetensors")
+        tokenizer.save(tmp)
+        write_json_atomic(tmp / "config.json", config)
+        write_json_atomic(tmp / "metrics.json", metrics)
+        hist = asdict(history) if hasattr(history, "__dataclass_fields__") else history
+        write_json_atomic(tmp / "history.json", hist)
+        try:
+            plot_history(hist, tmp, (run_config.train or {}).get("epochs", 1))
+        except Exception as e:  # a plot must never cost the user the model
+            print(f"warning: could not draw the plots: {e}")
+        try:
+            write_run_report(tmp, out.name)
+        except Exception as e:  # nor must the report
+            print(f"warning: could not write report.html: {e}")
+        for f in tmp.iterdir():
+            if f.name != "model.safetensors" and f.is_file():
+                fsync_path(f)
+        fsync_path(tmp)
+        if replacing:
+            # Two renames: for a moment there is no `out`, but never a half-written one.
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old, out)  # keep the interrupted save rather than nothing
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if out.exists():
+                out.rmdir()
+            os.replace(tmp, out)
+        fsync_path(out.parent)  # the rename itself survives a power cut
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if update_latest_link:
+        update_latest(out)
+    return out
+
+
+def update_latest(run_dir: Path) -> None:
+    """Point ``<runs>/latest`` at ``run_dir`` (atomically: a new link renamed over the old)."""
+    link = run_dir.parent / "latest"
+    if link.exists() and not link.is_symlink():
+        return  # a real directory called 'latest': leave it alone
+    remove_stale_temporaries(link)  # a writer killed between symlink() and replace()
+    tmp = temporary_name(link)
+    try:
+        if tmp.is_symlink():
+            tmp.unlink()
+        os.symlink(run_dir.name, tmp)
+        os.replace(tmp, link)
+    except OSError:
+        pass  # filesystems without symlinks: runs/latest is a convenience only

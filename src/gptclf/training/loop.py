@@ -1,0 +1,266 @@
+"""The book's ``train_classifier_simple``, made reliable: :class:`Trainer`.
+
+Each optimizer step is the book's: zero the gradients, cross-entropy of the last-token
+logits, backward, step. Around it, all off by default: gradient accumulation, a
+learning-rate schedule, gradient clipping, class weights, early stopping on the full
+validation set at each epoch end, checkpoints and resuming from one, and data-parallel
+processes. Every ``eval_freq`` steps the losses are estimated on ``eval_iter`` batches
+and at each epoch end the accuracies, as the book does.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig
+from ..data.batching import shuffled_batches, sorted_batches
+from ..data.encoding import EncodedDataset
+from ..device import autocast
+from ..errors import GptclfError
+from ..models.classifier import SequenceClassifier
+from .controls import EarlyStopping, step_loss
+from .distributed import DistContext, any_rank, broadcast_float, no_sync, wrap_ddp
+from .evaluate import calc_loss_and_accuracy
+from .schedule import lr_factor, warmup_steps
+from .state import (Checkpointer, DeferredInterrupt, flatten_optimizer_state, iter_state_tensors, restore_rng,
+                    rng_tensors, unflatten_optimizer_state)
+from .trunk_cache import Feeder
+
+
+@dataclass
+class History:
+    steps: list[dict[str, float]] = field(default_factory=list)
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains ``model`` on ``train_feed``; :meth:`fit` returns the history and whether it was interrupted."""
+
+    def __init__(self, model: SequenceClassifier, optimizer: torch.optim.Optimizer, train_feed: Feeder,
+                 val_feed: Feeder, train_ds: EncodedDataset, val_ds: EncodedDataset, cfg: TrainConfig,
+                 device: torch.device, precision: str, log: Callable[[str], None], *,
+                 dist: DistContext | None = None, checkpointer: Checkpointer | None = None,
+                 stopper: EarlyStopping | None = None, class_weight: torch.Tensor | None = None) -> None:
+        self.model, self.optimizer, self.cfg, self.device, self.precision, self.log = (
+            model, optimizer, cfg, device, precision, log)
+        self.train_feed, self.val_feed, self.train_ds, self.val_ds = train_feed, val_feed, train_ds, val_ds
+        self.dist = dist or DistContext()
+        self.checkpointer, self.stopper, self.class_weight = checkpointer, stopper, class_weight
+        self.bare = getattr(model, "_orig_mod", model)  # names without torch.compile's prefix
+        self.history = History()
+        self.shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+        self.eval_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.train_y = train_ds.labels.to(device)
+        self.weight = class_weight.to(device) if class_weight is not None else None
+        # One micro-batch is batch_size examples on each process; an optimizer step takes
+        # grad_accum of them. Leftover micro-batches of an epoch are dropped, as the book's
+        # drop_last drops a short batch. The loss estimates use the global micro-batch size
+        # too, so N processes log what one process with an N times larger batch logs.
+        self.global_batch = cfg.batch_size * self.dist.world_size
+        self.val_batches = [list(range(i, min(i + self.global_batch, len(val_ds))))
+                            for i in range(0, len(val_ds), self.global_batch)][: cfg.eval_iter]
+        self.full_val_batches = sorted_batches(val_ds.lengths, cfg.eval_batch_size)
+        self.steps_per_epoch = len(train_ds) // self.global_batch // cfg.grad_accum
+        if self.steps_per_epoch == 0:
+            raise GptclfError(
+                f"the training split has {len(train_ds)} examples, fewer than one optimizer step "
+                f"(batch size {cfg.batch_size} x grad accumulation {cfg.grad_accum} x "
+                f"{self.dist.world_size} process(es))", hint="lower --batch-size or --grad-accum, or add training data")
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.warmup = warmup_steps(self.total_steps, cfg.warmup_steps, cfg.warmup_ratio)
+        self.scheduled = cfg.lr_schedule != "constant" or self.warmup > 0
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.examples_seen, self.global_step = 0, -1
+        self.start_epoch, self.start_batch = 0, 0
+        self.last_saved: tuple[int, int] | None = None
+        self.ddp: Any = None
+
+    # ------------------------------------------------------------------ resume
+
+    def restore(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        """Continue from a checkpoint (:mod:`gptclf.training.state`): weights, optimizer, RNGs, position."""
+        params = dict(self.bare.named_parameters())
+        with torch.no_grad():
+            for name, value in iter_state_tensors("param.", tensors):
+                params[name].copy_(value)
+        optim_tensors = {k: v for k, v in tensors.items() if k.startswith("optim.")}
+        self.optimizer.load_state_dict(unflatten_optimizer_state(state["optimizer"], optim_tensors))
+        self.shuffle_gen.set_state(tensors["rng.shuffle"])  # as it was when the epoch began
+        self.eval_gen.set_state(tensors["rng.eval"])
+        restore_rng(tensors, self.device)
+        self.history = History(**state["history"])
+        self.examples_seen, self.global_step = state["examples_seen"], state["global_step"]
+        self.start_epoch, self.start_batch = state["epoch"], state["batch"]
+        if self.stopper is not None and state.get("early_stopping"):
+            self.stopper.load_state(state["early_stopping"], dict(iter_state_tensors("best.", tensors)))
+        self.log(f"resumed at epoch {self.start_epoch + 1}, batch {self.start_batch}, step {self.global_step + 1}")
+
+    def snapshot(self, epoch: int, batch: int, epoch_gen_state: torch.Tensor) -> None:
+        """A checkpoint from which training continues at ``batch`` of ``epoch`` (0-based)."""
+        ck = self.checkpointer
+        if ck is None or not ck.enabled or not self.dist.is_main or self.last_saved == (epoch, batch):
+            return
+        optim_tensors, optim_structure = flatten_optimizer_state(self.optimizer.state_dict())
+        tensors = {f"param.{n}": p for n, p in self.bare.named_parameters() if p.requires_grad}
+        tensors.update(optim_tensors)
+        tensors.update(rng_tensors(self.device))
+        tensors["rng.shuffle"] = epoch_gen_state
+        tensors["rng.eval"] = self.eval_gen.get_state()
+        if self.stopper is not None:
+            tensors.update({f"best.{n}": v for n, v in self.stopper.best_state.items()})
+        ck.save(tensors, {
+            "epoch": epoch, "batch": batch, "global_step": self.global_step, "examples_seen": self.examples_seen,
+            "world_size": self.dist.world_size, "history": asdict(self.history), "optimizer": optim_structure,
+            "early_stopping": self.stopper.state() if self.stopper is not None else None})
+        self.last_saved = (epoch, batch)
+
+    # ------------------------------------------------------------------ training
+
+    def fit(self) -> tuple[History, bool]:
+        # DDP copies rank 0's weights to every rank when it wraps: after a resume, so all agree.
+        self.ddp = wrap_ddp(self.model, self.dist, self.device) if self.dist.world_size > 1 else None
+        stopped = self.stopper is not None and self.stopper.stopped_epoch is not None
+        self.model.train()
+        with DeferredInterrupt() as sigint:
+            for epoch in range(self.start_epoch, self.cfg.epochs):
+                if stopped:
+                    break
+                if self._epoch(epoch, sigint):
+                    return self.history, True
+                stopped = self._end_epoch(epoch)
+                self.snapshot(epoch + 1, 0, self.shuffle_gen.get_state())
+                if any_rank(sigint.requested, self.dist):
+                    self.log(f"interrupted at the end of epoch {epoch + 1}")
+                    return self.history, True
+        return self.history, False
+
+    def _epoch(self, epoch: int, sigint: DeferredInterrupt) -> bool:
+        """One pass over the training split; True when interrupted."""
+        cfg, accum = self.cfg, self.cfg.grad_accum
+        epoch_gen_state = self.shuffle_gen.get_state()
+        batches = shuffled_batches(len(self.train_ds), self.global_batch, self.shuffle_gen, drop_last=True,
+                                   lengths=self.train_ds.lengths, group_size=cfg.group_by_length)
+        batches = batches[: self.steps_per_epoch * accum]
+        first = self.start_batch if epoch == self.start_epoch else 0
+        bar = tqdm(total=self.steps_per_epoch, initial=first // accum, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   unit="step" if accum > 1 else "batch", disable=not cfg.progress or not self.dist.is_main,
+                   leave=False, dynamic_ncols=True)
+        self._t0, self._seen0 = time.perf_counter(), self.examples_seen
+        try:
+            for b in range(first, len(batches), accum):
+                loss = self._step(batches[b: b + accum])
+                if self.global_step % cfg.eval_freq == 0:
+                    self._estimate_losses(epoch)
+                rate = (self.examples_seen - self._seen0) / max(time.perf_counter() - self._t0, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", ex_s=f"{rate:.1f}")
+                next_batch = b + accum
+                if self.checkpointer is not None and self.checkpointer.due(self.global_step) \
+                        and next_batch < len(batches):
+                    self.snapshot(epoch, next_batch, epoch_gen_state)
+                if any_rank(sigint.requested, self.dist):
+                    bar.close()
+                    self.snapshot(epoch, next_batch, epoch_gen_state)
+                    self.log(f"interrupted in epoch {epoch + 1} after step {self.global_step}"
+                             + (" (checkpoint written)" if self.last_saved == (epoch, next_batch) else ""))
+                    return True
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now, the last checkpoint stays
+            bar.close()
+            self.log(f"interrupted in epoch {epoch + 1} at step {self.global_step}")
+            return True
+        bar.close()
+        return False
+
+    def _step(self, group: list[list[int]]) -> float:
+        """One optimizer step over ``group`` (its micro-batches); returns the step's loss."""
+        flat = [i for g in group for i in g]
+        # The whole step's example count (or class weight) divides each micro-batch's loss.
+        total = float(len(flat)) if self.weight is None else \
+            float(self.class_weight[self.train_ds.labels[flat]].double().sum())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=self.device)
+        for j, global_idx in enumerate(group):
+            idx = self.dist.shard(global_idx) if self.dist.world_size > 1 else global_idx
+            with no_sync(self.ddp, j < len(group) - 1):
+                with autocast(self.device, self.precision):
+                    logits = self.ddp(self.train_feed, idx) if self.ddp is not None else \
+                        self.train_feed(self.model, idx)
+                loss = step_loss(logits.float(), self.train_y[idx], self.weight, total, self.dist.world_size)
+                loss.backward()
+            loss_sum += loss.detach()
+        if self.cfg.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.clip_grad_norm)
+        if self.scheduled:
+            factor = lr_factor(self.global_step + 1, self.total_steps, self.warmup, self.cfg.lr_schedule)
+            for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+                g["lr"] = base * factor
+        self.optimizer.step()
+        self.examples_seen += len(flat)
+        self.global_step += 1
+        return loss_sum.item()
+
+    def _eval_batches(self) -> list[list[int]]:
+        return shuffled_batches(len(self.train_ds), self.global_batch, self.eval_gen)[: self.cfg.eval_iter]
+
+    def _loss_and_accuracy(self, feed: Feeder, labels: torch.Tensor, batches: list[list[int]]) -> tuple[float, float]:
+        return calc_loss_and_accuracy(self.model, feed, labels, batches, self.device, self.precision)
+
+    def _estimate_losses(self, epoch: int) -> None:
+        """The book's ``evaluate_model``: losses on ``eval_iter`` batches of each split."""
+        train_loss, _ = self._loss_and_accuracy(self.train_feed, self.train_ds.labels, self._eval_batches())
+        val_loss, _ = self._loss_and_accuracy(self.val_feed, self.val_ds.labels, self.val_batches)
+        self.history.steps.append({"step": self.global_step, "epoch": epoch + 1, "examples_seen": self.examples_seen,
+                                   "train_loss": train_loss, "val_loss": val_loss})
+        self.log(f"Ep {epoch + 1} (Step {self.global_step:06d}): "
+                 f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
+
+    def _end_epoch(self, epoch: int) -> bool:
+        """The epoch's accuracies (and early stopping); True when training should stop."""
+        _, train_acc = self._loss_and_accuracy(self.train_feed, self.train_ds.labels, self._eval_batches())
+        _, val_acc = self._loss_and_accuracy(self.val_feed, self.val_ds.labels, self.val_batches)
+        seconds = time.perf_counter() - self._t0
+        rate = (self.examples_seen - self._seen0) / seconds
+        entry = {"epoch": epoch + 1, "examples_seen": self.examples_seen, "train_accuracy": train_acc,
+                 "val_accuracy": val_acc, "seconds": seconds, "examples_per_second": rate}
+        self.log(f"Training accuracy: {train_acc * 100:.2f}% | Validation accuracy: {val_acc * 100:.2f}% "
+                 f"| {rate:.1f} examples/s")
+        stopped = False
+        if self.stopper is not None:
+            stopped = self._track_best(epoch, entry)
+        self.history.epochs.append(entry)
+        return stopped
+
+    def _track_best(self, epoch: int, entry: dict[str, float]) -> bool:
+        # The book's epoch accuracies use eval_iter batches; choosing the best epoch
+        # deserves the whole validation set.
+        stopper = self.stopper
+        assert stopper is not None
+        full_loss, full_acc = self._loss_and_accuracy(self.val_feed, self.val_ds.labels, self.full_val_batches)
+        entry.update(full_val_loss=full_loss, full_val_accuracy=full_acc)
+        value = broadcast_float(full_loss if stopper.metric == "val_loss" else full_acc, self.dist)
+        stopped = stopper.update(epoch + 1, value, self.bare)
+        self.log(f"full validation set: loss {full_loss:.4f}, accuracy {full_acc * 100:.2f}% | best "
+                 f"{stopper.metric} {stopper.best_value:.4f} at epoch {stopper.best_epoch}"
+                 + (f" | stopping early: no gain for {stopper.patience} epoch(s)" if stopped else ""))
+        return stopped
+
+
+def train_classifier(model: SequenceClassifier, optimizer: torch.optim.Optimizer, train_feed: Feeder,
+                     val_feed: Feeder, train_ds: EncodedDataset, val_ds: EncodedDataset, cfg: TrainConfig,
+                     device: torch.device, precision: str, log: Callable[[str], None], *,
+                     dist: DistContext | None = None, checkpointer: Checkpointer | None = None,
+                     stopper: EarlyStopping | None = None, class_weight: torch.Tensor | None = None,
+                     resume: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None,
+                     ) -> tuple[History, bool]:
+    """The book's ``train_classifier_simple``: returns the history and whether it was interrupted."""
+    trainer = Trainer(model, optimizer, train_feed, val_feed, train_ds, val_ds, cfg, device, precision, log,
+                      dist=dist, checkpointer=checkpointer, stopper=stopper, class_weight=class_weight)
+    if resume is not None:
+        trainer.restore(*resume)
+    return trainer.fit()

@@ -1,0 +1,410 @@
+"""``gptclf train``: the chapter's run, phase by phase.
+
+:func:`run_training` reads top to bottom as the chapter does:
+
+1. :func:`prepare_data`: read the data, balance it, split it 70/10/20 (``gptclf.data.splits``);
+2. :func:`encode_splits`: load the backbone and its tokenizer, turn every split into token ids;
+3. :func:`build_classifier`: swap the vocabulary head for ``num_classes`` outputs, freeze;
+4. :func:`~gptclf.training.trunk_cache.build_feeds`: the frozen-trunk cache (or not);
+5. :class:`~gptclf.training.loop.Trainer`: the book's training loop;
+6. :func:`evaluate_splits`: accuracy, loss and per-class metrics of every split;
+7. :func:`save`: the self-describing run directory (``gptclf.rundir``).
+
+What makes it fast (``--reference`` turns all of it off to run the book's exact path): the
+frozen-trunk cache; dynamic padding with length-grouped batches (right padding under a
+causal mask never changes a real token's hidden state, so pooling the last *real* token
+gives every text the same result in any batch); on GPUs bf16 autocast, fused AdamW, TF32
+and optionally ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..config import RunConfig, TrainConfig
+from ..data.encoding import EncodedDataset, encode_examples
+from ..data.splits import DataSplits, load_splits
+from ..device import configure_backends, pick_device, resolve_precision
+from ..errors import DataWarning, GptclfError
+from ..loading import check_model_name, load_backbone
+from ..loading.backbone import Backbone
+from ..models.classifier import SequenceClassifier, freeze_for_finetuning, replace_head
+from ..files import read_json_object
+from ..rundir.save import default_run_dir, save_run
+from .controls import EarlyStopping, class_weights, stopper_for
+from .distributed import DistContext, barrier, broadcast_text, init_distributed, shutdown
+from .evaluate import split_metrics
+from .loop import History, Trainer
+from .memory import available_memory, estimate_for_model, memory_warning
+from .state import Checkpointer, data_fingerprint, find_partial, load_checkpoint, partial_dir, read_run_info, \
+    write_run_info
+from .trunk_cache import Feeds, build_feeds
+
+Log = Callable[[str], None]
+SPLITS = (("train", "train"), ("val", "validation"), ("test", "test"))  # (key, name in messages)
+
+
+# ------------------------------------------------------------------------- the phases
+
+
+def prepare_data(cfg: TrainConfig) -> DataSplits:
+    """The chapter's data steps: read, balance (``--balance``), split 70/10/20 (or the given files)."""
+    return load_splits(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
+                       label_column=cfg.label_column, balance=cfg.balance, seed=cfg.seed)
+
+
+@dataclass
+class Encoded:
+    """The backbone and every split as token ids; val and test use the training split's max length."""
+
+    backbone: Backbone
+    datasets: dict[str, EncodedDataset]  # "train", "val", "test"
+    max_length: int
+
+
+def encode_splits(cfg: TrainConfig, splits: DataSplits, backbone: Backbone | None = None) -> Encoded:
+    backbone = backbone or load_backbone(cfg.model, cfg.init)
+    tok, ctx_len = backbone.tokenizer, backbone.model.config.context_length
+    index = {lab: i for i, lab in enumerate(splits.labels)}
+    datasets: dict[str, EncodedDataset] = {}
+    max_length = cfg.max_length
+    for key, name in SPLITS:
+        examples = getattr(splits, key)
+        datasets[key] = encode_examples(tok, [e.text for e in examples], [index[e.label] for e in examples],
+                                        max_length, ctx_len, name, cfg.template)
+        max_length = datasets["train"].max_length
+    return Encoded(backbone, datasets, max_length)
+
+
+def build_classifier(backbone: Backbone, num_classes: int, trainable: str, pooling: str,
+                     seed: int, lora: Any = None, causal: bool = True,
+                     grad_checkpointing: bool = False) -> tuple[SequenceClassifier, int]:
+    """Head swap (seeded, as the book's ``torch.manual_seed(123)`` before it) and freezing.
+
+    ``trainable="lora"`` freezes everything and adds LoRA adapters (``lora``: a
+    :class:`gptclf.peft.lora.LoRAConfig`) instead of unfreezing whole blocks. Returns the
+    classifier and the number of leading blocks that are frozen.
+    """
+    model = backbone.model
+    torch.manual_seed(seed)
+    replace_head(model, num_classes)
+    if trainable == "lora":
+        from ..peft.lora import freeze_for_lora
+
+        frozen = freeze_for_lora(model, lora)
+    else:
+        frozen = freeze_for_finetuning(model, trainable)
+    return SequenceClassifier(model, pooling, causal=causal, grad_checkpointing=grad_checkpointing), frozen
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    kwargs: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if device.type == "cuda":
+        kwargs["fused"] = True
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def evaluate_splits(model: SequenceClassifier, feeds: Feeds, enc: Encoded, splits: DataSplits,
+                    cfg: TrainConfig, device: torch.device, precision: str) -> dict[str, Any]:
+    """Every split's accuracy, loss and report, and the test split's most confident mistakes."""
+    metrics: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for key, _ in SPLITS:
+        texts = [e.text for e in splits.test] if key == "test" else None
+        metrics.update(split_metrics(model, feeds[key], enc.datasets[key], splits.labels, cfg.eval_batch_size,
+                                     device, precision, key, texts))
+    metrics["eval_seconds"] = time.perf_counter() - t0
+    return metrics
+
+
+def save(out: Path, model: SequenceClassifier, cfg: TrainConfig, splits: DataSplits, enc: Encoded,
+         metrics: dict[str, Any], history: History, lora_state: Any, *, resumed: bool, log: Log) -> None:
+    """Write the run directory: the trained weights, config.json (:class:`RunConfig`), metrics, plots."""
+    tensors, lora_json = None, None
+    if lora_state is not None:
+        tensors, lora_json = _lora_for_saving(model, cfg, enc.backbone, lora_state, log)
+    tok = enc.backbone.tokenizer
+    run_config = RunConfig.for_model(
+        model, tok, labels=splits.labels, max_length=enc.max_length, pooling=cfg.pooling, padding=cfg.padding, pad_id=tok.pad_id,
+        template=cfg.template, causal_mask=cfg.causal_mask, trainable=cfg.trainable,
+        base_model=enc.backbone.source, lora=lora_json, data=splits.summary(), train=asdict(cfg),
+        gptclf_version=__version__)
+    save_run(out, model, tok, run_config, metrics, history, replace_interrupted=resumed, tensors=tensors)
+
+
+def _lora_for_saving(model: SequenceClassifier, cfg: TrainConfig, backbone: Backbone, base_fp: dict[str, Any],
+                     log: Log) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+    """A LoRA run saves only what trained and names its base; a base that cannot be rebuilt
+    from its name (random init) is saved whole, with the adapters merged."""
+    from ..peft.lora import base_reference, can_reload_base, merge_lora, trained_state_dict
+
+    if can_reload_base(backbone.source):
+        return trained_state_dict(model), {**cfg.lora_config().to_dict(), "base": base_reference(backbone.source),
+                                           "base_fingerprint": base_fp}
+    merge_lora(model.backbone)
+    log("the base model was randomly initialised and cannot be rebuilt from its name: "
+        "saving the full model with the LoRA adapters merged")
+    return None, None
+
+
+# ------------------------------------------------------------------------- the run
+
+
+def run_training(cfg: TrainConfig, log: Log | None = None, *, resume_from: str | Path | None = None) -> Path:
+    """``gptclf train``: data, model, fine-tuning, final evaluation, run directory.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process runs this; rank 0 logs, writes the
+    checkpoints and saves the run. ``resume_from`` is a checkpoint directory
+    (``<out>.partial``): see :func:`resume_training`.
+    """
+    ctx, dist_device = init_distributed(cfg.device)
+    try:
+        return _run(cfg, log, ctx, dist_device, Path(resume_from) if resume_from else None)
+    finally:
+        shutdown(ctx)
+
+
+def resume_training(run: str | Path, log: Log | None = None, progress: bool = True) -> Path:
+    """Continue an interrupted run with the options it was started with (saved in its checkpoint)."""
+    directory = find_partial(run)
+    cfg = saved_config(directory)
+    cfg.progress = progress
+    return run_training(cfg, log, resume_from=directory)
+
+
+def saved_config(run: str | Path) -> TrainConfig:
+    """The options an unfinished run was started with (``run`` or ``run.partial``)."""
+    directory = find_partial(run)
+    saved = read_run_info(directory)["train"]
+    known = {f for f in TrainConfig.__dataclass_fields__}
+    return TrainConfig(**{k: v for k, v in saved.items() if k in known})
+
+
+@dataclass
+class _Setting:
+    """Where and how the run computes, and what it resumes from."""
+
+    ctx: DistContext
+    device: torch.device
+    precision: str
+    out: Path
+    checkpointer: Checkpointer
+    resume_from: Path | None
+    log: Log
+
+
+def _run(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch.device | None,
+         resume_from: Path | None) -> Path:
+    options = asdict(cfg)  # as given: what a resumed run starts again with
+    cfg = cfg.resolved()
+    t_start = time.perf_counter()
+    s = _setting(cfg, log, ctx, dist_device, resume_from)
+    splits = prepare_data(cfg)
+    s.log(f"data: {splits.source}: {len(splits.train)} train / {len(splits.val)} val / "
+          f"{len(splits.test)} test, labels {splits.labels}")
+    enc = encode_splits(cfg, splits)
+    s.log(f"model: {cfg.model} ({cfg.init}), max length {enc.max_length} tokens, pad id {enc.backbone.tokenizer.pad_id}, "
+          f"padding {cfg.padding}, pooling {cfg.pooling}, device {s.device} ({s.precision})"
+          + (f", {ctx.world_size} processes" if ctx.world_size > 1 else ""))
+    resume = _checkpoint_to_resume(cfg, s, enc, options)
+    model, frozen, lora_state = _model(cfg, enc, splits, s)
+    class_weight = _class_weights(cfg, enc, splits, s.log)
+    pad_to = enc.max_length if cfg.padding == "longest" else None
+    _log_memory_estimate(model, cfg, frozen, enc.max_length, enc.datasets.values(), pad_to, s.device, s.log)
+    feeds = build_feeds(cfg, model, frozen, enc.datasets, enc.backbone.tokenizer.pad_id, pad_to, s.device,
+                        s.precision, s.log)
+    try:
+        history, metrics = _fit_and_evaluate(cfg, model, feeds, enc, splits, s, class_weight, resume)
+    finally:
+        feeds.close()
+    if ctx.is_main:
+        metrics.update(_run_figures(cfg, model, feeds, enc, history, s, time.perf_counter() - t_start, metrics))
+        save(s.out, model, cfg, splits, enc, metrics, history, lora_state,
+             resumed=resume_from is not None, log=s.log)
+        _report_saved(s, metrics)
+    barrier(ctx)
+    if metrics["interrupted"]:
+        raise KeyboardInterrupt
+    return s.out
+
+
+def _setting(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch.device | None,
+             resume_from: Path | None) -> _Setting:
+    """Device, precision, seed, and the output directory (checked before any data is read)."""
+    log = log or (lambda s: tqdm.write(s, file=sys.stderr))
+    if not ctx.is_main:
+        log = lambda s: None  # noqa: E731 - one voice: rank 0's
+        cfg.progress = False
+        warnings.simplefilter("ignore", DataWarning)
+    device = dist_device or pick_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    configure_backends(device)
+    torch.manual_seed(cfg.seed)
+    check_model_name(cfg.model)
+    if resume_from is not None:
+        info = read_run_info(resume_from)
+        out = Path(info["out"])
+        if info.get("world_size", 1) != ctx.world_size:
+            raise GptclfError(f"this run was started on {info.get('world_size', 1)} process(es), "
+                              f"not {ctx.world_size}: its batches depend on it",
+                              hint=f"resume with torchrun --nproc_per_node {info.get('world_size', 1)}"
+                              if info.get("world_size", 1) > 1 else "resume without torchrun")
+    else:
+        out = Path(broadcast_text(str(Path(cfg.out) if cfg.out else default_run_dir()), ctx))
+    _check_out(out, resume_from is not None)
+    barrier(ctx)  # every rank checks before rank 0 creates <out>.partial
+    checkpointer = Checkpointer(partial_dir(out), cfg.checkpoint_every, enabled=ctx.is_main)
+    return _Setting(ctx, device, precision, out, checkpointer, resume_from, log)
+
+
+def _check_out(out: Path, resuming: bool) -> None:
+    partial = partial_dir(out)
+    if resuming:
+        metrics = out / "metrics.json"
+        if metrics.exists() and not read_json_object(metrics).get("interrupted", False):
+            raise GptclfError(f"{out} is already a finished run, but {partial} is still there",
+                              hint=f"nothing to resume: delete {partial}")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise GptclfError(f"{out} already exists and is not empty", hint="choose another --out")
+    if partial.exists():
+        raise GptclfError(f"{partial} holds the checkpoints of an unfinished run to {out}",
+                          hint=f"continue it with 'gptclf train --resume {out}', or delete {partial}")
+
+
+def _checkpoint_to_resume(cfg: TrainConfig, s: _Setting, enc: Encoded, options: dict[str, Any]) -> Any:
+    """The checkpoint a resumed run continues from (None: from the start); a new run records
+    its options and a fingerprint of its data, which a resume must match."""
+    fingerprint = data_fingerprint(*enc.datasets.values())
+    if s.resume_from is not None:
+        if read_run_info(s.resume_from).get("data_fingerprint") != fingerprint:
+            raise GptclfError(f"the data differs from the data the run in {s.resume_from} started with",
+                              hint="resume with the same data files (and model), or start a new run")
+        resume = load_checkpoint(s.resume_from)
+        if resume is None:
+            s.log(f"{s.resume_from} has no checkpoint yet: starting the run again from the beginning")
+        return resume
+    if s.checkpointer.enabled:
+        where = str(s.out.resolve())  # absolute: --resume may run from another directory
+        write_run_info(s.checkpointer.directory, {
+            "gptclf_version": __version__, "out": where, "world_size": s.ctx.world_size,
+            "data_fingerprint": fingerprint, "train": {**options, "out": where}})
+    return None
+
+
+def _model(cfg: TrainConfig, enc: Encoded, splits: DataSplits, s: _Setting) -> tuple[SequenceClassifier, int, Any]:
+    """The classifier on its device; with LoRA also the base weights' fingerprint (before any change)."""
+    lora_cfg = cfg.lora_config() if cfg.trainable == "lora" else None
+    base_fp = None
+    if lora_cfg is not None:
+        from ..peft.lora import base_fingerprint
+
+        base_fp = base_fingerprint(enc.backbone.model)  # before the head swap and the adapters
+    model, frozen = build_classifier(enc.backbone, len(splits.labels), cfg.trainable, cfg.pooling, cfg.seed,
+                                     lora=lora_cfg, causal=cfg.causal_mask, grad_checkpointing=cfg.grad_checkpointing)
+    model.to(s.device)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_total = sum(p.numel() for p in model.parameters())
+    s.log(f"trainable parameters: {n_trainable:,} of {n_total:,} ({cfg.trainable}; "
+          f"{frozen} of {model.config.n_layers} blocks frozen)")
+    if lora_cfg is not None and frozen == 0 and cfg.cache != "off":
+        s.log("trunk cache off: LoRA adapters reach block 0, so no block's output is fixed")
+    return model, frozen, base_fp
+
+
+def _class_weights(cfg: TrainConfig, enc: Encoded, splits: DataSplits, log: Log) -> torch.Tensor | None:
+    if cfg.balance != "weight":
+        return None
+    weight = class_weights(enc.datasets["train"].labels, len(splits.labels))
+    log("class weights (inverse frequency): " + ", ".join(
+        f"{lab} {w:.3f}" for lab, w in zip(splits.labels, weight.tolist())))
+    return weight
+
+
+def _log_memory_estimate(model: SequenceClassifier, cfg: TrainConfig, frozen: int, max_length: int,
+                         datasets: Any, pad_to: int | None, device: torch.device, log: Log) -> None:
+    """Print what the run will need before it starts, and warn when that exceeds what there is."""
+    uses_cache = cfg.cache != "off" and frozen > 0
+    cache_tokens = sum(len(d) * pad_to if pad_to else int(d.lengths.sum()) for d in datasets) if uses_cache else 0
+    est = estimate_for_model(model.backbone, frozen, cfg.batch_size, pad_to or max_length,
+                             cfg.grad_checkpointing, cache_tokens)
+    log(est.describe())
+    available, where = available_memory(device)
+    warning = memory_warning(est, available, where)
+    if warning:
+        log(warning)
+
+
+def _fit_and_evaluate(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds, enc: Encoded, splits: DataSplits,
+                      s: _Setting, class_weight: torch.Tensor | None, resume: Any) -> tuple[History, dict[str, Any]]:
+    """Train (the book's loop), keep the best epoch if asked, evaluate every split (rank 0)."""
+    if cfg.compile:
+        model = torch.compile(model, dynamic=True)  # type: ignore[assignment]
+    stopper = stopper_for(cfg)
+    trainer = Trainer(model, make_optimizer(model, cfg, s.device), feeds["train"], feeds["val"],
+                      enc.datasets["train"], enc.datasets["val"], cfg, s.device, s.precision, s.log,
+                      dist=s.ctx, checkpointer=s.checkpointer, stopper=stopper, class_weight=class_weight)
+    if resume is not None:
+        trainer.restore(*resume)
+    t0 = time.perf_counter()
+    history, interrupted = trainer.fit()
+    metrics: dict[str, Any] = {"interrupted": interrupted, "train_seconds": time.perf_counter() - t0}
+    metrics.update(_keep_best(stopper, getattr(model, "_orig_mod", model), interrupted, s.log))
+    if resume is not None:
+        metrics["resumed_at_step"] = resume[0]["global_step"] + 1
+    if class_weight is not None:
+        metrics["class_weights"] = dict(zip(splits.labels, class_weight.tolist()))
+    if not interrupted and s.ctx.is_main:
+        metrics.update(evaluate_splits(model, feeds, enc, splits, cfg, s.device, s.precision))
+        s.log(f"Training accuracy: {metrics['train_accuracy'] * 100:.2f}% | "
+              f"Validation accuracy: {metrics['val_accuracy'] * 100:.2f}% | "
+              f"Test accuracy: {metrics['test_accuracy'] * 100:.2f}%")
+    return history, metrics
+
+
+def _keep_best(stopper: EarlyStopping | None, model: nn.Module, interrupted: bool, log: Log) -> dict[str, Any]:
+    if stopper is None or stopper.best_epoch is None:
+        return {}
+    if not interrupted:
+        stopper.restore_best(model)
+        log(f"keeping the weights of epoch {stopper.best_epoch} (best {stopper.metric} {stopper.best_value:.4f})")
+    return {"best_epoch": stopper.best_epoch, "early_stopping": stopper.state()}
+
+
+def _run_figures(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds, enc: Encoded, history: History,
+                 s: _Setting, seconds: float, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Sizes, times and speeds, for metrics.json."""
+    epochs = history.epochs
+    figures: dict[str, Any] = {
+        "n_train": len(enc.datasets["train"]), "n_val": len(enc.datasets["val"]), "n_test": len(enc.datasets["test"]),
+        "train_seconds": metrics["train_seconds"], "cache_seconds": feeds.seconds, "seconds": seconds,
+        "train_examples_per_second": sum(e["examples_per_second"] * e["seconds"] for e in epochs)
+        / max(sum(e["seconds"] for e in epochs), 1e-9) if epochs else 0.0,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_parameters": sum(p.numel() for p in model.parameters()),
+        "device": str(s.device), "precision": s.precision, "trunk_cache": feeds.mode,
+    }
+    if s.ctx.world_size > 1:
+        figures["world_size"] = s.ctx.world_size
+    return figures
+
+
+def _report_saved(s: _Setting, metrics: dict[str, Any]) -> None:
+    if metrics["interrupted"]:
+        s.log(f"saved (interrupted) run to {s.out} in {metrics['seconds']:.1f}s"
+              + (f"; continue it with: gptclf train --resume {s.out}"
+                 if (s.checkpointer.directory / "checkpoint.json").exists() else ""))
+    else:
+        s.checkpointer.remove()  # the finished run replaces its checkpoints
+        s.log(f"saved run to {s.out} in {metrics['seconds']:.1f}s")

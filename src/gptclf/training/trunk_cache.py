@@ -1,0 +1,216 @@
+"""The frozen-trunk cache: the frozen blocks' output, computed once per text.
+
+With the first ``k`` blocks frozen and no dropout, their output for a text never
+changes, so :class:`TrunkCache` computes it once and every epoch runs only the trainable
+tail (:class:`CachedFeeder`). This is exact: it is the same arithmetic, done once.
+Without a cache, :class:`TokenFeeder` runs whole texts through the whole model.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig
+from ..data.batching import collate, round_up, sorted_batches
+from ..data.download import cache_dir
+from ..data.encoding import EncodedDataset
+from ..device import autocast, available_ram, pad_multiple
+from ..models.classifier import SequenceClassifier
+
+
+class TrunkCache:
+    """Hidden states entering the first trainable block, one row range per text.
+
+    Rows are the text's tokens as they are fed: unpadded with dynamic padding (a batch
+    pads them with zeros, which the causal mask and the pooling never read), or padded
+    to ``pad_to`` (the book's fixed padding, where position -1 is a pad token).
+    Stored in fp32 in one flat ``[total_tokens, dim]`` tensor: in RAM (or GPU memory), or
+    in a memory-mapped file when it does not fit.
+    """
+
+    def __init__(self, storage: torch.Tensor, offsets: np.ndarray, row_lengths: np.ndarray,
+                 lengths: torch.Tensor, spill_dir: str | None = None, fixed_width: bool = False) -> None:
+        self.storage = storage
+        self.fixed_width = fixed_width  # rows padded to pad_to: a batch is exactly that wide
+        self.offsets = offsets
+        self.row_lengths = row_lengths
+        self.lengths = lengths  # real token counts (for pooling)
+        self.spill_dir = spill_dir
+
+    @staticmethod
+    def nbytes(ds: EncodedDataset, dim: int, pad_to: int | None) -> int:
+        rows = len(ds) * pad_to if pad_to else int(ds.lengths.sum())
+        return rows * dim * 4
+
+    @classmethod
+    @torch.inference_mode()
+    def build(cls, model: SequenceClassifier, ds: EncodedDataset, end: int, pad_id: int,
+              pad_to: int | None, device: torch.device, precision: str, batch_size: int,
+              where: str, mode: str = "ram", progress: bool = True,
+              spill_root: Path | None = None) -> "TrunkCache":
+        dim = model.config.emb_dim
+        lengths = ds.lengths
+        row_lengths = np.full(len(ds), pad_to, dtype=np.int64) if pad_to else lengths
+        offsets = np.zeros(len(ds) + 1, dtype=np.int64)
+        np.cumsum(row_lengths, out=offsets[1:])
+        total = int(offsets[-1])
+        spill_dir = None
+        if mode == "disk":
+            spill_root = spill_root or cache_dir() / "trunk"
+            spill_root.mkdir(parents=True, exist_ok=True)
+            spill_dir = tempfile.mkdtemp(prefix="cache-", dir=spill_root)
+            mm = np.lib.format.open_memmap(os.path.join(spill_dir, "trunk.npy"), mode="w+",
+                                           dtype=np.float32, shape=(total, dim))
+            storage = torch.from_numpy(mm)
+        else:
+            storage = torch.empty((total, dim), dtype=torch.float32,
+                                  device=device if mode == "ram" else "cpu")
+        model.eval()
+        batches = sorted_batches(lengths, batch_size)
+        bar = tqdm(total=len(ds), desc=f"caching frozen blocks ({where})", unit="text",
+                   disable=not progress, leave=False)
+        for idx in batches:
+            ids, lens = collate([ds.ids[i] for i in idx], pad_id, pad_to, pad_multiple(device))
+            with autocast(device, precision):
+                h = model.trunk(ids.to(device, non_blocking=True), end, lens.to(device)).float()
+            h = h.to(storage.device)
+            for j, i in enumerate(idx):
+                n = int(row_lengths[i])
+                storage[offsets[i]: offsets[i] + n] = h[j, :n]
+            bar.update(len(idx))
+        bar.close()
+        return cls(storage, offsets, row_lengths, torch.as_tensor(lengths), spill_dir, fixed_width=bool(pad_to))
+
+    def batch(self, idx: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        width = int(self.row_lengths[list(idx)].max())
+        if not self.fixed_width:  # position -1 must stay where --padding longest put it
+            width = round_up(width, pad_multiple(device))
+        out = torch.zeros((len(idx), width, self.storage.shape[1]), dtype=torch.float32,
+                          device=self.storage.device)
+        for j, i in enumerate(idx):
+            n = int(self.row_lengths[i])
+            out[j, :n] = self.storage[self.offsets[i]: self.offsets[i] + n]
+        lengths = self.lengths[list(idx)]
+        # Compare types, not devices: a cache on cuda:0 serves device "cuda" as it is (and only
+        # CPU tensors can be pinned).
+        if out.device.type == "cpu" and device.type == "cuda":
+            out = out.pin_memory().to(device, non_blocking=True)
+        elif out.device.type != device.type:
+            out = out.to(device)
+        return out, lengths.to(device)
+
+    def close(self) -> None:
+        self.storage = torch.empty(0)
+        if self.spill_dir:
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+
+# -------------------------------------------------------------------------- feeders
+
+
+class TokenFeeder:
+    """Runs whole texts through the whole model (no cache)."""
+
+    def __init__(self, ds: EncodedDataset, pad_id: int, pad_to: int | None, device: torch.device) -> None:
+        self.ds, self.pad_id, self.pad_to, self.device = ds, pad_id, pad_to, device
+        self.multiple = pad_multiple(device)
+
+    def __call__(self, model: SequenceClassifier, idx: Sequence[int]) -> torch.Tensor:
+        ids, lengths = collate([self.ds.ids[i] for i in idx], self.pad_id, self.pad_to, self.multiple)
+        if self.device.type == "cuda":
+            ids, lengths = ids.pin_memory(), lengths.pin_memory()
+        return model(ids.to(self.device, non_blocking=True), lengths.to(self.device, non_blocking=True))
+
+
+class CachedFeeder:
+    """Runs cached trunk outputs through the trainable tail only."""
+
+    def __init__(self, cache: TrunkCache, start: int, device: torch.device) -> None:
+        self.cache, self.start, self.device = cache, start, device
+
+    def __call__(self, model: SequenceClassifier, idx: Sequence[int]) -> torch.Tensor:
+        hidden, lengths = self.cache.batch(idx, self.device)
+        return model.tail(hidden, lengths, self.start)
+
+
+Feeder = Callable[[SequenceClassifier, Sequence[int]], torch.Tensor]
+
+
+def cache_mode(cfg: TrainConfig, model: SequenceClassifier, frozen: int, datasets: Sequence[EncodedDataset],
+                pad_to: int | None, device: torch.device, log: Callable[[str], None]) -> str:
+    """Decide where the trunk cache lives (or that there is none), and say why."""
+    if cfg.cache == "off" or frozen == 0:
+        return "off"
+    if any(getattr(m, "p", 0.0) > 0 for m in model.modules() if isinstance(m, nn.Dropout)) or any(
+            getattr(m, "drop_rate", 0.0) > 0 for m in model.modules()):
+        log("trunk cache off: dropout is on, so the frozen blocks' output is not fixed")
+        return "off"
+    need = sum(TrunkCache.nbytes(d, model.config.emb_dim, pad_to) for d in datasets)
+    if cfg.cache == "disk":
+        return "disk"
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+        if need < 0.5 * free:
+            return "ram"
+        budget = available_ram() * 0.5
+        return "cpu" if need < budget else "disk"
+    budget = cfg.cache_max_gb * 2**30 if cfg.cache_max_gb is not None else available_ram() * 0.5
+    if need <= budget or cfg.cache == "ram":
+        return "ram"
+    log(f"trunk cache needs {need / 2**30:.1f} GiB, more than {budget / 2**30:.1f} GiB of RAM: "
+        "spilling it to disk (use --cache off to recompute instead)")
+    return "disk"
+
+
+
+
+class Feeds:
+    """One feeder per split (``feeds["train"]``, ...), through the cache when there is one."""
+
+    def __init__(self, feeds: dict[str, Feeder], caches: list[TrunkCache], mode: str, seconds: float) -> None:
+        self.feeds, self.caches, self.mode, self.seconds = feeds, caches, mode, seconds
+
+    def __getitem__(self, name: str) -> Feeder:
+        return self.feeds[name]
+
+    def close(self) -> None:
+        for c in self.caches:
+            c.close()
+
+
+def build_feeds(cfg: TrainConfig, model: SequenceClassifier, frozen: int, datasets: dict[str, EncodedDataset],
+                pad_id: int, pad_to: int | None, device: torch.device, precision: str,
+                log: Callable[[str], None]) -> Feeds:
+    """Decide on the cache, build it for every split (or not) and return the feeders."""
+    mode = cache_mode(cfg, model, frozen, list(datasets.values()), pad_to, device, log)
+    t0 = time.perf_counter()
+    feeds: dict[str, Feeder] = {}
+    caches: list[TrunkCache] = []
+    try:
+        for name, ds in datasets.items():
+            if mode == "off":
+                feeds[name] = TokenFeeder(ds, pad_id, pad_to, device)
+                continue
+            cache = TrunkCache.build(model, ds, frozen, pad_id, pad_to, device, precision, cfg.eval_batch_size,
+                                     name, mode=mode, progress=cfg.progress)
+            caches.append(cache)
+            feeds[name] = CachedFeeder(cache, frozen, device)
+    except BaseException:
+        for c in caches:
+            c.close()
+        raise
+    seconds = time.perf_counter() - t0
+    if mode != "off":
+        log(f"cached the {frozen} frozen blocks' output for {sum(len(d) for d in datasets.values())} "
+            f"texts in {seconds:.1f}s ({mode})")
+    return Feeds(feeds, caches, mode, seconds if mode != "off" else 0.0)
