@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 3 and 5 in ONE device call (device time is scarce: ~15 min a session).
+# The GPU checks (throughput, main job, benchmark) in ONE device call (device time is scarce: ~15 min a session).
 #
 # Prepare here, once per machine (these folders are ignored, not committed):
 #   echo /.whl/ >> .git/info/exclude; echo /.device-data/ >> .git/info/exclude
@@ -7,7 +7,7 @@
 #   mkdir -p .device-data && cp ../shared/data/sms_spam_collection/SMSSpamCollection .device-data/
 # Then call the device tool:
 #   run(command="bash scripts/gpu_checks.sh", carry=[".whl", ".device-data"], timeout_s=560)
-# Run on an H200 on 2026-11-26 (numbers in the README's Speed section).
+# Numbers from an H200 run are in docs/speed.md.
 # SmolLM2 on the device: its GGUF (98 MB) is more than one call may carry (64 MiB). It went
 # in two calls on one warm machine (warm for 30 s after a call): `head -c 60000000 F >
 # .m1/part1; tail -c +60000001 F > .m2/part2`; call 1 carries .m1 and copies part1 to

@@ -4,7 +4,7 @@
 :func:`replace_head` and reads one position per text (:func:`pool`). It can also run in
 two halves, ``trunk`` (embeddings + the frozen blocks) and ``tail`` (the trainable
 blocks, final norm and head), which is what the frozen-trunk cache in
-:mod:`gptclf.train` uses.
+:mod:`gptclf.training.trunk_cache` uses.
 """
 
 from __future__ import annotations
