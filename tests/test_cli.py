@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import env_with
+from helpers import env_with
 
 
 def gptclf(*args: str, env: dict | None = None, stdin: str | None = None, cwd: Path | None = None

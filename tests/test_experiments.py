@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_gpt2_config_only
+from helpers import write_gpt2_config_only
 
 from gptclf import cli
 from gptclf.models.classifier import SequenceClassifier, pool, replace_head
@@ -62,8 +62,9 @@ def test_no_causal_mask_sees_the_whole_text_but_never_the_pads(arch: str) -> Non
         assert (leaky - alone).abs().max() > 1e-4
 
 
-def test_trunk_cache_stays_exact_without_the_causal_mask(tmp_path: Path, small_sms: Path) -> None:
-    tiny = write_gpt2_config_only(tmp_path / "tiny", n_layer=3)
+def test_trunk_cache_stays_exact_without_the_causal_mask(tmp_path: Path, small_sms: Path,
+                                                         tiny_gpt2_config: Path) -> None:
+    tiny = tiny_gpt2_config
     runs = {}
     for cache in ("ram", "off"):
         out = run_training(TrainConfig(model=str(tiny), init="random", data=str(small_sms), causal_mask=False,

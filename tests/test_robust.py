@@ -30,39 +30,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-import gptclf
 from gptclf.data import download, sms_spam
-from gptclf.models import registry as models
-from gptclf.models.classifier import SequenceClassifier, replace_head
-from gptclf.cli import main
 from gptclf.errors import DataWarning
 from gptclf.data.batching import collate, shuffled_batches, sorted_batches
 from gptclf.data.encoding import encode_examples
 from gptclf.data.tables import read_table
 from gptclf.errors import GptclfError
-from gptclf.models.gpt2 import GPT2Config
 from gptclf.inference.classifier import Classifier
-from gptclf.config import RunConfig
-from gptclf.rundir.save import save_run
 from gptclf.tokenizers.gpt2 import GPT2Tokenizer
 
-from conftest import write_gpt2_config_only
-from hypothesis_profiles import examples
-
-SRC = Path(gptclf.__file__).resolve().parent
+from helpers import SRC, cli, examples, random_classifier, train_args, write_gpt2_config_only, write_run
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    """Run ``gptclf ARGV`` in-process; return (exit code, stdout, stderr)."""
-    try:
-        code = main(list(argv))
-    except SystemExit as e:  # argparse's own usage errors
-        code = e.code if isinstance(e.code, int) else 2
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_clean_error(code: int, err: str, *needles: str) -> None:
@@ -77,50 +57,7 @@ def rows_csv(n: int = 20, labels: str = "ab") -> str:
     return "text,label\n" + "".join(f"text number {i},{labels[i % len(labels)]}\n" for i in range(n))
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Hugging Face GPT-2 config for --init random: 1 block, 16 dims, a 32-token context."""
-    return write_gpt2_config_only(tmp_path_factory.mktemp("tiny-arch"), n_positions=32, n_embd=16,
-                                  n_layer=1, n_head=2)
-
-
-def train_args(model_dir: Path, data_file: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--model", str(model_dir), "--init", "random", "--data", str(data_file),
-            "--epochs", "1", "--eval-freq", "1000", "--quiet", "--out", str(out), *extra]
-
-
-TINY = GPT2Config(vocab_size=50257, context_length=32, emb_dim=16, n_heads=2, n_layers=1)
-
-
-def tiny_classifier(labels: tuple[str, ...] = ("a", "b"), seed: int = 0, pooling: str = "last-nonpad"
-                    ) -> SequenceClassifier:
-    torch.manual_seed(seed)
-    return SequenceClassifier(replace_head(models.build_model(TINY), len(labels)), pooling).eval()
-
-
-def write_run(out: Path, model: SequenceClassifier | None = None, labels: tuple[str, ...] = ("a", "b"),
-              max_length: int = 32) -> Path:
-    model = model or tiny_classifier(labels)
-    run_config = {"labels": list(labels), "max_length": max_length, "pad_id": 50256,
-                  "pooling": model.pooling, "padding": "dynamic", "train": {"epochs": 1}}
-    return save_run(out, model, GPT2Tokenizer(), RunConfig.for_model(model, GPT2Tokenizer(), **run_config),
-                    {"test_accuracy": 0.5},
-                    {"steps": [], "epochs": []})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """This module's models are tiny and fastest on one thread; on a loaded 2-core box two
-    threads spin-wait (70 ms instead of 1 ms a call). The thread count is restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_run(tmp_path_factory.mktemp("runs") / "run")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: fastest on one thread
 
 
 # ===================================================================== 1. bad data, CLI
@@ -150,16 +87,16 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("listlabel.jsonl", b'{"text": "a", "label": ["x"]}\n', ["listlabel.jsonl:1: column 'label' holds a JSON list"]),
     ("objtext.jsonl", b'{"text": {"a": 1}, "label": "x"}\n', ["column 'text' holds a JSON dict"]),
 ])
-def test_bad_training_data_is_one_clear_error(capsys, tmp_path: Path, tiny_model_dir: Path, name: str,
+def test_bad_training_data_is_one_clear_error(capsys, tmp_path: Path, micro_gpt2_config: Path, name: str,
                                               content: bytes, needles: list[str]) -> None:
     f = tmp_path / name
     f.write_bytes(content)
-    code, _, err = cli(capsys, *train_args(tiny_model_dir, f, tmp_path / "out"))
+    code, _, err = cli(capsys, *train_args(micro_gpt2_config, f, tmp_path / "out"))
     assert_clean_error(code, err, *needles)
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_option_and_path_errors(capsys, tmp_path: Path, tiny_model_dir: Path, tiny_run: Path) -> None:
+def test_cli_option_and_path_errors(capsys, tmp_path: Path, micro_gpt2_config: Path, random_run: Path) -> None:
     ok = tmp_path / "ok.csv"
     ok.write_text(rows_csv(20))
     unseen = tmp_path / "unseen.csv"
@@ -167,16 +104,16 @@ def test_cli_option_and_path_errors(capsys, tmp_path: Path, tiny_model_dir: Path
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 50_000)
     for argv, needle in [
-        (train_args(tiny_model_dir, ok, tmp_path / "o1", "--max-length", "0"), "--max-length must be at least 1"),
-        (train_args(tiny_model_dir, tmp_path, tmp_path / "o2"), "is a directory"),
-        (train_args(tiny_model_dir, tmp_path / "nope.csv", tmp_path / "o3"), "no such file"),
-        (["predict", "--model", str(tiny_run), "--batch-size", "0", "hi"], "--batch-size must be at least 1"),
-        (["predict", "--model", str(tiny_run), "--file", str(tmp_path)], "is a directory"),
-        (["evaluate", "--model", str(tiny_run), "--data", str(ok), "--batch-size", "-1"], "--batch-size"),
-        (["evaluate", "--model", str(tiny_run), "--data", str(ok), "--text-column", "txt"],
+        (train_args(micro_gpt2_config, ok, tmp_path / "o1", "--max-length", "0"), "--max-length must be at least 1"),
+        (train_args(micro_gpt2_config, tmp_path, tmp_path / "o2"), "is a directory"),
+        (train_args(micro_gpt2_config, tmp_path / "nope.csv", tmp_path / "o3"), "no such file"),
+        (["predict", "--model", str(random_run), "--batch-size", "0", "hi"], "--batch-size must be at least 1"),
+        (["predict", "--model", str(random_run), "--file", str(tmp_path)], "is a directory"),
+        (["evaluate", "--model", str(random_run), "--data", str(ok), "--batch-size", "-1"], "--batch-size"),
+        (["evaluate", "--model", str(random_run), "--data", str(ok), "--text-column", "txt"],
          "did you mean --text-column 'text'"),
-        (["evaluate", "--model", str(tiny_run), "--data", str(unseen)], r"labels \['c'\] are not among the model's"),
-        (["evaluate", "--model", str(tiny_run), "--data", str(deep)], "invalid JSON"),
+        (["evaluate", "--model", str(random_run), "--data", str(unseen)], r"labels \['c'\] are not among the model's"),
+        (["evaluate", "--model", str(random_run), "--data", str(deep)], "invalid JSON"),
         (["predict", "--model", str(ok), "hi"], "is not a gptclf model config|has no config.json"),
     ]:
         code, _, err = cli(capsys, *argv)
@@ -184,7 +121,7 @@ def test_cli_option_and_path_errors(capsys, tmp_path: Path, tiny_model_dir: Path
         assert re.search(needle, err), (needle, err)
 
 
-def test_unreadable_file_is_a_clear_error(capsys, tmp_path: Path, tiny_model_dir: Path,
+def test_unreadable_file_is_a_clear_error(capsys, tmp_path: Path, micro_gpt2_config: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     f = tmp_path / "locked.csv"
     f.write_text(rows_csv())
@@ -196,18 +133,18 @@ def test_unreadable_file_is_a_clear_error(capsys, tmp_path: Path, tiny_model_dir
         return real(file, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", locked_open)
-    code, _, err = cli(capsys, *train_args(tiny_model_dir, f, tmp_path / "out"))
+    code, _, err = cli(capsys, *train_args(micro_gpt2_config, f, tmp_path / "out"))
     assert_clean_error(code, err, "Permission denied", "locked.csv")
 
 
-def test_evaluate_with_nothing_to_evaluate(capsys, tmp_path: Path, tiny_run: Path) -> None:
+def test_evaluate_with_nothing_to_evaluate(capsys, tmp_path: Path, random_run: Path) -> None:
     f = tmp_path / "empties.csv"
     f.write_text("text,label\n  ,a\n,b\n")
-    code, _, err = cli(capsys, "evaluate", "--model", str(tiny_run), "--data", str(f))
+    code, _, err = cli(capsys, "evaluate", "--model", str(random_run), "--data", str(f))
     assert_clean_error(code, err, "no texts to evaluate", "skipped 2 empty text(s) (lines [2, 3])")
 
 
-def test_warnings_are_counted_and_training_still_runs(capsys, tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_warnings_are_counted_and_training_still_runs(capsys, tmp_path: Path, micro_gpt2_config: Path) -> None:
     """Empty texts, texts far longer than the context, train/test duplicates: each is
     reported with its count, nothing is dropped silently, and the run succeeds."""
     long_text = "word " * 400  # ~400 tokens against a 32-token context
@@ -222,7 +159,7 @@ def test_warnings_are_counted_and_training_still_runs(capsys, tmp_path: Path, ti
     val.write_text(json.dumps({"text": "message 3", "label": 1.0}) + "\n"
                    + json.dumps({"text": "other", "label": 0}) + "\n")
     out = tmp_path / "run"
-    code, _, err = cli(capsys, *train_args(tiny_model_dir, train, out, "--val", str(val), "--test", str(test)))
+    code, _, err = cli(capsys, *train_args(micro_gpt2_config, train, out, "--val", str(val), "--test", str(test)))
     assert code == 0, err
     assert "Traceback" not in err
     assert "skipped 3 empty text(s) (lines [41, 42, 43])" in err
@@ -235,7 +172,7 @@ def test_warnings_are_counted_and_training_still_runs(capsys, tmp_path: Path, ti
     assert (m["n_val"], m["n_test"]) == (2, 3)
 
 
-def test_messy_but_valid_file_trains_with_every_row(capsys, tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_messy_but_valid_file_trains_with_every_row(capsys, tmp_path: Path, micro_gpt2_config: Path) -> None:
     """BOM, \\r\\n / \\r / \\n mixed, quoted tabs and newlines, one cp1252 byte: every row is
     kept (1 + 9 + 20 of 30 rows in the three splits) and the fallback names its line."""
     ends = ["\r\n", "\r", "\n"]
@@ -244,16 +181,16 @@ def test_messy_but_valid_file_trains_with_every_row(capsys, tmp_path: Path, tiny
     raw = b"\xef\xbb\xbf" + body.encode().replace(b"row 17", b"r\xe9w 17")
     f = tmp_path / "messy.csv"
     f.write_bytes(raw)
-    code, _, err = cli(capsys, *train_args(tiny_model_dir, f, tmp_path / "run"))
+    code, _, err = cli(capsys, *train_args(micro_gpt2_config, f, tmp_path / "run"))
     assert code == 0, err
     assert re.search(r"messy.csv:\d+: not valid UTF-8 \(byte 0xe9\)", err)
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["n_train"] + m["n_val"] + m["n_test"] == 30
 
 
-def test_predict_reads_stdin_bytes_that_are_not_utf8(capsys, tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_predict_reads_stdin_bytes_that_are_not_utf8(capsys, random_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9 ok\r\n\nsecond\rthird\n")))
-    code, out, err = cli(capsys, "predict", "--model", str(tiny_run), "--json")
+    code, out, err = cli(capsys, "predict", "--model", str(random_run), "--json")
     assert code == 0, err
     assert [json.loads(x)["text"] for x in out.splitlines()] == ["café ok", "second", "third"]
     assert "stdin:1: not valid UTF-8" in err
@@ -391,8 +328,8 @@ def test_batches_cover_every_row_exactly_once(lengths, batch_size, seed, drop_la
 
 
 @pytest.fixture(scope="module")
-def tiny_clf() -> Classifier:
-    model = tiny_classifier(("neg", "neu", "pos"), seed=1)
+def tiny_clf(micro_gpt2_config: Path) -> Classifier:
+    model = random_classifier(micro_gpt2_config, ("neg", "neu", "pos"), seed=1)
     return Classifier(model, GPT2Tokenizer(), {"labels": ["neg", "neu", "pos"], "max_length": 32,
                                                "padding": "dynamic"}, torch.device("cpu"))
 
@@ -452,12 +389,12 @@ def test_source_never_unpickles() -> None:
     assert len(list(SRC.rglob("*.py"))) > 10  # the scan did look at the package
 
 
-def test_config_and_weights_that_disagree_are_refused(tmp_path: Path, tiny_run: Path) -> None:
+def test_config_and_weights_that_disagree_are_refused(tmp_path: Path, random_run: Path) -> None:
     import shutil
 
     def variant(name: str, edit) -> Path:
         d = tmp_path / name
-        shutil.copytree(tiny_run, d)
+        shutil.copytree(random_run, d)
         cfg = json.loads((d / "config.json").read_text())
         edit(cfg)
         (d / "config.json").write_text(json.dumps(cfg))
@@ -486,19 +423,20 @@ def test_config_and_weights_that_disagree_are_refused(tmp_path: Path, tiny_run: 
 
 
 def test_vocabulary_smaller_than_the_tokenizer_is_refused(tmp_path: Path) -> None:
-    small = GPT2Config(vocab_size=1000, context_length=32, emb_dim=16, n_heads=2, n_layers=1)
-    model = SequenceClassifier(replace_head(models.build_model(small), 2))
+    small = write_gpt2_config_only(tmp_path / "small", vocab_size=1000, n_positions=32, n_embd=16, n_layer=1,
+                                   n_head=2)
+    model = random_classifier(small)
     run = write_run(tmp_path / "run", model)
     with pytest.raises(GptclfError, match="the tokenizer has 50257 tokens but the model's embedding only 1000"):
         Classifier.load(run)
 
 
-def test_absurd_sizes_are_refused_before_allocating(tmp_path: Path, tiny_run: Path) -> None:
+def test_absurd_sizes_are_refused_before_allocating(tmp_path: Path, random_run: Path) -> None:
     import resource
     import shutil
 
     d = tmp_path / "huge"
-    shutil.copytree(tiny_run, d)
+    shutil.copytree(random_run, d)
     cfg = json.loads((d / "config.json").read_text())
     # ~20 TB of weights: each size is allowed on its own, together they are absurd.
     cfg["architecture"].update(emb_dim=65536, n_heads=64, n_layers=100, context_length=1 << 20)
@@ -520,7 +458,7 @@ def test_absurd_sizes_are_refused_before_allocating(tmp_path: Path, tiny_run: Pa
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 512 * 1024  # KiB: nothing big allocated
 
 
-def test_tokenizer_paths_in_config_cannot_leave_the_directory(tmp_path: Path, tiny_run: Path) -> None:
+def test_tokenizer_paths_in_config_cannot_leave_the_directory(tmp_path: Path, random_run: Path) -> None:
     import shutil
 
     pytest.importorskip("tokenizers")
@@ -528,7 +466,7 @@ def test_tokenizer_paths_in_config_cannot_leave_the_directory(tmp_path: Path, ti
     secret.write_text("{}")
     for i, file in enumerate(["../secret.json", str(secret), "..", "sub/tokenizer.json", "a\\..\\b", 7]):
         d = tmp_path / f"t{i}"
-        shutil.copytree(tiny_run, d)
+        shutil.copytree(random_run, d)
         cfg = json.loads((d / "config.json").read_text())
         cfg["tokenizer"] = {"type": "hf-tokenizers", "file": file, "pad_id": 0}
         (d / "config.json").write_text(json.dumps(cfg))
@@ -568,16 +506,16 @@ def _load_or_gptclf_error(run: Path) -> bool:
 
 @settings(max_examples=examples(25))
 @given(data=st.data())
-def test_damaged_safetensors_is_a_gptclf_error(tiny_run: Path, data) -> None:
+def test_damaged_safetensors_is_a_gptclf_error(random_run: Path, data) -> None:
     import shutil
     import tempfile
 
-    raw = (tiny_run / "model.safetensors").read_bytes()
+    raw = (random_run / "model.safetensors").read_bytes()
     header_len = struct.unpack("<Q", raw[:8])[0]
     kind = data.draw(st.sampled_from(["truncate", "flip-header", "flip-length"]))
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp) / "run"
-        shutil.copytree(tiny_run, d)
+        shutil.copytree(random_run, d)
         b = bytearray(raw)
         if kind == "truncate":
             b = b[: data.draw(st.integers(0, len(raw) - 1))]
@@ -593,18 +531,18 @@ def test_damaged_safetensors_is_a_gptclf_error(tiny_run: Path, data) -> None:
             assert not ok  # a flipped header byte may land in harmless metadata; the others never load
 
 
-def test_safetensors_header_claiming_huge_sizes(tmp_path: Path, tiny_run: Path) -> None:
+def test_safetensors_header_claiming_huge_sizes(tmp_path: Path, random_run: Path) -> None:
     import shutil
 
     for shape, end in ([10**9, 10**9], 4 * 10**18), ([16, 16], 2**62), ([2**40], 2**42):
         d = tmp_path / f"h{len(list(tmp_path.iterdir()))}"
-        shutil.copytree(tiny_run, d)
+        shutil.copytree(random_run, d)
         header = json.dumps({"tok_emb.weight": {"dtype": "F32", "shape": shape, "data_offsets": [0, end]}}).encode()
         (d / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 64)
         with pytest.raises(GptclfError, match="not a valid safetensors file"):
             Classifier.load(d)
     d = tmp_path / "len"
-    shutil.copytree(tiny_run, d)
+    shutil.copytree(random_run, d)
     (d / "model.safetensors").write_bytes(struct.pack("<Q", 2**63) + b"{}")
     with pytest.raises(GptclfError, match="not a valid safetensors file"):
         Classifier.load(d)
@@ -750,13 +688,13 @@ def test_runs_survive_sigkill_at_random_points(tmp_path: Path) -> None:
 # ================================================================== 5. determinism
 
 
-def test_same_seed_same_metrics_and_weights_through_the_cli(capsys, tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_same_seed_same_metrics_and_weights_through_the_cli(capsys, tmp_path: Path, micro_gpt2_config: Path) -> None:
     f = tmp_path / "d.csv"
     f.write_text("text,label\n" + "".join(f"{'buy now' if i % 2 else 'see you'} {i} {'!' * (i % 5)},"
                                           f"{'spam' if i % 2 else 'ham'}\n" for i in range(80)))
 
     def run(name: str, seed: str) -> Path:
-        code, _, err = cli(capsys, *train_args(tiny_model_dir, f, tmp_path / name, "--epochs", "2",
+        code, _, err = cli(capsys, *train_args(micro_gpt2_config, f, tmp_path / name, "--epochs", "2",
                                                "--eval-freq", "5", "--seed", seed, "--lr", "1e-3"))
         assert code == 0, err
         return tmp_path / name

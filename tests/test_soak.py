@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, serve_process
+from helpers import free_port, serve_process
 
 pytest.importorskip("uvicorn", reason="the serve extra (fastapi, uvicorn) is not installed")
 
