@@ -22,6 +22,7 @@ import gptclf
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository: src/, scripts/, tests/
 SCRIPTS = ROOT / "scripts"
+FIXTURES = ROOT / "tests" / "fixtures"  # files kept for tests: an old run directory
 SRC = Path(gptclf.__file__).resolve().parent  # the gptclf package under test
 
 

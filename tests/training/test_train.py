@@ -17,6 +17,8 @@ from gptclf.config import TrainConfig
 from gptclf.training.recipe import run_training
 from gptclf.loading import load_backbone
 
+from helpers import SCRIPTS
+
 
 def _train(tmp_path: Path, name: str, model_dir: Path, **kw) -> Path:
     opts = dict(model=str(model_dir), init="random", epochs=1, eval_freq=40, out=str(tmp_path / name),
@@ -166,7 +168,7 @@ def test_seed_spread_reproduces_the_train_run(tmp_path: Path, sms_env: Path, tin
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "seed_spread", Path(__file__).resolve().parents[1] / "scripts" / "seed_spread.py")
+        "seed_spread", SCRIPTS / "seed_spread.py")
     seed_spread = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(seed_spread)
     run = _train(tmp_path, "run", tiny_gpt2_config, trainable="last_block")
