@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 
 import gptclf
 
@@ -250,3 +251,7 @@ settings.load_profile("ci" if os.environ.get("CI", "").lower() == "true" else "d
 def examples(n: int) -> int:
     """``n`` inputs, times ``$GPTCLF_FUZZ_SCALE``."""
     return n * max(1, int(os.environ.get("GPTCLF_FUZZ_SCALE", "1") or 1))
+
+
+# Any text a file can hold: every plane, control characters, U+2028, NUL.
+any_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)

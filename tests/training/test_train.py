@@ -1,4 +1,4 @@
-"""Training: the trunk cache is exact, batches don't change a text's score, seeds reproduce."""
+"""Training: the trunk cache is exact, seeds reproduce, the reference path, templates, recipes, pad multiples."""
 
 from __future__ import annotations
 
@@ -10,12 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gptclf.models.classifier import SequenceClassifier, freeze_for_finetuning, pool, replace_head
 from gptclf.errors import GptclfError
 from gptclf.inference.classifier import Classifier
 from gptclf.config import TrainConfig
 from gptclf.training.recipe import run_training
-from gptclf.loading import load_backbone
 
 from helpers import SCRIPTS
 
@@ -87,46 +85,6 @@ def test_reference_mode_is_the_books_path(tmp_path: Path, sms_env: Path, tiny_gp
 def test_last_pooling_needs_fixed_padding() -> None:
     with pytest.raises(GptclfError, match="position -1"):
         TrainConfig(pooling="last").resolved()
-
-
-def test_a_texts_score_does_not_depend_on_its_batch() -> None:
-    bb = load_backbone("gpt2", init="random")
-    model = SequenceClassifier(replace_head(bb.model, 2), "last-nonpad").eval()
-    for p in model.parameters():
-        p.requires_grad = False
-    clf = Classifier(model, bb.tokenizer, {"labels": ["a", "b"], "max_length": 64, "padding": "dynamic"},
-                     torch.device("cpu"))
-    texts = ["short", "a somewhat longer text with many more tokens in it than the first", "mid length one"]
-    alone = [clf.predict_proba([t])[0] for t in texts]
-    together = clf.predict_proba(texts, batch_size=3)
-    for a, b in zip(alone, together):
-        assert abs(a - b).max() < 1e-5
-    mean_model = SequenceClassifier(bb.model, "mean").eval()
-    clf.model = mean_model
-    alone = [clf.predict_proba([t])[0] for t in texts]
-    assert abs(clf.predict_proba(texts)[0] - alone[0]).max() < 1e-5
-
-
-def test_freezing_matches_the_book() -> None:
-    bb = load_backbone("gpt2", init="random")
-    m = replace_head(bb.model, 2)
-    frozen = freeze_for_finetuning(m, "last_block")
-    trainable = {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("trf_blocks") else "")
-                 for n, p in m.named_parameters() if p.requires_grad}
-    assert frozen == 11 and trainable == {"trf_blocks.11", "final_norm", "out_head"}
-    assert freeze_for_finetuning(m, "last_layer") == 12
-    assert freeze_for_finetuning(m, "all") == 0 and all(p.requires_grad for p in m.parameters())
-    assert freeze_for_finetuning(m, "3") == 9
-    with pytest.raises(GptclfError):
-        freeze_for_finetuning(m, "13")
-
-
-def test_pooling_modes() -> None:
-    h = torch.arange(2 * 4 * 1, dtype=torch.float32).view(2, 4, 1)
-    lengths = torch.tensor([2, 4])
-    assert pool(h, lengths, "last").flatten().tolist() == [3, 7]
-    assert pool(h, lengths, "last-nonpad").flatten().tolist() == [1, 7]
-    assert pool(h, lengths, "mean").flatten().tolist() == [0.5, 5.5]
 
 
 def test_template_is_saved_and_used_at_prediction(tmp_path: Path, sms_env: Path, tiny_gpt2_config: Path) -> None:
