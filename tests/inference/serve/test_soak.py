@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, serve_process
+from helpers import ROOT, SCRIPTS, free_port, serve_process
 
 pytest.importorskip("uvicorn", reason="the serve extra (fastapi, uvicorn) is not installed")
 
-ROOT = Path(__file__).resolve().parents[1]
-SOAK = ROOT / "scripts" / "soak.py"
+SOAK = SCRIPTS / "soak.py"
 # Tight limits so that every hostile kind reaches its limit quickly: the slow clients are cut
 # off after 1.5 s, a burst of 48 requests overflows a queue of 8.
 FLAGS = ("--max-queue", "8", "--max-texts", "8", "--max-body-bytes", "20000", "--client-timeout", "1.5",

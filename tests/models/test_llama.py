@@ -6,53 +6,16 @@ grouping, the rotary layout, RMSNorm and the tied/untied head all have to agree.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
 from gptclf import loading as weights
 from gptclf.models import registry as models
-from gptclf.errors import GptclfError
-from gptclf.tokenizers import tokenizer_from_config
 
-transformers = pytest.importorskip("transformers")
+from helpers import LLAMA_VOCAB as VOCAB
+from helpers import make_hf_llama
 
-VOCAB = 300
-
-
-def write_tiny_tokenizer(directory: Path) -> None:
-    """A byte-level BPE tokenizer.json with no merges: enough for a model directory."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models as tk_models, pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {"<|endoftext|>": 0, **{c: i + 1 for i, c in enumerate(alphabet)}}
-    tok = Tokenizer(tk_models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken("<|endoftext|>", special=True, normalized=False)])
-    tok.save(str(directory / "tokenizer.json"))
-
-
-def make_hf_llama(directory: Path, *, tie: bool, n_heads: int, n_kv_heads: int,
-                  rope_scaling: dict | None = None, seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, max_position_embeddings=128,
-        rms_norm_eps=1e-5, rope_theta=500000.0 if rope_scaling else 10000.0, rope_scaling=rope_scaling,
-        tie_word_embeddings=tie, eos_token_id=0, bos_token_id=0,
-    )
-    hf = transformers.LlamaForCausalLM(cfg).eval()
-    # The default init leaves norms at 1; randomise them so RMSNorm's weight is exercised.
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
-    hf.save_pretrained(directory)
-    write_tiny_tokenizer(directory)
-    return hf
+pytest.importorskip("transformers")
 
 
 @pytest.mark.parametrize("tie,n_heads,n_kv_heads", [
@@ -101,45 +64,6 @@ def test_backbone_interface(tmp_path):
         assert torch.allclose(model.run_blocks(h, attn_mask=causal), whole, atol=1e-5)
     assert all(block.att.causal for block in model.trf_blocks)
     assert isinstance(model.trf_blocks, torch.nn.ModuleList)
-
-
-def test_hf_dir_tokenizer_and_config_roundtrip(tmp_path):
-    make_hf_llama(tmp_path / "m", tie=False, n_heads=4, n_kv_heads=2)
-    bb = weights.load_backbone(str(tmp_path / "m"))
-    tok = bb.tokenizer
-    assert tok.pad_id == 0  # no pad_token_id in config.json: falls back to eos
-    text = "héllo <|endoftext|> wörld"
-    assert tok.encode(text, allow_special=True).count(0) == 1
-    assert 0 not in tok.encode(text)  # special tokens in user text stay plain text
-    assert tok.decode(tok.encode(text)) == text
-
-    out = tmp_path / "saved"
-    tok.save(out)
-    again = tokenizer_from_config(json.loads(json.dumps(tok.to_config())), out)
-    assert again.encode(text) == tok.encode(text)
-    assert again.pad_id == tok.pad_id
-
-    cfg = models.config_from_dict(json.loads(json.dumps(bb.model.config.to_dict())))
-    assert cfg == bb.model.config
-    rebuilt = models.build_model(cfg)
-    rebuilt.load_state_dict(bb.model.state_dict())
-
-
-def test_missing_tokenizer_json_is_a_clear_error(tmp_path):
-    make_hf_llama(tmp_path, tie=True, n_heads=4, n_kv_heads=2)
-    (tmp_path / "tokenizer.json").unlink()
-    with pytest.raises(GptclfError, match="tokenizer.json"):
-        weights.load_model(str(tmp_path))
-
-
-def test_unsupported_rope_scaling_is_a_clear_error(tmp_path):
-    make_hf_llama(tmp_path, tie=True, n_heads=4, n_kv_heads=2)
-    cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}
-    cfg.pop("rope_scaling", None)
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(GptclfError, match="yarn"):
-        weights.load_model(str(tmp_path))
 
 
 def test_presets_build_and_count():

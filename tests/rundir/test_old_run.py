@@ -1,7 +1,7 @@
 """A run directory written by an earlier gptclf (the flat-package layout, before the
 restructuring) still loads and predicts exactly as it did then.
 
-``fixtures/run-0.1.0`` is a tiny Llama-family classifier (HF tokenizer.json, a template,
+``tests/fixtures/run-0.1.0`` is a tiny Llama-family classifier (HF tokenizer.json, a template,
 three labels) trained and saved by that version; ``expected.json`` holds the class
 probabilities that version computed for a few texts (one empty, one truncated).
 """
@@ -15,7 +15,9 @@ import numpy as np
 
 from gptclf.inference.classifier import Classifier
 
-OLD_RUN = Path(__file__).parent / "fixtures" / "run-0.1.0"
+from helpers import FIXTURES
+
+OLD_RUN = FIXTURES / "run-0.1.0"
 
 
 def test_old_run_directory_predicts_what_it_did() -> None:

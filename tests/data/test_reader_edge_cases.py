@@ -1,0 +1,89 @@
+"""The table and SMS readers on awkward input (bad bytes, mixed line ends, huge fields); any table round-trips."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gptclf.data import sms_spam
+from gptclf.data.tables import read_table
+from gptclf.errors import DataWarning, GptclfError
+
+from helpers import any_text, examples
+
+
+def test_not_utf8_mixed_line_endings_bom_and_quoted_tabs(tmp_path: Path) -> None:
+    p = tmp_path / "d.csv"
+    p.write_bytes(b"\xef\xbb\xbftext,label\r\n\"tab\there\",a\r\"line\nbreak\",b\ncaf\xe9,a\r\n")
+    with pytest.warns(DataWarning, match=r"d.csv:5: not valid UTF-8 \(byte 0xe9\)"):
+        got = read_table(p)  # the BOM is valid UTF-8; the 0xe9 is not: the whole file is cp1252
+    assert [(e.text, e.label) for e in got] == [("tab\there", "a"), ("line\nbreak", "b"), ("café", "a")]
+    assert [e.line for e in got] == [2, 3, 5]  # physical line numbers, for error messages
+    j = tmp_path / "d.jsonl"
+    j.write_bytes('{"text": "a\u2028b\x85c", "label": "x"}\r{"text": "d", "label": 2}\r\n'.encode())
+    assert [(e.text, e.label) for e in read_table(j)] == [("a\u2028b\x85c", "x"), ("d", "2")]
+
+
+def test_sms_reader_bad_bytes_and_empty_label(tmp_path: Path) -> None:
+    p = tmp_path / "SMSSpamCollection"
+    p.write_bytes(b"ham\tcaf\xe9\r\nspam\twin\rham\tok\n")
+    with pytest.warns(DataWarning, match="not valid UTF-8"):
+        assert [(e.label, e.text) for e in sms_spam.read_sms_spam(p)] == [("ham", "café"), ("spam", "win"), ("ham", "ok")]
+    p.write_bytes(b"ham\thi\n\tno label\n")
+    with pytest.raises(GptclfError, match=r"SMSSpamCollection:2: empty label"):
+        sms_spam.read_sms_spam(p)
+
+
+def test_long_csv_fields_are_read_not_refused(tmp_path: Path) -> None:
+    p = tmp_path / "d.csv"
+    big = "x" * 300_000  # over csv's default 128 KiB field limit
+    p.write_text(f"text,label\n{big},a\nshort,b\n")
+    assert [len(e.text) for e in read_table(p)] == [300_000, 5]
+
+
+# ------------------------------------------------------- property tests: readers round-trip
+
+# Labels are stripped by the reader, so generated labels have no surrounding whitespace.
+labels = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=8).filter(
+    lambda s: s.strip() == s and s != "")
+tables = st.lists(st.tuples(any_text, labels), min_size=1, max_size=12)
+
+
+def _field(value: str, delim: str, quote_all: bool) -> str:
+    if quote_all or any(c in value for c in (delim, '"', "\r", "\n")) or value != value.strip(" "):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+@settings(max_examples=examples(150))
+@given(rows=tables, fmt=st.sampled_from(["csv", "tsv", "jsonl", "csv-auto", "tsv-auto"]),
+       ends=st.lists(st.sampled_from(["\n", "\r\n", "\r"]), min_size=1, max_size=4),
+       quote_all=st.booleans(), bom=st.booleans(), ascii_json=st.booleans(), final_newline=st.booleans())
+def test_readers_give_back_the_same_rows_in_order(rows, fmt, ends, quote_all, bom, ascii_json, final_newline) -> None:
+    import tempfile
+
+    kind = fmt.split("-")[0]
+    lines: list[str]
+    if kind == "jsonl":
+        lines = [json.dumps({"text": t, "label": lab}, ensure_ascii=ascii_json) for t, lab in rows]
+    else:
+        d = "," if kind == "csv" else "\t"
+        lines = [d.join(["text", "label"])]
+        lines += [d.join(_field(v, d, quote_all) for v in (t, lab)) for t, lab in rows]
+    # Mixed line endings: each line gets the next ending of the drawn cycle.
+    body = "".join(line + ends[i % len(ends)] for i, line in enumerate(lines))
+    if not final_newline:
+        body = body[: -len(ends[(len(lines) - 1) % len(ends)])]
+    raw = (b"\xef\xbb\xbf" if bom else b"") + body.encode("utf-8")
+    suffix = ".txt" if fmt.endswith("auto") else f".{kind}"
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)  # valid UTF-8 must not trigger the fallback
+        p = Path(tmp) / f"d{suffix}"
+        p.write_bytes(raw)
+        got = read_table(p)
+    assert [(e.text, e.label) for e in got] == rows
