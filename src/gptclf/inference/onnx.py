@@ -25,6 +25,7 @@ do embeddings, norms, attention products and the class head.
 from __future__ import annotations
 
 import ast
+import contextlib
 import logging
 import os
 import re
@@ -32,7 +33,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -77,17 +78,25 @@ def export_graph(model: nn.Module, path: Path) -> None:
     ids = torch.zeros((2, 8), dtype=torch.long)
     lens = torch.tensor([8, 5], dtype=torch.long)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_logs("torch.onnx", "torch.export", "onnxscript"):
         warnings.simplefilter("ignore")  # the exporter's notes on torchvision and axis names
-        _quiet_exporter_logs()
         torch.onnx.export(graph, (ids, lens), str(path), dynamo=True, external_data=True, verbose=False,
                           input_names=["input_ids", "lengths"], output_names=["logits", "probabilities"],
                           dynamic_shapes={"input_ids": {0: batch, 1: seq}, "lengths": {0: batch}})
 
 
-def _quiet_exporter_logs() -> None:
-    for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+@contextlib.contextmanager
+def _quiet_logs(*names: str) -> Iterator[None]:
+    """Only errors from these loggers ('' = the root logger) while the block runs."""
+    loggers = [logging.getLogger(n) if n else logging.getLogger() for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def int8_nodes(path: Path, fp32_linears: tuple[str, ...]) -> tuple[list[str], list[str]]:
@@ -125,10 +134,10 @@ def quantize_graph(src: Path, dst: Path, fp32_linears: tuple[str, ...]) -> dict[
 
     nodes, kept = int8_nodes(src, fp32_linears)
     big = sum(f.stat().st_size for f in src.parent.glob(src.name + "*")) > 1_500_000_000
-    logging.getLogger("root").setLevel(logging.ERROR)  # ORT's "run pre-processing first" advice
-    quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8,
-                     op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
-                     use_external_data_format=big, extra_options={"MatMulConstBOnly": True})
+    with _quiet_logs(""):  # ORT logs its "run pre-processing first" advice on the root logger
+        quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
+                         use_external_data_format=big, extra_options={"MatMulConstBOnly": True})
     return {"quantized_linears": len(nodes), "fp32_linears": len(kept), "per_channel": True,
             "kept_fp32": list(fp32_linears), "method": "onnxruntime.quantization.quantize_dynamic"}
 
