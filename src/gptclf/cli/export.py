@@ -1,22 +1,38 @@
-"""``gptclf export``: a self-contained copy of a model directory."""
+"""``gptclf export``: a self-contained copy of a model directory, or its ONNX graphs."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from ..errors import GptclfError
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a self-contained copy of a model directory")
+    p = sub.add_parser("export", help="write a self-contained copy of a model directory, or ONNX graphs")
     p.add_argument("src", help="model directory written by 'gptclf train'")
     p.add_argument("out", help="new directory to write")
-    p.add_argument("--merge", action="store_true", required=True,
+    p.add_argument("--merge", action="store_true",
                    help="merge LoRA adapters into the base weights (W + B@A*alpha/r): the copy needs "
                         "no base model")
+    p.add_argument("--format", choices=["onnx"], default=None,
+                   help="onnx: OUT/model.onnx (fp32) and OUT/model.int8.onnx (ONNX Runtime dynamic int8), "
+                        "inputs input_ids + lengths, dynamic batch and sequence axes, with onnx.json "
+                        "(tokenizer, template, pooling, labels, pad id) and the run's config.json; "
+                        "'gptclf predict --model OUT' runs it on onnxruntime")
+    p.add_argument("--no-int8", action="store_true", help="with --format onnx: write the fp32 graph only")
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "onnx":
+        from ..rundir.export import export_onnx
+
+        out = export_onnx(args.src, args.out, int8=not args.no_int8)
+        print(json.dumps({"exported": str(out), "format": "onnx"}))
+        return 0
+    if not args.merge:
+        raise GptclfError("say what to export", hint="--merge (a directory with LoRA merged in) or --format onnx")
     from ..rundir.export import export_merged
 
     out = export_merged(args.src, args.out)

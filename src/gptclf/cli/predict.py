@@ -20,7 +20,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
-    p.add_argument("--int8", action="store_true", help="int8 dynamic quantization (CPU)")
+    add_backend_options(p)
     f = p.add_argument_group("file in, file out (CSV / TSV / JSONL, streamed in chunks)")
     f.add_argument("--input", default=None,
                    help="table to classify; every row gets one output row, in order, with its columns "
@@ -44,11 +44,37 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
-    p.add_argument("--int8", action="store_true", help="int8 dynamic quantization (CPU)")
+    add_backend_options(p)
     p.add_argument("--report", default=None, metavar="DIR",
                    help="also write DIR/report.html, DIR/metrics.json and DIR/confusion-matrix.png")
     p.add_argument("--mistakes", type=int, default=20, help="most confident mistakes listed in the report")
     p.set_defaults(func=cmd_evaluate)
+
+
+INT8_HELP = ("int8: ONNX Runtime's dynamic quantization of the blocks' linears, per output channel, "
+             "the outlier-sensitive ones kept fp32 (CPU; implies --backend onnxruntime)")
+BACKEND_HELP = ("torch, or onnxruntime (CPU: the graph of 'gptclf export --format onnx', exported into "
+                "the cache on first use); auto: onnxruntime for --int8 or an exported directory, else torch")
+
+
+def add_backend_options(p: argparse.ArgumentParser) -> None:
+    """--backend, --int8 and --threads: shared by predict, evaluate and serve."""
+    from ..inference.classifier import BACKENDS
+
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
+    p.add_argument("--int8", action="store_true", help=INT8_HELP)
+    p.add_argument("--threads", type=int, default=0,
+                   help="onnxruntime intra-op threads (0: one per physical core)")
+
+
+def load_classifier(args: argparse.Namespace):
+    """The Classifier that --model, --device, --backend, --int8 and --threads describe."""
+    from ..inference.classifier import Classifier
+
+    if args.threads < 0:
+        raise GptclfError(f"--threads must be 0 (automatic) or more, not {args.threads}")
+    return Classifier.load(args.model, device=args.device, quantize="int8" if args.int8 else None,
+                           backend=args.backend, threads=args.threads)
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
@@ -84,13 +110,11 @@ def _positive(name: str, value: int) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..inference.classifier import Classifier
-
     _positive("batch-size", args.batch_size)
     if args.input or args.output:
         return _predict_file(args)
     texts = _read_texts(args)
-    clf = Classifier.load(args.model, device=args.device, quantize="int8" if args.int8 else None)
+    clf = load_classifier(args)
     for text, r in zip(texts, clf.predict(texts, batch_size=args.batch_size)):
         if args.json:
             print(json.dumps({"text": text, **r}, ensure_ascii=False))
@@ -101,7 +125,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _predict_file(args: argparse.Namespace) -> int:
     from ..inference.batch_files import predict_file
-    from ..inference.classifier import Classifier
 
     if not (args.input and args.output):
         raise GptclfError("--input and --output go together", hint="gptclf predict --input in.csv --output out.csv")
@@ -109,7 +132,7 @@ def _predict_file(args: argparse.Namespace) -> int:
         raise GptclfError("pass texts, --file, or --input/--output, not several")
     if not Path(args.input).expanduser().exists():  # before the model loads: fail fast
         raise GptclfError(f"{args.input}: no such file")
-    clf = Classifier.load(args.model, device=args.device, quantize="int8" if args.int8 else None)
+    clf = load_classifier(args)
     res = predict_file(clf, args.input, args.output, text_column=args.text_column, chunk_size=args.chunk_size,
                        batch_size=args.batch_size, input_format=args.format,
                        progress=not args.quiet and sys.stderr.isatty())
@@ -121,10 +144,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..data.sms_spam import SMS_SPAM_NAMES
     from ..data.splits import drop_empty_texts, load_splits
     from ..data.tables import read_table
-    from ..inference.classifier import Classifier
 
     _positive("batch-size", args.batch_size)
-    clf = Classifier.load(args.model, device=args.device, quantize="int8" if args.int8 else None)
+    clf = load_classifier(args)
     if args.data.lower() in SMS_SPAM_NAMES:
         train_cfg = clf.run_config.train or {}
         splits = load_splits(args.data, seed=train_cfg.get("seed", 123),

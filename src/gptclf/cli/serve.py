@@ -7,6 +7,7 @@ import warnings
 
 from ..inference.serve.settings import ServeSettings
 from .options import add_options, given_options
+from .predict import add_backend_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="address to bind; 0.0.0.0 exposes the service to the network")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="auto")
-    p.add_argument("--int8", action="store_true", help="int8 dynamic quantization (CPU)")
+    add_backend_options(p)
     add_options(p, ServeSettings)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", help="log every request")
@@ -31,5 +32,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     warnings.filterwarnings("once", category=DataWarning)  # truncation: say it once, not per request
     serve(args.model, args.host, args.port, settings, device=args.device,
-          quantize="int8" if args.int8 else None, log_level=args.log_level, access_log=args.access_log)
+          quantize="int8" if args.int8 else None, backend=args.backend, threads=args.threads, log_level=args.log_level, access_log=args.access_log)
     return 0

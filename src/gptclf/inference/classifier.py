@@ -4,6 +4,14 @@
 and, for non-GPT-2 tokenizers, tokenizer.json); it never unpickles anything.
 Texts are batched by length (least padding) under ``torch.inference_mode``; results
 come back in input order.
+
+Two backends compute the same probabilities from the same token ids:
+
+* ``torch``: the model of :mod:`gptclf.models` (any device, fp32/bf16/fp16);
+* ``onnxruntime``: the graph of ``gptclf export --format onnx`` (CPU), fp32 or int8. A run
+  directory is exported once into the cache on first use; an exported directory is used
+  as it is. ``quantize="int8"`` always runs here (ONNX Runtime's dynamic int8), the
+  maintained replacement for ``torch.ao.quantization``.
 """
 
 from __future__ import annotations
@@ -26,14 +34,20 @@ from ..rundir.load import load_classifier_backbone, read_run_config
 from ..tokenizers import tokenizer_from_config
 
 
+BACKENDS = ("auto", "torch", "onnxruntime")
+
+
 class Classifier:
     """A fine-tuned text classifier."""
 
-    def __init__(self, model: SequenceClassifier, tokenizer: Any, run_config: RunConfig | dict[str, Any],
-                 device: torch.device, precision: str = "fp32", directory: Path | None = None) -> None:
+    def __init__(self, model: SequenceClassifier | None, tokenizer: Any, run_config: RunConfig | dict[str, Any],
+                 device: torch.device, precision: str = "fp32", directory: Path | None = None,
+                 session: Any = None) -> None:
         if not isinstance(run_config, RunConfig):  # the fields as a dict (labels, max_length, ...)
             run_config = RunConfig.for_model(model, tokenizer, **{"pooling": model.pooling, **run_config})
-        self.model = model.eval()
+        self.model = model.eval() if model is not None else None
+        self.session = session  # an OnnxSession for the onnxruntime backend
+        self.backend = "onnxruntime" if session is not None else "torch"
         self.tokenizer = tokenizer
         self.run_config = run_config
         self.config: dict[str, Any] = run_config.to_json()  # config.json as a dict
@@ -46,9 +60,17 @@ class Classifier:
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "auto", precision: str = "fp32",
-             quantize: str | None = None) -> "Classifier":
-        """A model directory written by ``gptclf train`` (or ``gptclf export``), ready to predict."""
+             quantize: str | None = None, backend: str = "auto", threads: int = 0) -> "Classifier":
+        """A model directory written by ``gptclf train`` (or ``gptclf export``), ready to predict.
+
+        ``backend='auto'`` is onnxruntime for ``quantize='int8'`` or a directory holding only
+        ONNX graphs, else torch. ``threads`` (onnxruntime only): intra-op threads, 0 = one per
+        physical core.
+        """
         directory = Path(directory).expanduser()
+        backend = resolve_backend(directory, backend, quantize)
+        if backend == "onnxruntime":
+            return cls._load_onnx(directory, device, precision, quantize, threads)
         cfg = read_run_config(directory)
         arch = registry.config_from_dict(cfg.architecture)
         if cfg.max_length > arch.context_length:
@@ -67,11 +89,29 @@ class Classifier:
         model = SequenceClassifier(backbone, cfg.pooling, causal=cfg.causal_mask)
         for p in model.parameters():
             p.requires_grad = False
-        if quantize:
-            from .quantize import quantize_model
-
-            model = quantize_model(model, quantize)
         return cls(model.to(dev), tokenizer, cfg, dev, prec, directory)
+
+    @classmethod
+    def _load_onnx(cls, directory: Path, device: str, precision: str, quantize: str | None,
+                   threads: int) -> "Classifier":
+        from . import onnx
+
+        if device not in ("auto", "cpu"):
+            raise GptclfError(f"--backend onnxruntime runs on the CPU, not {device!r}",
+                              hint="use --device cpu, or --backend torch for an accelerator")
+        if precision not in ("fp32", "auto"):
+            raise GptclfError(f"--backend onnxruntime runs fp32 or int8, not {precision}",
+                              hint="use --int8 for the fast CPU path")
+        onnx.require_onnx()
+        read_run_config(directory)  # a clear error for a missing or foreign directory first
+        graphs = directory
+        if not (directory / onnx.MANIFEST).is_file():
+            graphs = onnx.cached_export(directory, lambda: cls.load(directory, device="cpu", backend="torch"))
+        cfg = read_run_config(graphs)
+        tokenizer = tokenizer_from_config(cfg.tokenizer, graphs)
+        session = onnx.OnnxSession(onnx.graph_path(graphs, "int8" if quantize else "fp32"), threads)
+        # directory stays the run's own (its metrics.json is what `gptclf serve` reports).
+        return cls(None, tokenizer, cfg, torch.device("cpu"), "int8" if quantize else "fp32", directory, session)
 
     # ------------------------------------------------------------------ prediction
 
@@ -95,6 +135,9 @@ class Classifier:
         for idx in sorted_batches(lengths, batch_size):
             batch, lens = collate([ids[i] for i in idx], self.tokenizer.pad_id, self.pad_to,
                                   pad_multiple(self.device))
+            if self.session is not None:
+                out[idx] = self.session(batch.numpy(), lens.numpy())
+                continue
             with autocast(self.device, self.precision):
                 logits = self.model(batch.to(self.device), lens.to(self.device)).float()
             out[idx] = torch.softmax(logits, -1).cpu().numpy()
@@ -127,3 +170,18 @@ class Classifier:
         if mistakes:
             report["mistakes"] = most_confident_mistakes(list(texts), y, probs, self.labels, mistakes)
         return report
+
+
+def resolve_backend(directory: Path, backend: str, quantize: str | None) -> str:
+    """'torch' or 'onnxruntime' for ``Classifier.load``'s arguments (see its docstring)."""
+    if backend not in BACKENDS:
+        raise GptclfError(f"unknown backend {backend!r}", hint=f"use one of {', '.join(BACKENDS)}")
+    if quantize not in (None, "int8"):
+        raise GptclfError(f"unknown quantization {quantize!r}", hint="use int8")
+    if backend == "torch" and quantize:
+        raise GptclfError("int8 inference runs on ONNX Runtime (torch's dynamic quantization is deprecated)",
+                          hint="drop --backend torch, or pass --backend onnxruntime")
+    if backend != "auto":
+        return backend
+    onnx_only = (directory / "onnx.json").is_file() and not (directory / "model.safetensors").exists()
+    return "onnxruntime" if quantize or onnx_only else "torch"

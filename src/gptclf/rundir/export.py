@@ -1,4 +1,4 @@
-"""``gptclf export``: a self-contained copy of a model directory."""
+"""``gptclf export``: a self-contained copy of a model directory (LoRA merged), or its ONNX graphs."""
 
 from __future__ import annotations
 
@@ -31,3 +31,16 @@ def export_merged(src: str | Path, out: str | Path) -> Path:
         if (src / plot).exists() and not (out / plot).exists():
             shutil.copy2(src / plot, out / plot)
     return out
+
+
+def export_onnx(src: str | Path, out: str | Path, int8: bool = True) -> Path:
+    """``gptclf export --format onnx SRC OUT``: the classifier as ONNX graphs (fp32, and int8
+    unless ``int8=False``) with the files that describe how to feed them
+    (see :mod:`gptclf.inference.onnx`)."""
+    from ..inference import onnx
+    from ..inference.classifier import Classifier
+
+    onnx.require_onnx()
+    src = Path(src).expanduser()
+    clf = Classifier.load(src, device="cpu", backend="torch")
+    return onnx.write_onnx_dir(clf, Path(out).expanduser(), int8=int8, source=src)

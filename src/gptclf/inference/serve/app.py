@@ -98,6 +98,8 @@ def model_info(classifier: Any) -> dict[str, Any]:
         "architecture": arch.get("arch"),
         "max_length": classifier.max_length,
         "pooling": cfg.get("pooling"),
+        "backend": getattr(classifier, "backend", "torch"),
+        "precision": getattr(classifier, "precision", None),
         "metrics": metrics,
     })
 
@@ -243,7 +245,7 @@ def _add_routes(app: FastAPI, classifier: Any, s: ServeSettings) -> None:
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
           settings: ServeSettings | None = None, device: str = "auto", quantize: str | None = None,
-          log_level: str = "info", access_log: bool = False) -> None:
+          backend: str = "auto", threads: int = 0, log_level: str = "info", access_log: bool = False) -> None:
     import socket
 
     import uvicorn
@@ -259,7 +261,7 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
             raise GptclfError(f"cannot listen on {host}:{port} ({e.strerror})",
                               hint="another server may be using the port: pass --port N") from None
     t0 = time.perf_counter()
-    clf = Classifier.load(model_dir, device=device, quantize=quantize)
+    clf = Classifier.load(model_dir, device=device, quantize=quantize, backend=backend, threads=threads)
     app = create_app(clf, settings)
     # torch and its imports leave ~10^6 long-lived objects; every full (gen-2) collection
     # walked them all, stalling the event loop and the model for 0.2-0.3 s under load (the
@@ -267,7 +269,7 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
     # collected as usual.
     gc.collect()
     gc.freeze()
-    print(f"gptclf: loaded {model_dir} ({', '.join(clf.labels)}) in {time.perf_counter() - t0:.1f}s; "
+    print(f"gptclf: loaded {model_dir} ({', '.join(clf.labels)}; {clf.backend} {clf.precision}) in {time.perf_counter() - t0:.1f}s; "
           f"open http://{host}:{port}/", flush=True)
     s = settings or ServeSettings()
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log,

@@ -1,0 +1,327 @@
+"""ONNX: the classifier as a portable graph, its int8 variant, and an ONNX Runtime session.
+
+``gptclf export --format onnx RUN OUT`` writes::
+
+    OUT/
+      model.onnx (+ model.onnx.data)   fp32 graph: input_ids [batch, seq] int64,
+                                       lengths [batch] int64 -> logits, probabilities
+      model.int8.onnx                  the same graph, linears in dynamic int8 (ONNX Runtime)
+      onnx.json                        how to feed it: tokenizer, template, max_length, pad id,
+                                       pooling, labels, padding side, parity numbers
+      config.json, tokenizer.json      the run's own files: Classifier.load(OUT) works
+
+Exporter: ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript). The older
+TorchScript exporter also works on these models but warns that it will be removed; the
+dynamo one keeps each node's module path in its metadata, which is what lets the int8
+step keep named linears in fp32.
+
+int8 replaces the deprecated ``torch.ao.quantization.quantize_dynamic``: ONNX Runtime's
+``quantize_dynamic`` turns each selected ``MatMul`` into int8 weights (per output channel)
+with activations quantized per batch at run time. The family's ``int8_fp32_linears`` (the
+linears whose inputs carry outlier channels; see :mod:`gptclf.models.llama`) stay fp32, as
+do embeddings, norms, attention products and the class head.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import GptclfError
+from ..files import fsync_path, read_json_object, remove_stale_temporaries, write_json_atomic
+from ..models import registry
+
+MANIFEST = "onnx.json"
+FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+FORMAT = "gptclf-onnx/1"
+PARITY_TOLERANCE = 1e-4  # max |p_onnx - p_torch| accepted for the fp32 graph
+
+
+def require_onnx() -> None:
+    """A clear message instead of an ImportError when the optional extra is missing."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise GptclfError("ONNX export and the onnxruntime backend need the 'onnx' extra",
+                          hint="pip install 'gptclf[onnx]'") from None
+
+
+class ProbabilityGraph(nn.Module):
+    """What the exported graph computes: logits and softmax probabilities (in fp32)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.m(input_ids, lengths).float()
+        return logits, torch.softmax(logits, -1)
+
+
+def export_graph(model: nn.Module, path: Path) -> None:
+    """Trace ``model`` (a SequenceClassifier) into ``path`` with dynamic batch and sequence axes."""
+    graph = ProbabilityGraph(model).eval()
+    # Two rows of eight tokens: torch.export specialises a dimension seen as 0 or 1.
+    ids = torch.zeros((2, 8), dtype=torch.long)
+    lens = torch.tensor([8, 5], dtype=torch.long)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_logs("torch.onnx", "torch.export", "onnxscript"):
+        warnings.simplefilter("ignore")  # the exporter's notes on torchvision and axis names
+        torch.onnx.export(graph, (ids, lens), str(path), dynamo=True, external_data=True, verbose=False,
+                          input_names=["input_ids", "lengths"], output_names=["logits", "probabilities"],
+                          dynamic_shapes={"input_ids": {0: batch, 1: seq}, "lengths": {0: batch}})
+
+
+@contextlib.contextmanager
+def _quiet_logs(*names: str) -> Iterator[None]:
+    """Only errors from these loggers ('' = the root logger) while the block runs."""
+    loggers = [logging.getLogger(n) if n else logging.getLogger() for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def int8_nodes(path: Path, fp32_linears: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """The MatMul nodes of the blocks' linears: (to quantize, kept fp32 by ``fp32_linears``).
+
+    Each node's module path comes from the exporter's ``pkg.torch.onnx.name_scopes``
+    metadata, e.g. ``['', 'm', 'm.backbone.trf_blocks.3.ff.proj', 'linear_7']``.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    quantize, keep = [], []
+    for node in model.graph.node:
+        if node.op_type != "MatMul":
+            continue
+        meta = {p.key: p.value for p in node.metadata_props}
+        if "aten.linear" not in meta.get("pkg.torch.onnx.fx_node", ""):
+            continue  # attention's q@k and p@v: two activations, nothing to quantize offline
+        scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+        module = scopes[-2] if len(scopes) >= 2 else ""
+        inner = re.search(r"trf_blocks\.\d+\.(.+)$", module)
+        if not inner:
+            continue
+        (keep if inner.group(1).endswith(fp32_linears or ("\0",)) else quantize).append(node.name)
+    if not quantize and not keep:
+        raise GptclfError(f"{path}: found no linear layers to quantize in the exported graph",
+                          hint="this torch version's ONNX exporter names nodes differently; "
+                               "use --backend torch and report the torch version")
+    return quantize, keep
+
+
+def quantize_graph(src: Path, dst: Path, fp32_linears: tuple[str, ...]) -> dict[str, Any]:
+    """ONNX Runtime dynamic int8 of ``src`` into ``dst``, per output channel."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    nodes, kept = int8_nodes(src, fp32_linears)
+    big = sum(f.stat().st_size for f in src.parent.glob(src.name + "*")) > 1_500_000_000
+    with _quiet_logs(""):  # ORT logs its "run pre-processing first" advice on the root logger
+        quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
+                         use_external_data_format=big, extra_options={"MatMulConstBOnly": True})
+    return {"quantized_linears": len(nodes), "fp32_linears": len(kept), "per_channel": True,
+            "kept_fp32": list(fp32_linears), "method": "onnxruntime.quantization.quantize_dynamic"}
+
+
+class OnnxSession:
+    """An ONNX Runtime session over one exported graph: ``(ids, lengths) -> probabilities``.
+
+    ``threads`` sets intra-op parallelism (0: ONNX Runtime's default, one per physical
+    core); inter-op is 1, since the graph is one chain and a second pool only contends.
+    """
+
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        require_onnx()
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(int(threads), 0)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        if not path.is_file():
+            raise GptclfError(f"{path} is missing", hint="re-run 'gptclf export --format onnx'")
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own exception types for a damaged file
+            raise GptclfError(f"{path} cannot be loaded by ONNX Runtime ({type(e).__name__}: {e})",
+                              hint="the file is truncated or corrupted; export it again") from None
+        self.path = path
+
+    def __call__(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        feed = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+                "lengths": np.ascontiguousarray(lengths, dtype=np.int64)}
+        return self.session.run(["probabilities"], feed)[0]
+
+
+def manifest(clf: Any) -> dict[str, Any]:
+    """onnx.json: everything a non-Python caller needs to turn text into the graph's inputs."""
+    cfg = clf.run_config
+    return {
+        "format": FORMAT,
+        "files": dict(FILES),
+        "inputs": {"input_ids": "int64 [batch, seq], right-padded with pad_id",
+                   "lengths": "int64 [batch], real tokens per row (1..seq)"},
+        "outputs": {"logits": "float32 [batch, num_classes]",
+                    "probabilities": "float32 [batch, num_classes], softmax of logits"},
+        "labels": list(cfg.labels),
+        "max_length": int(cfg.max_length),
+        "pad_id": int(clf.tokenizer.pad_id),
+        "padding": cfg.padding,
+        "pooling": cfg.pooling,
+        "causal_mask": bool(cfg.causal_mask),
+        "template": cfg.template,
+        "tokenizer": cfg.tokenizer,
+        "truncation": "template prefix and suffix kept; the text between them cut to fit max_length",
+        "architecture": cfg.architecture.get("arch"),
+        "exporter": {"torch": torch.__version__, "api": "torch.onnx.export(dynamo=True)"},
+    }
+
+
+def parity_inputs(clf: Any, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random token ids of mixed lengths, right-padded as prediction pads them."""
+    rng = np.random.default_rng(seed)
+    width = max(2, min(int(clf.max_length), 48))
+    lengths = rng.integers(1, width + 1, size=6)
+    lengths[0] = width
+    vocab = int(clf.tokenizer.vocab_size)
+    ids = rng.integers(0, vocab, size=(6, width))
+    for i, n in enumerate(lengths):
+        ids[i, n:] = clf.tokenizer.pad_id
+    return ids.astype(np.int64), lengths.astype(np.int64)
+
+
+def check_parity(clf: Any, directory: Path) -> dict[str, Any]:
+    """Compare the graphs with the torch model on the same inputs; refuse an fp32 graph that
+    disagrees by more than :data:`PARITY_TOLERANCE`."""
+    ids, lens = parity_inputs(clf)
+    with torch.inference_mode():
+        ref = torch.softmax(clf.model(torch.from_numpy(ids), torch.from_numpy(lens)).float(), -1).numpy()
+    got = OnnxSession(directory / FILES["fp32"])(ids, lens)
+    diff = float(np.abs(got - ref).max())
+    if not diff <= PARITY_TOLERANCE:
+        raise GptclfError(f"the exported graph's probabilities differ from gptclf's by {diff:.2e} "
+                          f"(tolerance {PARITY_TOLERANCE})", hint="use --backend torch; please report this model")
+    out: dict[str, Any] = {"fp32_max_abs_diff": diff, "rows": int(len(ids))}
+    if (directory / FILES["int8"]).exists():
+        q = OnnxSession(directory / FILES["int8"])(ids, lens)
+        out["int8_max_abs_diff"] = float(np.abs(q - ref).max())
+    return out
+
+
+def write_onnx_dir(clf: Any, out: Path, int8: bool = True, source: Path | None = None) -> Path:
+    """Export ``clf`` (a torch-backend Classifier) into the new directory ``out``.
+
+    Written under a temporary name beside ``out`` and renamed into place, so a failed export
+    leaves no half-written directory.
+    """
+    require_onnx()
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise GptclfError(f"{out} already exists and is not empty", hint="choose another output directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a model directory is not a secret
+    try:
+        _write_files(clf, tmp, int8, source)
+        for f in tmp.iterdir():
+            fsync_path(f)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+        fsync_path(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_files(clf: Any, tmp: Path, int8: bool, source: Path | None) -> None:
+    model = clf.model.float().eval()
+    export_graph(model, tmp / FILES["fp32"])
+    info = manifest(clf)
+    if int8:
+        arch = clf.run_config.architecture.get("arch", "gpt2")
+        info["int8"] = quantize_graph(tmp / FILES["fp32"], tmp / FILES["int8"],
+                                      registry.family(arch).int8_fp32_linears)
+    else:
+        info["files"].pop("int8")
+    info["parity"] = check_parity(clf, tmp)
+    if source is not None:
+        info["exported_from"] = str(source.resolve())
+        if (source / "metrics.json").is_file():  # the run's test accuracy travels with the graphs
+            shutil.copy2(source / "metrics.json", tmp / "metrics.json")
+    clf.tokenizer.save(tmp)
+    write_json_atomic(tmp / "config.json", clf.run_config.to_json())
+    write_json_atomic(tmp / MANIFEST, info)
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    info = read_json_object(directory / MANIFEST)
+    if info.get("format") != FORMAT:
+        raise GptclfError(f"{directory / MANIFEST} is not a gptclf ONNX manifest ({info.get('format')!r})",
+                          hint="export it again with 'gptclf export --format onnx'")
+    return info
+
+
+def graph_path(directory: Path, precision: str) -> Path:
+    """The graph file of ``precision`` ('fp32' or 'int8') in an exported directory."""
+    files = read_manifest(directory).get("files", {})
+    if precision not in files:
+        raise GptclfError(f"{directory} has no {precision} ONNX graph",
+                          hint="export it again with 'gptclf export --format onnx' (it writes fp32 and int8)")
+    return directory / files[precision]
+
+
+def cache_path(directory: Path) -> Path:
+    """Where the graphs of run ``directory`` are cached for ``--backend onnxruntime``: keyed by
+    the run's files (path, size, modification time), this format and the torch version."""
+    import hashlib
+
+    from ..data.download import cache_dir
+
+    h = hashlib.sha256(f"{FORMAT}|{torch.__version__}".encode())
+    for name in ("config.json", "model.safetensors"):
+        f = directory / name
+        st = f.stat()
+        h.update(f"|{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return cache_dir() / "onnx" / h.hexdigest()[:32]
+
+
+def cached_export(directory: Path, load_torch: Any) -> Path:
+    """The exported directory for run ``directory``, exporting it (fp32 + int8) on first use.
+
+    ``load_torch()`` returns the run's torch-backend Classifier; it is only called on a miss.
+    """
+    out = cache_path(directory)
+    if (out / MANIFEST).is_file():
+        return out
+    try:
+        write_onnx_dir(load_torch(), out, int8=True, source=directory)
+    except (GptclfError, OSError):
+        if not (out / MANIFEST).is_file():  # not a concurrent exporter that finished first
+            raise
+    return out
