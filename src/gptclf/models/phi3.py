@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .family import TOKENIZER_JSON, Family, Preset
-from .llama import LlamaConfig, LlamaModel, config_from_gguf_for, hf_common, hf_sliding
+from .llama import LlamaConfig, LlamaModel, config_from_gguf_for, hf_common, hf_export_config, hf_sliding
 
 
 @dataclass
@@ -65,6 +65,20 @@ def convert_gguf(take: Any, cfg: Phi3Config) -> dict[str, torch.Tensor]:
     return sd
 
 
+def to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: Phi3Config) -> dict[str, torch.Tensor]:
+    """Our backbone under ``Phi3Model``'s names (``model.*``): the fused matrices as they are."""
+    out = {"model.embed_tokens.weight": sd["tok_emb.weight"], "model.norm.weight": sd["final_norm.weight"]}
+    for i in range(cfg.n_layers):
+        p, h = f"trf_blocks.{i}.", f"model.layers.{i}."
+        out[h + "self_attn.qkv_proj.weight"] = sd[p + "att.qkv.weight"]
+        out[h + "self_attn.o_proj.weight"] = sd[p + "att.out_proj.weight"]
+        out[h + "mlp.gate_up_proj.weight"] = sd[p + "ff.fc.weight"]
+        out[h + "mlp.down_proj.weight"] = sd[p + "ff.proj.weight"]
+        out[h + "input_layernorm.weight"] = sd[p + "norm1.weight"]
+        out[h + "post_attention_layernorm.weight"] = sd[p + "norm2.weight"]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
 # Published shape; no recipe (no Phi weights offline here, nothing measured: docs/models.md).
 PRESETS = {
     "phi-3-mini-4k": Phi3Config(
@@ -83,6 +97,8 @@ FAMILY = Family(
     gguf_archs=("phi3",),
     config_from_gguf=config_from_gguf_for(Phi3Config, "phi3"),
     convert_gguf=convert_gguf,
+    hf_export_config=lambda cfg: hf_export_config(cfg, "phi3", "Phi3ForSequenceClassification"),
+    to_hf=to_hf_state_dict,
     presets={
         "phi-3-mini-4k": Preset(PRESETS["phi-3-mini-4k"], hub="microsoft/Phi-3-mini-4k-instruct",
                                 aliases=("microsoft/Phi-3-mini-4k-instruct",)),

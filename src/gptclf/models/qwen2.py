@@ -16,7 +16,7 @@ import torch
 
 from .family import TOKENIZER_JSON, Family, Preset
 from .llama import (LlamaConfig, LlamaModel, config_from_gguf_for, convert_hf_state_dict, fuse_layer,
-                    hf_common, hf_sliding)
+                    hf_common, hf_export_config, hf_sliding, to_hf_state_dict)
 
 
 @dataclass
@@ -76,6 +76,8 @@ FAMILY = Family(
     gguf_archs=("qwen2",),
     config_from_gguf=config_from_gguf_for(Qwen2Config, "qwen2"),
     convert_gguf=convert_gguf,
+    hf_export_config=lambda cfg: hf_export_config(cfg, "qwen2", "Qwen2ForSequenceClassification"),
+    to_hf=to_hf_state_dict,
     presets={
         "qwen2.5-0.5b": Preset(PRESETS["qwen2.5-0.5b"], hub="Qwen/Qwen2.5-0.5B", aliases=("Qwen/Qwen2.5-0.5B",)),
         "qwen2.5-1.5b": Preset(PRESETS["qwen2.5-1.5b"], hub="Qwen/Qwen2.5-1.5B", aliases=("Qwen/Qwen2.5-1.5B",)),

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .family import TOKENIZER_JSON, Family, Preset
-from .llama import LlamaConfig, LlamaModel, config_from_gguf_for, convert_hf_state_dict, hf_common, hf_sliding
+from .llama import (LlamaConfig, LlamaModel, config_from_gguf_for, convert_hf_state_dict, hf_common,
+                    hf_export_config, hf_sliding, to_hf_state_dict)
 from .qwen2 import convert_gguf
 
 
@@ -44,6 +45,8 @@ FAMILY = Family(
     gguf_archs=("qwen3",),
     config_from_gguf=config_from_gguf_for(Qwen3Config, "qwen3"),
     convert_gguf=convert_gguf,
+    hf_export_config=lambda cfg: hf_export_config(cfg, "qwen3", "Qwen3ForSequenceClassification"),
+    to_hf=to_hf_state_dict,
     presets={
         "qwen3-0.6b": Preset(PRESETS["qwen3-0.6b"], hub="Qwen/Qwen3-0.6B-Base", aliases=("Qwen/Qwen3-0.6B-Base",)),
         "qwen3-1.7b": Preset(PRESETS["qwen3-1.7b"], hub="Qwen/Qwen3-1.7B-Base", aliases=("Qwen/Qwen3-1.7B-Base",)),
