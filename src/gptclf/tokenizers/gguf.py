@@ -19,6 +19,9 @@ _LLAMA3_SPLIT = (
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _LLAMA3_PRES = ("llama3", "llama-v3", "llama-bpe", "smaug-bpe")
+# Qwen2/2.5/3's tokenizer.json: Llama 3's split but one digit per piece, after NFC
+# normalization (llama.cpp's "qwen2" pre-tokenizer).
+_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 
 
 
@@ -59,14 +62,18 @@ def tokenizer_from_gguf(meta: dict[str, Any], name: str) -> HFTokenizer:
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
     elif pre in ("default", "gpt-2", "gpt2"):
         tok.pre_tokenizer = byte_level
-    elif pre in _LLAMA3_PRES:
+    elif pre in _LLAMA3_PRES or pre == "qwen2":
         tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.Split(Regex(_QWEN2_SPLIT if pre == "qwen2" else _LLAMA3_SPLIT), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=add_prefix, use_regex=False),
         ])
+        if pre == "qwen2":
+            from tokenizers import normalizers
+
+            tok.normalizer = normalizers.NFC()
     else:
         raise GptclfError(f"GGUF pre-tokenizer {pre!r} is not supported",
-                          hint="supported: smollm, gpt-2/default, llama3 (llama-bpe); for other models "
+                          hint="supported: smollm, gpt-2/default, llama3 (llama-bpe), qwen2; for other models "
                                "use a Hugging Face directory with tokenizer.json")
     tok.decoder = decoders.ByteLevel()
     # Control tokens stay whole (special); user-defined ones too, but as ordinary text.
