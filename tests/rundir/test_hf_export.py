@@ -87,7 +87,7 @@ def test_export_refuses_what_transformers_cannot_express(tiny_run: Path, tmp_pat
         export_hf(tiny_run, tmp_path / "busy")
 
 
-FAMILY_CHECKPOINTS = ["qwen2", "qwen3", "mistral", "phi3-partial-rotary", "llama"]
+FAMILY_CHECKPOINTS = ["qwen2", "qwen3", "mistral", "phi3-partial-rotary", "llama", "gemma2", "gemma3"]
 
 
 def tiny_checkpoint(directory: Path, name: str) -> Path:
@@ -96,16 +96,30 @@ def tiny_checkpoint(directory: Path, name: str) -> Path:
         from test_llama import make_hf_llama
 
         make_hf_llama(directory, tie=True, n_heads=4, n_kv_heads=2)
+    elif name.startswith("gemma"):
+        from test_gemma_families import make_hf as make_gemma
+
+        make_gemma(directory, name)
     else:
         make_hf(directory, name)
     return directory
 
 
+@pytest.fixture(scope="module")
+def tiny_sms(small_sms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """100 texts of each class: the per-family runs prove the wiring, not accuracy."""
+    rows = [json.loads(line) for line in small_sms.read_text(encoding="utf-8").splitlines()]
+    path = tmp_path_factory.mktemp("tiny-sms") / "tiny.jsonl"
+    keep = [r for r in rows if r["label"] == "ham"][:100] + [r for r in rows if r["label"] == "spam"][:100]
+    path.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+    return path
+
+
 @pytest.mark.parametrize("name", FAMILY_CHECKPOINTS)
-def test_each_family_trains_predicts_quantizes_lora_and_exports(tmp_path: Path, small_sms: Path,
+def test_each_family_trains_predicts_quantizes_lora_and_exports(tmp_path: Path, tiny_sms: Path,
                                                                 name: str) -> None:
     base = tiny_checkpoint(tmp_path / "base", name)
-    common = dict(model=str(base), data=str(small_sms), epochs=1, max_length=48, batch_size=16,
+    common = dict(model=str(base), data=str(tiny_sms), epochs=1, max_length=32, batch_size=16,
                   eval_freq=1000, progress=False, head_bias=False)
     run = Path(gptclf.train(**common, trainable="last_block", lr=1e-3, out=str(tmp_path / "run")))
     clf = Classifier.load(run, device="cpu")
@@ -115,17 +129,17 @@ def test_each_family_trains_predicts_quantizes_lora_and_exports(tmp_path: Path, 
     assert np.abs(q - clf.predict_proba(TEXTS)).max() < 0.1
 
     lora = Path(gptclf.train(**common, trainable="lora", lora_rank=4, lr=2e-3, out=str(tmp_path / "lora")))
-    with torch.no_grad():  # make the adapters matter for the merged export
-        assert Classifier.load(lora, device="cpu").predict_proba(TEXTS).shape == (len(TEXTS), 2)
+    assert json.loads((lora / "config.json").read_text())["lora"]  # adapters saved, merged on load
+    assert Classifier.load(lora, device="cpu").predict_proba(TEXTS).shape == (len(TEXTS), 2)
     for src in (run, lora):
         out = tmp_path / f"hf-{src.name}"
         export_hf(src, out)
         assert_same_probabilities(src, out)
 
 
-def test_rmsnorm_run_with_a_head_bias_is_refused(tmp_path: Path, small_sms: Path) -> None:
+def test_rmsnorm_run_with_a_head_bias_is_refused(tmp_path: Path, tiny_sms: Path) -> None:
     base = tiny_checkpoint(tmp_path / "base", "qwen2")
-    run = Path(gptclf.train(model=str(base), data=str(small_sms), epochs=1, max_length=32, batch_size=32,
+    run = Path(gptclf.train(model=str(base), data=str(tiny_sms), epochs=1, max_length=32, batch_size=32,
                             eval_freq=1000, progress=False, trainable="last_layer", out=str(tmp_path / "run")))
     with pytest.raises(GptclfError, match="--no-head-bias"):
         export_hf(run, tmp_path / "hf")

@@ -53,6 +53,10 @@ def _opt_float(v: Any) -> float | None:
     return None if v is None else float(v)
 
 
+def _int_if_whole(v: float) -> float | int:
+    return int(v) if float(v).is_integer() else v
+
+
 def gemma_common(hf: dict[str, Any]) -> dict[str, Any]:
     """The config fields Gemma 2 and Gemma 3 spell alike."""
     act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
@@ -219,6 +223,57 @@ def convert_hf_state_dict(sd: dict[str, torch.Tensor], cfg: Gemma2Config) -> dic
     return out
 
 
+def to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: Gemma2Config) -> dict[str, torch.Tensor]:
+    """Our backbone under Hugging Face's Gemma names (``model.*``): the inverse of
+    :func:`convert_hf_state_dict`. The head is the caller's."""
+    out = {"model.embed_tokens.weight": sd["tok_emb.weight"], "model.norm.weight": sd["final_norm.weight"]}
+    q_rows, kv_rows = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    for i in range(cfg.n_layers):
+        p, h = f"trf_blocks.{i}.", f"model.layers.{i}."
+        for part, w in zip("qkv", sd[p + "att.qkv.weight"].split([q_rows, kv_rows, kv_rows])):
+            out[h + f"self_attn.{part}_proj.weight"] = w
+        out[h + "self_attn.o_proj.weight"] = sd[p + "att.out_proj.weight"]
+        if cfg.qk_norm:
+            out[h + "self_attn.q_norm.weight"] = sd[p + "att.q_norm.weight"]
+            out[h + "self_attn.k_norm.weight"] = sd[p + "att.k_norm.weight"]
+        gate, up = sd[p + "ff.fc.weight"].split(cfg.hidden_dim)
+        out[h + "mlp.gate_proj.weight"], out[h + "mlp.up_proj.weight"] = gate, up
+        out[h + "mlp.down_proj.weight"] = sd[p + "ff.proj.weight"]
+        for ours, theirs in (("norm1", "input_layernorm"), ("post_att_norm", "post_attention_layernorm"),
+                             ("norm2", "pre_feedforward_layernorm"), ("post_ff_norm", "post_feedforward_layernorm")):
+            out[h + theirs + ".weight"] = sd[p + ours + ".weight"]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def hf_export_config(cfg: Gemma2Config, model_type: str = "gemma2",
+                     architecture: str = "Gemma2ForSequenceClassification") -> dict[str, Any]:
+    """Hugging Face ``config.json`` fields of a Gemma 2 (or, from gemma3, Gemma 3 text) classifier."""
+    full = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.rope_linear_factor != 1.0:
+        full.update(rope_type="linear", factor=cfg.rope_linear_factor)
+    out: dict[str, Any] = {
+        "model_type": model_type, "architectures": [architecture],
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.emb_dim, "intermediate_size": cfg.hidden_dim,
+        "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.context_length, "rms_norm_eps": cfg.norm_eps,
+        "hidden_activation": "gelu_pytorch_tanh", "attention_bias": False, "tie_word_embeddings": True,
+        # transformers' config class insists on an int here (256 in every published model).
+        "query_pre_attn_scalar": _int_if_whole(cfg.query_pre_attn_scalar or cfg.head_dim),
+        "attn_logit_softcapping": cfg.attn_softcap, "final_logit_softcapping": cfg.final_softcap,
+        "sliding_window": cfg.sliding_window,
+        "layer_types": list(cfg.layer_types or ["full_attention"] * cfg.n_layers),
+        "rope_theta": cfg.rope_theta,
+    }
+    if cfg.rope_local_theta is not None:  # Gemma 3: one set of rotary settings per layer type
+        out["rope_parameters"] = {"full_attention": full, "sliding_attention": {
+            "rope_type": "default", "rope_theta": cfg.rope_local_theta}}
+        out["rope_local_base_freq"] = cfg.rope_local_theta
+    else:
+        out["rope_parameters"] = full
+    return out
+
+
 # Published shape; no recipe (no Gemma weights offline here, nothing measured: docs/models.md).
 PRESETS = {
     "gemma-2-2b": Gemma2Config(
@@ -237,6 +292,8 @@ FAMILY = Family(
     hf_model_types=("gemma2",),
     config_from_hf=Gemma2Config.from_hf,
     convert_hf=convert_hf_state_dict,
+    hf_export_config=hf_export_config,
+    to_hf=to_hf_state_dict,
     presets={"gemma-2-2b": Preset(PRESETS["gemma-2-2b"], hub="google/gemma-2-2b", aliases=("google/gemma-2-2b",))},
     int8_fp32_linears=("att.qkv", "ff.proj"),
 )

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import GptclfError
 from .family import TOKENIZER_JSON, Family, Preset
-from .gemma2 import Gemma2Config, GemmaModel, convert_hf_state_dict, gemma_common
+from .gemma2 import Gemma2Config, GemmaModel, convert_hf_state_dict, gemma_common, hf_export_config, to_hf_state_dict
 
 
 @dataclass
@@ -64,6 +64,8 @@ FAMILY = Family(
     hf_model_types=("gemma3_text",),
     config_from_hf=Gemma3Config.from_hf,
     convert_hf=convert_hf_state_dict,
+    hf_export_config=lambda cfg: hf_export_config(cfg, "gemma3_text", "Gemma3TextForSequenceClassification"),
+    to_hf=to_hf_state_dict,
     presets={"gemma-3-1b": Preset(PRESETS["gemma-3-1b"], hub="google/gemma-3-1b-pt", aliases=("google/gemma-3-1b-pt",))},
     int8_fp32_linears=("att.qkv", "ff.proj"),
 )
