@@ -143,3 +143,17 @@ def test_rmsnorm_run_with_a_head_bias_is_refused(tmp_path: Path, tiny_sms: Path)
                             eval_freq=1000, progress=False, trainable="last_layer", out=str(tmp_path / "run")))
     with pytest.raises(GptclfError, match="--no-head-bias"):
         export_hf(run, tmp_path / "hf")
+
+
+def test_an_ordinary_pad_token_is_refused(tmp_path: Path) -> None:
+    """A pad id that a text can produce would end Hugging Face's pad search early."""
+    from gptclf.rundir.hf_export import _pad_token
+    from gptclf.tokenizers.hf import HFTokenizer
+    from test_llama_like_families import write_tiny_tokenizer
+
+    write_tiny_tokenizer(tmp_path)
+    special = HFTokenizer.from_file(tmp_path / "tokenizer.json", pad_id=0)
+    assert _pad_token(special, tmp_path) == "<|endoftext|>"
+    ordinary = HFTokenizer.from_file(tmp_path / "tokenizer.json", pad_id=special.encode("a")[0])
+    with pytest.raises(GptclfError, match="ordinary token"):
+        _pad_token(ordinary, tmp_path)

@@ -108,13 +108,13 @@ def _pad_token(tokenizer: Any, src: Path) -> str:
 
     if isinstance(tokenizer, GPT2Tokenizer):
         return "<|endoftext|>"  # 50256: tiktoken's encode_ordinary never produces it
-    tok = tokenizer._special  # the tokenizers.Tokenizer (gptclf.tokenizers.hf.HFTokenizer)
-    special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
-    token = tok.id_to_token(tokenizer.pad_id)
-    if token is None or token not in special:
-        raise GptclfError(f"{src}: the pad token (id {tokenizer.pad_id}, {token!r}) is an ordinary token, so "
+    token = tokenizer.special_token(tokenizer.pad_id)
+    if token is None:
+        raise GptclfError(f"{src}: the pad token (id {tokenizer.pad_id}) is an ordinary token, so "
                           "Hugging Face's last-non-padding-token pooling could stop early on a text that "
-                          "contains it")
+                          "contains it",
+                          hint="give the model's tokenizer_config.json a special pad_token (or EOS) and "
+                               "retrain, or keep using the gptclf directory")
     return token
 
 
