@@ -255,7 +255,9 @@ class RunConfig:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         values.update(format=self.FORMAT, num_classes=self.num_classes)
         out = {k: values[k] for k in self._HEAD}
-        out.update({k: v for k, v in values.items() if k not in out and not (k == "lora" and v is None)})
+        # Written only when they differ from the default, so older config.json files round-trip.
+        out.update({k: v for k, v in values.items() if k not in out and not (k == "lora" and v is None)
+                    and not (k == "head_bias" and v is True)})
         out.update({k: v for k, v in self.extra.items() if k not in out})
         return out
 
