@@ -157,3 +157,10 @@ def test_an_ordinary_pad_token_is_refused(tmp_path: Path) -> None:
     ordinary = HFTokenizer.from_file(tmp_path / "tokenizer.json", pad_id=special.encode("a")[0])
     with pytest.raises(GptclfError, match="ordinary token"):
         _pad_token(ordinary, tmp_path)
+
+
+def test_export_without_a_format_or_merge_is_one_clear_message(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "gptclf", "export", str(tmp_path / "run"), str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--merge" in r.stderr and "--format hf" in r.stderr
+    assert "Traceback" not in r.stderr
