@@ -67,6 +67,9 @@ class TrainConfig:
         "then reads the question's last token", MODEL, type=unescape)
     causal_mask: bool = opt(True, "let every token attend to the whole text (the chapter's bonus "
                             "experiment); padding stays hidden by a padding mask", MODEL, flag="--no-causal-mask")
+    head_bias: bool = opt(True, "a class head without bias. Hugging Face's *ForSequenceClassification heads "
+                          "have none: 'gptclf export --format hf' of an RMSNorm model (Llama, Qwen, Mistral, "
+                          "Phi) needs this", MODEL, flag="--no-head-bias")
     lora_rank: int = opt(16, "rank r of each adapter (the book's 16)", LORA)
     lora_alpha: float = opt(16.0, "scale: the update is B@A*alpha/r", LORA)
     lora_targets: str | None = opt(None, "comma-separated linear layers of each block (default: "
@@ -221,6 +224,7 @@ class RunConfig:
     pad_id: int | None = None
     template: str | None = None
     causal_mask: bool = True
+    head_bias: bool = True              # False: Linear(emb_dim, classes, bias=False) (--no-head-bias)
     trainable: str | None = None
     base_model: Any = None              # where the backbone came from (name, hub, file, init)
     lora: dict[str, Any] | None = None  # LoRA runs: adapters' config, base name and fingerprint
@@ -251,7 +255,9 @@ class RunConfig:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         values.update(format=self.FORMAT, num_classes=self.num_classes)
         out = {k: values[k] for k in self._HEAD}
-        out.update({k: v for k, v in values.items() if k not in out and not (k == "lora" and v is None)})
+        # Written only when they differ from the default, so older config.json files round-trip.
+        out.update({k: v for k, v in values.items() if k not in out and not (k == "lora" and v is None)
+                    and not (k == "head_bias" and v is True)})
         out.update({k: v for k, v in self.extra.items() if k not in out})
         return out
 
@@ -278,6 +284,9 @@ class RunConfig:
         for key in ("architecture", "tokenizer"):
             if not isinstance(d[key], dict):
                 raise GptclfError(f"{where}: {key!r} must be a JSON object")
+        for key in ("causal_mask", "head_bias"):
+            if not isinstance(d.get(key, True), bool):
+                raise GptclfError(f"{where}: {key!r} must be true or false, not {d[key]!r}")
         if d.get("lora") is not None and not isinstance(d["lora"], dict):
             raise GptclfError(f"{where}: 'lora' must be a JSON object")
         known = {f.name for f in fields(cls)} - {"extra"}

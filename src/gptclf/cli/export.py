@@ -1,4 +1,5 @@
-"""``gptclf export``: a self-contained copy of a model directory, or its ONNX graphs."""
+"""``gptclf export``: a self-contained copy of a model directory, a Hugging Face
+transformers classifier, or ONNX graphs."""
 
 from __future__ import annotations
 
@@ -7,19 +8,26 @@ import json
 
 from ..errors import GptclfError
 
+FORMATS = ("gptclf", "hf", "onnx")
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a self-contained copy of a model directory, or ONNX graphs")
+    p = sub.add_parser("export", help="write a self-contained copy of a model directory (--merge), a "
+                                      "Hugging Face transformers classifier (--format hf) or ONNX graphs "
+                                      "(--format onnx)")
     p.add_argument("src", help="model directory written by 'gptclf train'")
     p.add_argument("out", help="new directory to write")
-    p.add_argument("--merge", action="store_true",
-                   help="merge LoRA adapters into the base weights (W + B@A*alpha/r): the copy needs "
-                        "no base model")
-    p.add_argument("--format", choices=["onnx"], default=None,
-                   help="onnx: OUT/model.onnx (fp32) and OUT/model.int8.onnx (ONNX Runtime dynamic int8), "
+    p.add_argument("--format", choices=FORMATS, default="gptclf",
+                   help="gptclf: a gptclf directory (needs --merge); hf: a *ForSequenceClassification "
+                        "directory that transformers' AutoModelForSequenceClassification and AutoTokenizer "
+                        "load (LoRA merged; the head bias of RMSNorm models needs --no-head-bias at training); "
+                        "onnx: OUT/model.onnx (fp32) and OUT/model.int8.onnx (ONNX Runtime dynamic int8), "
                         "inputs input_ids + lengths, dynamic batch and sequence axes, with onnx.json "
                         "(tokenizer, template, pooling, labels, pad id) and the run's config.json; "
                         "'gptclf predict --model OUT' runs it on onnxruntime")
+    p.add_argument("--merge", action="store_true",
+                   help="merge LoRA adapters into the base weights (W + B@A*alpha/r): the copy needs "
+                        "no base model")
     p.add_argument("--no-int8", action="store_true", help="with --format onnx: write the fp32 graph only")
     p.set_defaults(func=cmd_export)
 
@@ -29,12 +37,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         from ..rundir.export import export_onnx
 
         out = export_onnx(args.src, args.out, int8=not args.no_int8)
-        print(json.dumps({"exported": str(out), "format": "onnx"}))
-        return 0
-    if not args.merge:
-        raise GptclfError("say what to export", hint="--merge (a directory with LoRA merged in) or --format onnx")
-    from ..rundir.export import export_merged
+    elif args.format == "hf":
+        from ..rundir.hf_export import export_hf
 
-    out = export_merged(args.src, args.out)
-    print(json.dumps({"exported": str(out)}))
+        out = export_hf(args.src, args.out)
+    else:
+        if not args.merge:
+            raise GptclfError("say what to export",
+                              hint="--merge (a directory with LoRA merged in), --format hf or --format onnx")
+        from ..rundir.export import export_merged
+
+        out = export_merged(args.src, args.out)
+    print(json.dumps({"exported": str(out), "format": args.format}))
     return 0

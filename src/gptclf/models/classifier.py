@@ -19,9 +19,10 @@ POOLINGS = ("last", "last-nonpad", "mean", "first")
 TRAINABLE_CHOICES = ("last_layer", "last_block", "last_two_blocks", "all", "lora")
 
 
-def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
-    """Swap the vocabulary head for ``Linear(emb_dim, num_classes)`` (with bias, as the book)."""
-    model.out_head = nn.Linear(model.config.emb_dim, num_classes)
+def replace_head(model: nn.Module, num_classes: int, bias: bool = True) -> nn.Module:
+    """Swap the vocabulary head for ``Linear(emb_dim, num_classes)`` (with bias, as the book;
+    ``bias=False`` is what Hugging Face's ``*ForSequenceClassification`` heads hold)."""
+    model.out_head = nn.Linear(model.config.emb_dim, num_classes, bias=bias)
     return model
 
 

@@ -43,6 +43,11 @@ class Family:
     # (take(name) -> fp32 tensor, config) -> our state dict; ``take`` records what was used.
     convert_gguf: Callable[[Callable[[str], Any], Any], dict[str, Any]] | None = None
     presets: dict[str, Preset] = field(default_factory=dict)
+    # ``gptclf export --format hf``: config -> the Hugging Face config.json fields (model_type,
+    # architectures: its *ForSequenceClassification), and our backbone's state dict -> the
+    # Hugging Face tensor names (without the class head, which is written as ``score``).
+    hf_export_config: Callable[[Any], dict[str, Any]] | None = None
+    to_hf: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
     # Linears (names inside a block) that stay fp32 under int8 inference: their inputs carry
     # outlier channels that one int8 scale cannot represent (see gptclf.inference.quantize).
     int8_fp32_linears: tuple[str, ...] = ()

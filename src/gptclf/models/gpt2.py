@@ -185,6 +185,34 @@ def convert_hf_state_dict(sd: dict[str, torch.Tensor], cfg: GPT2Config) -> dict[
     return out
 
 
+def hf_export_config(cfg: GPT2Config) -> dict[str, Any]:
+    """Hugging Face ``config.json`` fields of a ``GPT2ForSequenceClassification`` of this shape."""
+    return {"model_type": "gpt2", "architectures": ["GPT2ForSequenceClassification"],
+            "vocab_size": cfg.vocab_size, "n_positions": cfg.context_length, "n_ctx": cfg.context_length,
+            "n_embd": cfg.emb_dim, "n_layer": cfg.n_layers, "n_head": cfg.n_heads,
+            "layer_norm_epsilon": cfg.layer_norm_eps, "activation_function": "gelu_new",
+            "bos_token_id": 50256, "eos_token_id": 50256}
+
+
+def to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: GPT2Config) -> dict[str, torch.Tensor]:
+    """Our backbone under ``GPT2Model``'s names (``transformer.*``, Conv1D ``[in, out]``
+    weights): the inverse of :func:`convert_hf_state_dict`. The head is the caller's."""
+    out = {"transformer.wte.weight": sd["tok_emb.weight"], "transformer.wpe.weight": sd["pos_emb.weight"],
+           "transformer.ln_f.weight": sd["final_norm.weight"], "transformer.ln_f.bias": sd["final_norm.bias"]}
+    for i in range(cfg.n_layers):
+        o, h = f"trf_blocks.{i}.", f"transformer.h.{i}."
+        for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
+            out[h + theirs + ".weight"] = sd[o + ours + ".weight"]
+            out[h + theirs + ".bias"] = sd[o + ours + ".bias"]
+        for ours, theirs in (("att.qkv", "attn.c_attn"), ("att.out_proj", "attn.c_proj"),
+                             ("ff.fc", "mlp.c_fc"), ("ff.proj", "mlp.c_proj")):
+            w = sd[o + ours + ".weight"]
+            out[h + theirs + ".weight"] = w.t()
+            # Hugging Face's GPT-2 always has these biases; ours may not (qkv_bias=False): zeros.
+            out[h + theirs + ".bias"] = sd.get(o + ours + ".bias", torch.zeros(w.shape[0]))
+    return {k: v.contiguous() for k, v in out.items()}
+
+
 FAMILY = Family(
     arch="gpt2",
     config_cls=GPT2Config,
@@ -193,6 +221,8 @@ FAMILY = Family(
     hf_model_types=("gpt2",),
     config_from_hf=GPT2Config.from_hf,
     convert_hf=convert_hf_state_dict,
+    hf_export_config=hf_export_config,
+    to_hf=to_hf_state_dict,
     # OpenAI's four sizes, fetched from the Hugging Face hub; no recipe: the book's defaults.
     presets={
         "gpt2-small": Preset(PRESETS["gpt2-small"], hub="openai-community/gpt2",

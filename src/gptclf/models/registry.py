@@ -16,10 +16,11 @@ from torch import nn
 
 from ..device import available_ram
 from ..errors import GptclfError
-from . import gpt2, llama
+from . import gemma2, gemma3, gpt2, llama, mistral, phi3, qwen2, qwen3
 from .family import Family, Preset
 
-FAMILIES: dict[str, Family] = {f.arch: f for f in (gpt2.FAMILY, llama.FAMILY)}
+FAMILIES: dict[str, Family] = {f.arch: f for f in (gpt2.FAMILY, llama.FAMILY, qwen2.FAMILY, qwen3.FAMILY,
+                                                    mistral.FAMILY, phi3.FAMILY, gemma2.FAMILY, gemma3.FAMILY)}
 
 
 def family(arch: str) -> Family:

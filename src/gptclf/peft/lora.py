@@ -267,7 +267,7 @@ def load_adapter_backbone(directory: Path, cfg: Any, adapter_sd: dict[str, torch
         raise GptclfError(f"{directory}: the base model {name!r} found now has different weights "
                           "than the one the adapters were trained on (fingerprint mismatch)",
                           hint="restore the original base model, or retrain the adapters on this one")
-    replace_head(model, cfg.num_classes)
+    replace_head(model, cfg.num_classes, cfg.head_bias)
     lcfg = LoRAConfig.from_dict(cfg.lora)
     apply_lora(model, lcfg)
     own = dict(model.state_dict())

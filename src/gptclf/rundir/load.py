@@ -71,14 +71,14 @@ def load_classifier_backbone(directory: Path, cfg: RunConfig, arch: Any) -> nn.M
     # Compare config and file on the meta device first: a config whose sizes disagree
     # with the weights (or are absurd) is refused before any memory is allocated.
     with torch.device("meta"):
-        skeleton = replace_head(registry.family(arch.arch).model_cls(arch), cfg.num_classes)
+        skeleton = replace_head(registry.family(arch.arch).model_cls(arch), cfg.num_classes, cfg.head_bias)
     declared = _with_tied(skeleton.state_dict(), file_shapes(weights))
     problems = state_dict_problems(skeleton.state_dict(), declared)
     if problems:
         raise GptclfError(f"{directory}: config.json and model.safetensors disagree: {problems}",
                           hint="the directory mixes files of different models; retrain or restore it")
     backbone = registry.build_model(arch)
-    replace_head(backbone, cfg.num_classes)
+    replace_head(backbone, cfg.num_classes, cfg.head_bias)
     backbone.load_state_dict(_with_tied(backbone.state_dict(), read_safetensors(weights)), strict=True)
     return backbone
 

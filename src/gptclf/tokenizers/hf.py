@@ -74,6 +74,12 @@ class HFTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self._special.decode(list(ids), skip_special_tokens=False)
 
+    def special_token(self, token_id: int) -> str | None:
+        """The text of ``token_id`` if it is a special token (one no text encodes to), else None."""
+        special = {t.content for t in self._special.get_added_tokens_decoder().values() if t.special}
+        token = self._special.id_to_token(int(token_id))
+        return token if token in special else None
+
     def to_config(self) -> dict[str, Any]:
         return {"type": "hf-tokenizers", "file": "tokenizer.json", "pad_id": self.pad_id, "name": self.name}
 

@@ -88,7 +88,7 @@ def encode_splits(cfg: TrainConfig, splits: DataSplits, backbone: Backbone | Non
 
 def build_classifier(backbone: Backbone, num_classes: int, trainable: str, pooling: str,
                      seed: int, lora: Any = None, causal: bool = True,
-                     grad_checkpointing: bool = False) -> tuple[SequenceClassifier, int]:
+                     grad_checkpointing: bool = False, head_bias: bool = True) -> tuple[SequenceClassifier, int]:
     """Head swap (seeded, as the book's ``torch.manual_seed(123)`` before it) and freezing.
 
     ``trainable="lora"`` freezes everything and adds LoRA adapters (``lora``: a
@@ -97,7 +97,7 @@ def build_classifier(backbone: Backbone, num_classes: int, trainable: str, pooli
     """
     model = backbone.model
     torch.manual_seed(seed)
-    replace_head(model, num_classes)
+    replace_head(model, num_classes, bias=head_bias)
     if trainable == "lora":
         from ..peft.lora import freeze_for_lora
 
@@ -137,7 +137,7 @@ def save(out: Path, model: SequenceClassifier, cfg: TrainConfig, splits: DataSpl
     tok = enc.backbone.tokenizer
     run_config = RunConfig.for_model(
         model, tok, labels=splits.labels, max_length=enc.max_length, pooling=cfg.pooling, padding=cfg.padding, pad_id=tok.pad_id,
-        template=cfg.template, causal_mask=cfg.causal_mask, trainable=cfg.trainable,
+        template=cfg.template, causal_mask=cfg.causal_mask, head_bias=cfg.head_bias, trainable=cfg.trainable,
         base_model=enc.backbone.source, lora=lora_json, data=splits.summary(), train=asdict(cfg),
         gptclf_version=__version__)
     save_run(out, model, tok, run_config, metrics, history, replace_interrupted=resumed, tensors=tensors)
@@ -312,7 +312,8 @@ def _model(cfg: TrainConfig, enc: Encoded, splits: DataSplits, s: _Setting) -> t
 
         base_fp = base_fingerprint(enc.backbone.model)  # before the head swap and the adapters
     model, frozen = build_classifier(enc.backbone, len(splits.labels), cfg.trainable, cfg.pooling, cfg.seed,
-                                     lora=lora_cfg, causal=cfg.causal_mask, grad_checkpointing=cfg.grad_checkpointing)
+                                     lora=lora_cfg, causal=cfg.causal_mask, grad_checkpointing=cfg.grad_checkpointing,
+                                     head_bias=cfg.head_bias)
     model.to(s.device)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
