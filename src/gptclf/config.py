@@ -41,7 +41,7 @@ def unescape(s: str) -> str:
 
 
 MODEL, LORA, DATA, TRAINING = "model", "LoRA (--trainable lora)", "data", "training (defaults: the book's)"
-CONTROLS, SPEED, OUTPUT = "training controls (default: off, the book's loop)", "speed", "output"
+CONTROLS, SPEED, OUTPUT = "training controls (off by default except best-epoch selection and calibration)", "speed", "output"
 
 
 @dataclass
@@ -105,8 +105,13 @@ class TrainConfig:
         None, "stop when this metric, on the full validation set at each epoch end, has not improved for "
         "--patience epochs; the saved model is the best epoch's", CONTROLS, choices=STOPPING_METRICS)
     patience: int | None = opt(None, "epochs without a gain before early stopping (unset: 3)", CONTROLS)
-    keep_best: bool = opt(False, "save the best epoch's weights by full validation loss, without stopping "
-                          "early (--early-stopping-metric keeps the best epoch's too)", CONTROLS)
+    keep_best: bool = opt(True, "don't keep the best epoch: save the last epoch's weights, as the book does "
+                          "(by default the whole validation set is evaluated at each epoch end and the saved "
+                          "weights are the best epoch's: highest validation accuracy, ties broken by the lower "
+                          "validation loss)", CONTROLS, flag="--no-keep-best")
+    calibrate: bool = opt(True, "don't fit a temperature: keep the raw softmax scores (by default a temperature "
+                          "T is fitted on the validation set after training, logits/T, and every prediction "
+                          "path applies it; accuracy never changes)", CONTROLS, flag="--no-calibrate")
     checkpoint_every: int = opt(500, "write a checkpoint to <out>.partial/ every N optimizer steps and at each "
                                 "epoch end (0: never)", CONTROLS, metavar="N")
     reference: bool = opt(False, "run the book's exact path (pad to longest, position -1, full forward every "
@@ -150,6 +155,8 @@ class TrainConfig:
             self.cache = "off"
             self.group_by_length = 0
             self.eval_batch_size = self.batch_size
+            self.keep_best = False  # the book saves the last epoch's weights
+            self.calibrate = False
         if self.context_length is not None:
             if self.context_length < 1:
                 raise GptclfError("--context-length must be at least 1")
@@ -227,6 +234,7 @@ class RunConfig:
     data: dict[str, Any] | None = None  # the splits' sizes and class counts
     train: dict[str, Any] | None = None  # the TrainConfig the run used
     gptclf_version: str | None = None
+    temperature: float = 1.0            # divides the logits before the softmax (temperature scaling)
     extra: dict[str, Any] = field(default_factory=dict)
 
     FORMAT = "gptclf/1"
@@ -278,6 +286,9 @@ class RunConfig:
         for key in ("architecture", "tokenizer"):
             if not isinstance(d[key], dict):
                 raise GptclfError(f"{where}: {key!r} must be a JSON object")
+        t = d.get("temperature", 1.0)
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf"):
+            raise GptclfError(f"{where}: temperature {t!r} is not a positive number")
         if d.get("lora") is not None and not isinstance(d["lora"], dict):
             raise GptclfError(f"{where}: 'lora' must be a JSON object")
         known = {f.name for f in fields(cls)} - {"extra"}

@@ -244,7 +244,8 @@ class Trainer:
         full_loss, full_acc = self._loss_and_accuracy(self.val_feed, self.val_ds.labels, self.full_val_batches)
         entry.update(full_val_loss=full_loss, full_val_accuracy=full_acc)
         value = broadcast_float(full_loss if stopper.metric == "val_loss" else full_acc, self.dist)
-        stopped = stopper.update(epoch + 1, value, self.bare)
+        tie = broadcast_float(full_loss, self.dist) if stopper.metric == "val_accuracy" else None
+        stopped = stopper.update(epoch + 1, value, self.bare, tie)
         self.log(f"full validation set: loss {full_loss:.4f}, accuracy {full_acc * 100:.2f}% | best "
                  f"{stopper.metric} {stopper.best_value:.4f} at epoch {stopper.best_epoch}"
                  + (f" | stopping early: no gain for {stopper.patience} epoch(s)" if stopped else ""))

@@ -43,7 +43,8 @@ from ..files import read_json_object
 from ..rundir.save import default_run_dir, save_run
 from .controls import EarlyStopping, class_weights, stopper_for
 from .distributed import DistContext, barrier, broadcast_text, init_distributed, shutdown
-from .evaluate import split_metrics
+from .calibrate import calibration_summary, fit_temperature
+from .evaluate import predict_logits, split_metrics
 from .loop import History, Trainer
 from .memory import available_memory, estimate_for_model, memory_warning
 from .state import Checkpointer, data_fingerprint, find_partial, load_checkpoint, partial_dir, read_run_info, \
@@ -117,13 +118,22 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
 
 def evaluate_splits(model: SequenceClassifier, feeds: Feeds, enc: Encoded, splits: DataSplits,
                     cfg: TrainConfig, device: torch.device, precision: str) -> dict[str, Any]:
-    """Every split's accuracy, loss and report, and the test split's most confident mistakes."""
+    """Every split's accuracy, loss and report, and the test split's most confident mistakes;
+    with ``--calibrate`` (default) first the temperature, fitted on the validation split, which
+    the metrics then use as the saved model will (see :mod:`gptclf.training.calibrate`)."""
     metrics: dict[str, Any] = {}
     t0 = time.perf_counter()
+    logits = {key: predict_logits(model, feeds[key], len(enc.datasets[key]), cfg.eval_batch_size,
+                                  enc.datasets[key].lengths, device, precision) for key, _ in SPLITS}
+    temperature = 1.0
+    if cfg.calibrate:
+        temperature = fit_temperature(logits["val"], enc.datasets["val"].labels.numpy())
+        metrics["temperature"] = temperature
+        metrics["calibration"] = calibration_summary(
+            logits, {key: enc.datasets[key].labels.numpy() for key, _ in SPLITS}, temperature)
     for key, _ in SPLITS:
         texts = [e.text for e in splits.test] if key == "test" else None
-        metrics.update(split_metrics(model, feeds[key], enc.datasets[key], splits.labels, cfg.eval_batch_size,
-                                     device, precision, key, texts))
+        metrics.update(split_metrics(logits[key], enc.datasets[key], splits.labels, key, texts, temperature))
     metrics["eval_seconds"] = time.perf_counter() - t0
     return metrics
 
@@ -139,7 +149,7 @@ def save(out: Path, model: SequenceClassifier, cfg: TrainConfig, splits: DataSpl
         model, tok, labels=splits.labels, max_length=enc.max_length, pooling=cfg.pooling, padding=cfg.padding, pad_id=tok.pad_id,
         template=cfg.template, causal_mask=cfg.causal_mask, trainable=cfg.trainable,
         base_model=enc.backbone.source, lora=lora_json, data=splits.summary(), train=asdict(cfg),
-        gptclf_version=__version__)
+        gptclf_version=__version__, temperature=float(metrics.get("temperature", 1.0)))
     save_run(out, model, tok, run_config, metrics, history, replace_interrupted=resumed, tensors=tensors)
 
 
@@ -361,6 +371,8 @@ def _fit_and_evaluate(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds,
     history, interrupted = trainer.fit()
     metrics: dict[str, Any] = {"interrupted": interrupted, "train_seconds": time.perf_counter() - t0}
     metrics.update(_keep_best(stopper, getattr(model, "_orig_mod", model), interrupted, s.log))
+    if _val_curve(history):
+        metrics["val_curve"] = _val_curve(history)
     if resume is not None:
         metrics["resumed_at_step"] = resume[0]["global_step"] + 1
     if class_weight is not None:
@@ -370,6 +382,10 @@ def _fit_and_evaluate(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds,
         s.log(f"Training accuracy: {metrics['train_accuracy'] * 100:.2f}% | "
               f"Validation accuracy: {metrics['val_accuracy'] * 100:.2f}% | "
               f"Test accuracy: {metrics['test_accuracy'] * 100:.2f}%")
+        if "calibration" in metrics:
+            c = metrics["calibration"]
+            s.log(f"temperature {c['temperature']:.3f} (fitted on validation): expected calibration error "
+                  f"on test {c['test_ece_before']:.4f} -> {c['test_ece_after']:.4f}")
     return history, metrics
 
 
@@ -380,6 +396,12 @@ def _keep_best(stopper: EarlyStopping | None, model: nn.Module, interrupted: boo
         stopper.restore_best(model)
         log(f"keeping the weights of epoch {stopper.best_epoch} (best {stopper.metric} {stopper.best_value:.4f})")
     return {"best_epoch": stopper.best_epoch, "early_stopping": stopper.state()}
+
+
+def _val_curve(history: History) -> list[dict[str, float]]:
+    """The whole validation set's loss and accuracy at each epoch end (when they were measured)."""
+    return [{"epoch": e["epoch"], "val_loss": e["full_val_loss"], "val_accuracy": e["full_val_accuracy"]}
+            for e in history.epochs if "full_val_loss" in e]
 
 
 def _run_figures(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds, enc: Encoded, history: History,
