@@ -296,3 +296,37 @@ class RunConfig:
         kwargs.setdefault("padding", "dynamic")
         extra = {k: v for k, v in d.items() if k not in known and k not in ("format", "num_classes")}
         return cls(**kwargs, extra=extra)
+
+
+SEARCH = "search (gptclf tune)"
+
+
+@dataclass
+class TuneOptions:
+    """The options ``gptclf tune`` adds to ``gptclf train``'s: the search space and its budget.
+
+    The train options (``--trainable``, ``--lr``, ``--pooling``, ...) describe the default
+    recipe, which is always a candidate and is never pruned, so the search never picks a
+    recipe worse on validation than the default.
+    """
+
+    trainables: str | None = opt(None, "comma-separated --trainable values to try (default: last_layer,1,2,4 "
+                                 "blocks, those the backbone has, plus the recipe's; add lora to try adapters)",
+                                 SEARCH, metavar="LIST")
+    lrs: str | None = opt(None, "comma-separated learning rates to try (default: the recipe's lr and 2.5x it)",
+                          SEARCH, metavar="LIST")
+    poolings: str | None = opt(None, "comma-separated poolings to try with every depth and lr (default: the "
+                               "recipe's; mean is also tried with the recipe's depth and lr)", SEARCH, metavar="LIST")
+    trials: int | None = opt(None, "try at most N candidates (the default recipe first)", SEARCH, metavar="N")
+    budget_s: float | None = opt(None, "start no new candidate after this many seconds of search", SEARCH,
+                                 metavar="SECONDS")
+    prune_epochs: int = opt(2, "through this many epochs, stop a candidate whose validation result at an "
+                            "epoch is below the median of the earlier candidates' at that epoch", SEARCH, metavar="N")
+
+    def check(self) -> None:
+        if self.trials is not None and self.trials < 1:
+            raise GptclfError("--trials must be at least 1")
+        if self.budget_s is not None and not self.budget_s > 0:
+            raise GptclfError("--budget-s must be positive")
+        if self.prune_epochs < 0:
+            raise GptclfError("--prune-epochs must be >= 0")

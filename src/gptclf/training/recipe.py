@@ -202,7 +202,7 @@ def saved_config(run: str | Path) -> TrainConfig:
 
 
 @dataclass
-class _Setting:
+class RunSetting:
     """Where and how the run computes, and what it resumes from."""
 
     ctx: DistContext
@@ -219,7 +219,7 @@ def _run(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch
     options = asdict(cfg)  # as given: what a resumed run starts again with
     cfg = cfg.resolved()
     t_start = time.perf_counter()
-    s = _setting(cfg, log, ctx, dist_device, resume_from)
+    s = run_setting(cfg, log, ctx, dist_device, resume_from)
     splits = prepare_data(cfg)
     s.log(f"data: {splits.source}: {len(splits.train)} train / {len(splits.val)} val / "
           f"{len(splits.test)} test, labels {splits.labels}")
@@ -249,8 +249,8 @@ def _run(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch
     return s.out
 
 
-def _setting(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch.device | None,
-             resume_from: Path | None) -> _Setting:
+def run_setting(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch.device | None,
+             resume_from: Path | None) -> RunSetting:
     """Device, precision, seed, and the output directory (checked before any data is read)."""
     log = log or (lambda s: tqdm.write(s, file=sys.stderr))
     if not ctx.is_main:
@@ -275,7 +275,7 @@ def _setting(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: t
     _check_out(out, resume_from is not None)
     barrier(ctx)  # every rank checks before rank 0 creates <out>.partial
     checkpointer = Checkpointer(partial_dir(out), cfg.checkpoint_every, enabled=ctx.is_main)
-    return _Setting(ctx, device, precision, out, checkpointer, resume_from, log)
+    return RunSetting(ctx, device, precision, out, checkpointer, resume_from, log)
 
 
 def _check_out(out: Path, resuming: bool) -> None:
@@ -293,7 +293,7 @@ def _check_out(out: Path, resuming: bool) -> None:
                           hint=f"continue it with 'gptclf train --resume {out}', or delete {partial}")
 
 
-def _checkpoint_to_resume(cfg: TrainConfig, s: _Setting, enc: Encoded, options: dict[str, Any]) -> Any:
+def _checkpoint_to_resume(cfg: TrainConfig, s: RunSetting, enc: Encoded, options: dict[str, Any]) -> Any:
     """The checkpoint a resumed run continues from (None: from the start); a new run records
     its options and a fingerprint of its data, which a resume must match."""
     fingerprint = data_fingerprint(*enc.datasets.values())
@@ -313,7 +313,7 @@ def _checkpoint_to_resume(cfg: TrainConfig, s: _Setting, enc: Encoded, options: 
     return None
 
 
-def _model(cfg: TrainConfig, enc: Encoded, splits: DataSplits, s: _Setting) -> tuple[SequenceClassifier, int, Any]:
+def _model(cfg: TrainConfig, enc: Encoded, splits: DataSplits, s: RunSetting) -> tuple[SequenceClassifier, int, Any]:
     """The classifier on its device; with LoRA also the base weights' fingerprint (before any change)."""
     lora_cfg = cfg.lora_config() if cfg.trainable == "lora" else None
     base_fp = None
@@ -357,7 +357,7 @@ def _log_memory_estimate(model: SequenceClassifier, cfg: TrainConfig, frozen: in
 
 
 def _fit_and_evaluate(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds, enc: Encoded, splits: DataSplits,
-                      s: _Setting, class_weight: torch.Tensor | None, resume: Any) -> tuple[History, dict[str, Any]]:
+                      s: RunSetting, class_weight: torch.Tensor | None, resume: Any) -> tuple[History, dict[str, Any]]:
     """Train (the book's loop), keep the best epoch if asked, evaluate every split (rank 0)."""
     if cfg.compile:
         model = torch.compile(model, dynamic=True)  # type: ignore[assignment]
@@ -405,7 +405,7 @@ def _val_curve(history: History) -> list[dict[str, float]]:
 
 
 def _run_figures(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds, enc: Encoded, history: History,
-                 s: _Setting, seconds: float, metrics: dict[str, Any]) -> dict[str, Any]:
+                 s: RunSetting, seconds: float, metrics: dict[str, Any]) -> dict[str, Any]:
     """Sizes, times and speeds, for metrics.json."""
     epochs = history.epochs
     figures: dict[str, Any] = {
@@ -422,7 +422,7 @@ def _run_figures(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds, enc:
     return figures
 
 
-def _report_saved(s: _Setting, metrics: dict[str, Any]) -> None:
+def _report_saved(s: RunSetting, metrics: dict[str, Any]) -> None:
     if metrics["interrupted"]:
         s.log(f"saved (interrupted) run to {s.out} in {metrics['seconds']:.1f}s"
               + (f"; continue it with: gptclf train --resume {s.out}"
