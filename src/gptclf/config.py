@@ -3,7 +3,9 @@
 :class:`TrainConfig` holds every option of ``gptclf train``. Each field carries its help
 text, choices and group, and the command line is generated from them
 (:mod:`gptclf.cli.options`), so an option is declared once. The defaults are the book's
-chapter-6 settings; ``trainable`` and ``lr`` left out take the backbone's measured recipe.
+chapter-6 settings, except two that protect data nobody tuned for (docs/accuracy-defaults.md):
+the best epoch's weights are saved (``--no-keep-best``) and the scores are calibrated
+(``--no-calibrate``); ``trainable`` and ``lr`` left out take the backbone's measured recipe.
 
 :class:`RunConfig` owns ``config.json``, the file that makes a fine-tuned model directory
 self-describing: architecture, labels, tokenizer, max length, pad id, pooling, ... Every
@@ -46,7 +48,8 @@ CONTROLS, SPEED, OUTPUT = "training controls (off by default except best-epoch s
 
 @dataclass
 class TrainConfig:
-    """Every option of ``gptclf train``; the defaults are the book's chapter-6 settings."""
+    """Every option of ``gptclf train``; the defaults are the book's chapter-6 settings (but
+    best-epoch selection and calibration, which ``--reference`` turns off)."""
 
     model: str = opt("gpt2-small", "backbone: gpt2-small|medium|large|xl, smollm2-135m (offline), a local "
                      "Hugging Face directory, a .gguf file, or a hub id", MODEL)

@@ -108,3 +108,14 @@ def test_search_space_and_options() -> None:
     assert (args.trials, args.budget_s, args.lrs, args.model) == (4, 60.0, "1e-3", "x")
     with pytest.raises(GptclfError, match="--trials"):
         TuneOptions(trials=0).check()
+
+
+def test_budget_stops_new_candidates_but_the_default_always_runs(sms_csv: Path, tmp_path: Path) -> None:
+    model = write_gpt2_config_only(tmp_path / "tiny", n_layer=2, n_embd=32)
+    lines: list[str] = []
+    out = run_tune(TrainConfig(model=str(model), data=str(sms_csv), out=str(tmp_path / "run"), **{**BASE, "epochs": 1}),
+                   TuneOptions(budget_s=1e-9), log=lines.append)
+    m = json.loads((out / "metrics.json").read_text())
+    assert [(r["trainable"], r["lr"], r["pooling"]) for r in m["search"]] == [("1", 2e-3, "last-nonpad")]
+    assert m["search_winner"] == {"trainable": "1", "lr": 2e-3, "pooling": "last-nonpad"}
+    assert any("budget" in line and "not tried" in line for line in lines)
