@@ -107,6 +107,7 @@ def test_http_uses_it(hot_run: tuple[Path, Path]) -> None:
     want = hot.predict(TEXTS)
     with TestClient(create_app(hot)) as c:
         r = c.post("/v1/classify", json={"texts": TEXTS})
+        assert c.get("/v1/model").json()["temperature"] == 2.5
     assert r.status_code == 200, r.text
     got = r.json()["results"]
     assert [g["score"] for g in got] == pytest.approx([w["score"] for w in want], abs=1e-5)

@@ -32,7 +32,7 @@ import torch
 from ..config import POOLINGS, TrainConfig, TuneOptions
 from ..errors import GptclfError
 from ..models.classifier import SequenceClassifier, parse_trainable
-from .controls import EarlyStopping
+from .controls import stopper_for
 from .distributed import init_distributed, shutdown
 from .loop import History, Trainer
 from .recipe import (Encoded, build_classifier, encode_splits, evaluate_splits, make_optimizer, prepare_data,
@@ -198,8 +198,8 @@ def run_trial(cfg: TrainConfig, cand: Candidate, enc: Encoded, pristine: torch.n
     torch.manual_seed(ccfg.seed)
     model, frozen = _classifier(ccfg, enc, pristine, n_classes, s.device)
     feeds = trunk.feeds(frozen)
-    stopper = EarlyStopping(ccfg.early_stopping_metric or "val_accuracy", ccfg.patience if ccfg.early_stopping_metric
-                            else None)
+    stopper = stopper_for(ccfg)  # as gptclf train: keep-best (run_tune forces it) or early stopping
+    assert stopper is not None
     trainer = Trainer(model, make_optimizer(model, ccfg, s.device), feeds["train"], feeds["val"],
                       enc.datasets["train"], enc.datasets["val"], ccfg, s.device, s.precision, lambda m: None,
                       stopper=stopper)
