@@ -262,7 +262,10 @@ class RunConfig:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         values.update(format=self.FORMAT, num_classes=self.num_classes)
         out = {k: values[k] for k in self._HEAD}
-        out.update({k: v for k, v in values.items() if k not in out and not (k == "lora" and v is None)})
+        # Absent means the default: no LoRA, temperature 1 (so a run written before these
+        # fields existed round-trips unchanged).
+        out.update({k: v for k, v in values.items() if k not in out and not (k == "lora" and v is None)
+                    and not (k == "temperature" and v == 1.0)})
         out.update({k: v for k, v in self.extra.items() if k not in out})
         return out
 

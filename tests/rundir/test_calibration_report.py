@@ -15,7 +15,7 @@ def test_run_records_calibration_and_best_epoch(tiny_run: Path) -> None:
     m = json.loads((tiny_run / "metrics.json").read_text())
     cfg = json.loads((tiny_run / "config.json").read_text())
     cal = m["calibration"]
-    assert cfg["temperature"] == m["temperature"] == cal["temperature"] > 0
+    assert cfg.get("temperature", 1.0) == m["temperature"] == cal["temperature"] > 0  # absent: 1
     for split in ("train", "val", "test"):
         assert 0 <= cal[f"{split}_ece_after"] <= 1 and 0 <= cal[f"{split}_ece_before"] <= 1
     # Fitted to minimise the validation NLL, so never worse than the raw scores there.
@@ -28,5 +28,5 @@ def test_run_records_calibration_and_best_epoch(tiny_run: Path) -> None:
     # The saved scores are the calibrated ones: the test loss in metrics.json is what the
     # loaded classifier gets on the same texts.
     clf = Classifier.load(tiny_run, device="cpu")
-    assert clf.temperature == cfg["temperature"]
+    assert clf.temperature == m["temperature"]
     assert np.isfinite(m["test_loss"])
