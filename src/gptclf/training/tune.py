@@ -231,6 +231,16 @@ def search(cfg: TrainConfig, opts: TuneOptions, enc: Encoded, n_classes: int, s:
     trunk = SharedTrunk(cfg, pristine, {_frozen(c.trainable, n_layers) for c in cands}, enc, pad_to, s.device,
                         s.precision, s.log)
     s.log(f"searching {len(cands)} candidates, {cfg.epochs} epochs each at most (best epoch kept)")
+    try:
+        trials, best = _run_candidates(cfg, opts, cands, enc, n_classes, s, pristine, trunk)
+    except BaseException:  # Ctrl-C or an error: no cache spill left behind
+        trunk.close()
+        raise
+    return trials, best, trunk
+
+
+def _run_candidates(cfg: TrainConfig, opts: TuneOptions, cands: list[Candidate], enc: Encoded, n_classes: int,
+                    s: Any, pristine: torch.nn.Module, trunk: SharedTrunk) -> tuple[list[Trial], Trial]:
     trials: list[Trial] = []
     best: Trial | None = None
     t0 = time.perf_counter()
@@ -252,7 +262,7 @@ def search(cfg: TrainConfig, opts: TuneOptions, enc: Encoded, n_classes: int, s:
               + (f", stopped after epoch {trial.pruned_at}: below the median" if trial.pruned_at else "")
               + f") {trial.seconds:.1f}s" + ("  <- best so far" if best is trial else ""))
     assert best is not None
-    return trials, best, trunk
+    return trials, best
 
 
 def search_table(trials: list[Trial], best: Trial) -> str:
