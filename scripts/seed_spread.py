@@ -47,7 +47,7 @@ from gptclf.errors import GptclfError
 from gptclf.loading import load_backbone
 from gptclf.loading.backbone import Backbone
 from gptclf.training.controls import stopper_for
-from gptclf.training.evaluate import predict_probabilities
+from gptclf.training.evaluate import predict_logits
 from gptclf.training.loop import Trainer
 from gptclf.training.recipe import Encoded, build_classifier, encode_splits, make_optimizer, prepare_data
 from gptclf.training.trunk_cache import Feeds, build_feeds
@@ -109,11 +109,11 @@ def _train_one(cfg, seed: int, model, feeds: Feeds, enc: Encoded, device, precis
         stopper.restore_best(model)
     result: dict = {"seed": seed}
     for name, ds in enc.datasets.items():
-        probs = predict_probabilities(model, feeds[name], len(ds), cfg.eval_batch_size, ds.lengths, device, precision)
+        logits = predict_logits(model, feeds[name], len(ds), cfg.eval_batch_size, ds.lengths, device, precision)
         y = ds.labels.numpy()
-        result[f"{name}_accuracy"] = float((probs.argmax(1) == y).mean())
+        result[f"{name}_accuracy"] = float((logits.argmax(1) == y).mean())
         if name == "test":
-            result["test_wrong"] = [int(i) for i in (probs.argmax(1) != y).nonzero()[0]]
+            result["test_wrong"] = [int(i) for i in (logits.argmax(1) != y).nonzero()[0]]
     return result
 
 

@@ -3,7 +3,9 @@
 :class:`TrainConfig` holds every option of ``gptclf train``. Each field carries its help
 text, choices and group, and the command line is generated from them
 (:mod:`gptclf.cli.options`), so an option is declared once. The defaults are the book's
-chapter-6 settings; ``trainable`` and ``lr`` left out take the backbone's measured recipe.
+chapter-6 settings, except two that protect data nobody tuned for (docs/accuracy-defaults.md):
+the best epoch's weights are saved (``--no-keep-best``) and the scores are calibrated
+(``--no-calibrate``); ``trainable`` and ``lr`` left out take the backbone's measured recipe.
 
 :class:`RunConfig` owns ``config.json``, the file that makes a fine-tuned model directory
 self-describing: architecture, labels, tokenizer, max length, pad id, pooling, ... Every
@@ -41,12 +43,13 @@ def unescape(s: str) -> str:
 
 
 MODEL, LORA, DATA, TRAINING = "model", "LoRA (--trainable lora)", "data", "training (defaults: the book's)"
-CONTROLS, SPEED, OUTPUT = "training controls (default: off, the book's loop)", "speed", "output"
+CONTROLS, SPEED, OUTPUT = "training controls (off by default except best-epoch selection and calibration)", "speed", "output"
 
 
 @dataclass
 class TrainConfig:
-    """Every option of ``gptclf train``; the defaults are the book's chapter-6 settings."""
+    """Every option of ``gptclf train``; the defaults are the book's chapter-6 settings (but
+    best-epoch selection and calibration, which ``--reference`` turns off)."""
 
     model: str = opt("gpt2-small", "backbone: gpt2-small|medium|large|xl, smollm2-135m (offline), a local "
                      "Hugging Face directory, a .gguf file, or a hub id", MODEL)
@@ -108,8 +111,13 @@ class TrainConfig:
         None, "stop when this metric, on the full validation set at each epoch end, has not improved for "
         "--patience epochs; the saved model is the best epoch's", CONTROLS, choices=STOPPING_METRICS)
     patience: int | None = opt(None, "epochs without a gain before early stopping (unset: 3)", CONTROLS)
-    keep_best: bool = opt(False, "save the best epoch's weights by full validation loss, without stopping "
-                          "early (--early-stopping-metric keeps the best epoch's too)", CONTROLS)
+    keep_best: bool = opt(True, "don't keep the best epoch: save the last epoch's weights, as the book does "
+                          "(by default the whole validation set is evaluated at each epoch end and the saved "
+                          "weights are the best epoch's: highest validation accuracy, ties broken by the lower "
+                          "validation loss)", CONTROLS, flag="--no-keep-best")
+    calibrate: bool = opt(True, "don't fit a temperature: keep the raw softmax scores (by default a temperature "
+                          "T is fitted on the validation set after training, logits/T, and every prediction "
+                          "path applies it; accuracy never changes)", CONTROLS, flag="--no-calibrate")
     checkpoint_every: int = opt(500, "write a checkpoint to <out>.partial/ every N optimizer steps and at each "
                                 "epoch end (0: never)", CONTROLS, metavar="N")
     reference: bool = opt(False, "run the book's exact path (pad to longest, position -1, full forward every "
@@ -153,6 +161,8 @@ class TrainConfig:
             self.cache = "off"
             self.group_by_length = 0
             self.eval_batch_size = self.batch_size
+            self.keep_best = False  # the book saves the last epoch's weights
+            self.calibrate = False
         if self.context_length is not None:
             if self.context_length < 1:
                 raise GptclfError("--context-length must be at least 1")
@@ -231,6 +241,7 @@ class RunConfig:
     data: dict[str, Any] | None = None  # the splits' sizes and class counts
     train: dict[str, Any] | None = None  # the TrainConfig the run used
     gptclf_version: str | None = None
+    temperature: float = 1.0            # divides the logits before the softmax (temperature scaling)
     extra: dict[str, Any] = field(default_factory=dict)
 
     FORMAT = "gptclf/1"
@@ -255,9 +266,10 @@ class RunConfig:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         values.update(format=self.FORMAT, num_classes=self.num_classes)
         out = {k: values[k] for k in self._HEAD}
-        # Written only when they differ from the default, so older config.json files round-trip.
+        # Written only when they differ from the default, so older config.json files round-trip
+        # (no LoRA, a head bias, temperature 1).
         out.update({k: v for k, v in values.items() if k not in out and not (k == "lora" and v is None)
-                    and not (k == "head_bias" and v is True)})
+                    and not (k == "head_bias" and v is True) and not (k == "temperature" and v == 1.0)})
         out.update({k: v for k, v in self.extra.items() if k not in out})
         return out
 
@@ -287,6 +299,9 @@ class RunConfig:
         for key in ("causal_mask", "head_bias"):
             if not isinstance(d.get(key, True), bool):
                 raise GptclfError(f"{where}: {key!r} must be true or false, not {d[key]!r}")
+        t = d.get("temperature", 1.0)
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf"):
+            raise GptclfError(f"{where}: temperature {t!r} is not a positive number")
         if d.get("lora") is not None and not isinstance(d["lora"], dict):
             raise GptclfError(f"{where}: 'lora' must be a JSON object")
         known = {f.name for f in fields(cls)} - {"extra"}
@@ -294,3 +309,37 @@ class RunConfig:
         kwargs.setdefault("padding", "dynamic")
         extra = {k: v for k, v in d.items() if k not in known and k not in ("format", "num_classes")}
         return cls(**kwargs, extra=extra)
+
+
+SEARCH = "search (gptclf tune)"
+
+
+@dataclass
+class TuneOptions:
+    """The options ``gptclf tune`` adds to ``gptclf train``'s: the search space and its budget.
+
+    The train options (``--trainable``, ``--lr``, ``--pooling``, ...) describe the default
+    recipe, which is always a candidate and is never pruned, so the search never picks a
+    recipe worse on validation than the default.
+    """
+
+    trainables: str | None = opt(None, "comma-separated --trainable values to try (default: last_layer,1,2,4 "
+                                 "blocks, those the backbone has, plus the recipe's; add lora to try adapters)",
+                                 SEARCH, metavar="LIST")
+    lrs: str | None = opt(None, "comma-separated learning rates to try (default: the recipe's lr and 2.5x it)",
+                          SEARCH, metavar="LIST")
+    poolings: str | None = opt(None, "comma-separated poolings to try with every depth and lr (default: the "
+                               "recipe's; mean is also tried with the recipe's depth and lr)", SEARCH, metavar="LIST")
+    trials: int | None = opt(None, "try at most N candidates (the default recipe first)", SEARCH, metavar="N")
+    budget_s: float | None = opt(None, "start no new candidate after this many seconds of search", SEARCH,
+                                 metavar="SECONDS")
+    prune_epochs: int = opt(2, "through this many epochs, stop a candidate whose validation result at an "
+                            "epoch is below the median of the earlier candidates' at that epoch", SEARCH, metavar="N")
+
+    def check(self) -> None:
+        if self.trials is not None and self.trials < 1:
+            raise GptclfError("--trials must be at least 1")
+        if self.budget_s is not None and not self.budget_s > 0:
+            raise GptclfError("--budget-s must be positive")
+        if self.prune_epochs < 0:
+            raise GptclfError("--prune-epochs must be >= 0")

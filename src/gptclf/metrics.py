@@ -76,3 +76,32 @@ def most_confident_mistakes(texts: Sequence[str], y_true: Sequence[int], probs: 
     order = wrong[np.argsort(-conf, kind="stable")][:k]
     return [{"text": str(texts[i]), "true": labels[int(y[i])], "predicted": labels[int(pred[i])],
              "probability": float(probs[i, pred[i]])} for i in order]
+
+
+def reliability_bins(y_true: Sequence[int], probs: np.ndarray, n_bins: int = 15) -> list[dict[str, float]]:
+    """The reliability diagram's bins: top-class confidence cut into ``n_bins`` equal-width
+    bins over (0, 1]; per non-empty bin its count, mean confidence and accuracy."""
+    probs = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y_true)
+    if len(y) == 0:
+        return []
+    conf, pred = probs.max(1), probs.argmax(1)
+    # Bin b holds (b/n, (b+1)/n]: a confidence of exactly 1 lands in the last bin.
+    which = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    out = []
+    for b in range(n_bins):
+        mask = which == b
+        if mask.any():
+            out.append({"low": b / n_bins, "high": (b + 1) / n_bins, "count": int(mask.sum()),
+                        "confidence": float(conf[mask].mean()), "accuracy": float((pred[mask] == y[mask]).mean())})
+    return out
+
+
+def expected_calibration_error(y_true: Sequence[int], probs: np.ndarray, n_bins: int = 15) -> float:
+    """ECE (Guo et al. 2017): the count-weighted mean gap between the accuracy and the mean
+    top-class confidence of each confidence bin (15 equal-width bins, as in the paper)."""
+    bins = reliability_bins(y_true, probs, n_bins)
+    n = sum(b["count"] for b in bins)
+    if n == 0:
+        return float("nan")
+    return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins) / n)

@@ -27,7 +27,7 @@ def test_train_writes_a_self_describing_run(trained: tuple[Path, dict]) -> None:
     run, _ = trained
     assert sorted(p.name for p in run.iterdir()) == [
         "accuracy-plot.png", "config.json", "confusion-matrix.png", "history.json", "loss-plot.png",
-        "metrics.json", "model.safetensors", "report.html"]
+        "metrics.json", "model.safetensors", "reliability-diagram.png", "report.html"]  # calibrated by default
     assert (run.parent / "latest").resolve() == run.resolve()
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["labels"] == ["ham", "spam"] and cfg["max_length"] == 120 and cfg["pad_id"] == 50256

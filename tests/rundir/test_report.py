@@ -41,7 +41,8 @@ def test_run_report_shows_metrics_curves_and_mistakes(tiny_run: Path) -> None:
     for section in ("Data", "Settings", "Metrics: train", "Metrics: validation", "Metrics: test",
                     "Most confident mistakes (test)"):
         assert f">{section}<" in page
-    assert page.count("data:image/png;base64,") == 3  # loss, accuracy, confusion matrix
+    # loss, accuracy, confusion matrix, and the reliability diagram (calibration is on by default)
+    assert page.count("data:image/png;base64,") == 4
     assert (tiny_run / "confusion-matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     first = m["test_mistakes"][0]
     import html

@@ -189,7 +189,8 @@ def test_new_options_are_validated() -> None:
                      (dict(early_stopping_metric="f1"), "--early-stopping-metric")]:
         with pytest.raises(GptclfError, match=msg):
             TrainConfig(**bad).resolved()
-    assert stopper_for(TrainConfig()) is None
+    assert stopper_for(TrainConfig(keep_best=False)) is None  # --no-keep-best: the book's last epoch
+    assert stopper_for(TrainConfig(reference=True).resolved()) is None
     assert stopper_for(TrainConfig(early_stopping_metric="val_accuracy")).patience == 3
     assert stopper_for(TrainConfig(keep_best=True)).patience is None
 
@@ -199,9 +200,11 @@ def test_new_options_are_validated() -> None:
 
 def test_default_path_is_unchanged(tmp_path: Path, small_csv: Path, tiny_gpt2_config: Path) -> None:
     """Regression numbers of the book's loop (random-init tiny GPT-2, 2 epochs), measured on
-    the code before the training controls existed; checkpointing must not change them."""
-    a = _train(tiny_gpt2_config, small_csv, tmp_path / "a", init="random")
-    b = _train(tiny_gpt2_config, small_csv, tmp_path / "b", init="random", checkpoint_every=0)
+    the code before the training controls existed; checkpointing must not change them. The
+    book saves the last epoch's raw scores: best-epoch selection and calibration off."""
+    book = dict(init="random", keep_best=False, calibrate=False)
+    a = _train(tiny_gpt2_config, small_csv, tmp_path / "a", **book)
+    b = _train(tiny_gpt2_config, small_csv, tmp_path / "b", checkpoint_every=0, **book)
     _same_run(a, b)
     m = _metrics(a)
     expected = {"train_accuracy": 0.8642857142857143, "val_accuracy": 0.75, "test_accuracy": 0.85,
@@ -232,7 +235,7 @@ def test_grad_accum_equals_one_big_batch(tmp_path: Path, small_csv: Path, tiny_g
 def test_schedule_clipping_and_early_stopping_keep_the_best(tmp_path: Path, small_csv: Path, tiny_gpt2: Path) -> None:
     run = _train(tiny_gpt2, small_csv, tmp_path / "es", epochs=4, lr=5e-3, lr_schedule="cosine",
                  warmup_ratio=0.1, clip_grad_norm=0.5, early_stopping_metric="val_loss", patience=1,
-                 checkpoint_every=0)
+                 checkpoint_every=0, calibrate=False)  # val_loss below is the raw scores' loss
     m = _metrics(run)
     h = json.loads((run / "history.json").read_text())
     losses = [e["full_val_loss"] for e in h["epochs"]]

@@ -1,4 +1,4 @@
-"""The ``gptclf`` command line: ``train``, ``predict``, ``evaluate``, ``serve``, ``export``.
+"""The ``gptclf`` command line: ``train``, ``tune``, ``predict``, ``evaluate``, ``serve``, ``export``.
 
 Every option's help is the documentation; ``gptclf train`` with no options is the
 book's chapter-6 run. User errors print one message and a hint, never a traceback.
@@ -16,7 +16,7 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import GptclfError
-from . import export, predict, serve, train
+from . import export, predict, serve, train, tune
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gptclf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     train.add_parser(sub)
+    tune.add_parser(sub)
     predict.add_predict_parser(sub)
     predict.add_evaluate_parser(sub)
     serve.add_parser(sub)

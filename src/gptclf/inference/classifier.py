@@ -54,6 +54,8 @@ class Classifier:
         self.labels: list[str] = list(run_config.labels)
         self.max_length: int = int(run_config.max_length)
         self.pad_to: int | None = self.max_length if run_config.padding == "longest" else None
+        # Temperature scaling fitted at training (1.0: raw scores); every path goes through predict_proba.
+        self.temperature: float = float(run_config.temperature)
         self.device = device
         self.precision = precision
         self.directory = directory
@@ -122,7 +124,8 @@ class Classifier:
 
     @torch.inference_mode()
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Class probabilities ``[len(texts), num_classes]`` in input order."""
+        """Class probabilities ``[len(texts), num_classes]`` in input order: the softmax of the
+        logits divided by the run's fitted temperature (``config.json`` ``temperature``)."""
         if isinstance(texts, str):
             raise TypeError("predict_proba expects a list of texts, not a single string")
         if batch_size < 1:
@@ -140,7 +143,7 @@ class Classifier:
                 continue
             with autocast(self.device, self.precision):
                 logits = self.model(batch.to(self.device), lens.to(self.device)).float()
-            out[idx] = torch.softmax(logits, -1).cpu().numpy()
+            out[idx] = torch.softmax(logits / self.temperature, -1).cpu().numpy()
         return out
 
     def predict(self, texts: Sequence[str] | str, batch_size: int = 32) -> list[dict[str, Any]]:

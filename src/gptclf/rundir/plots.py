@@ -9,6 +9,7 @@ from typing import Any, Sequence
 from ..files import atomic_path
 
 CONFUSION_PNG = "confusion-matrix.png"
+RELIABILITY_PNG = "reliability-diagram.png"
 
 
 def _pyplot():  # -> matplotlib.pyplot, drawing to files only
@@ -79,3 +80,24 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], labels: Sequence[str], pa
     plt.close(fig)
 
 
+
+
+def plot_reliability(before: Sequence[dict[str, float]], after: Sequence[dict[str, float]], path: Path,
+                     ece: tuple[float, float], temperature: float) -> None:
+    """The reliability diagram: per confidence bin, the accuracy against the mean confidence,
+    before and after temperature scaling; a calibrated model lies on the diagonal."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    for bins, style, name, e in ((before, "o--", "raw scores", ece[0]), (after, "s-", f"T = {temperature:.2f}", ece[1])):
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], style, label=f"{name} (ECE {e:.3f})")
+    ax.set_xlabel("Confidence (top class)")
+    ax.set_ylabel("Accuracy")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Reliability (test)")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)

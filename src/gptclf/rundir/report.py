@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from ..errors import GptclfError
 from ..files import read_json_object, write_json_atomic, write_text_atomic
 from .load import read_run_config
-from .plots import CONFUSION_PNG, plot_confusion_matrix
+from .plots import CONFUSION_PNG, RELIABILITY_PNG, plot_confusion_matrix, plot_reliability
 
 REPORT_HTML = "report.html"
 
@@ -94,10 +94,22 @@ def _mistakes_table(mistakes: list[dict[str, Any]]) -> str:
     return f"<table>{head}{rows}</table>"
 
 
+def _search_table(rows: list[dict[str, Any]], winner: dict[str, Any] | None) -> str:
+    cols = ("trainable", "lr", "pooling", "val_accuracy", "val_loss", "best_epoch", "pruned_at_epoch", "seconds")
+    head = "<tr><th></th>" + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr>"
+    body = "".join(
+        "<tr><td>" + ("&#9733;" if winner and all(r.get(k) == v for k, v in winner.items()) else "") + "</td>"
+        + "".join(f"<td class=num>{_num(r.get(c)) if r.get(c) is not None else ''}</td>" for c in cols) + "</tr>"
+        for r in rows)
+    return ("<p class=muted>gptclf tune: every candidate, chosen on the validation split only "
+            f"(&#9733; the saved winner)</p><table>{head}{body}</table>")
+
+
 def render_report(title: str, *, data_summary: dict[str, Any] | None = None,
                   settings: dict[str, Any] | None = None, headline: dict[str, Any] | None = None,
                   reports: dict[str, dict[str, Any]] | None = None, plots: Sequence[str] = (),
-                  mistakes: list[dict[str, Any]] | None = None, mistakes_of: str = "test") -> str:
+                  mistakes: list[dict[str, Any]] | None = None, mistakes_of: str = "test",
+                  search: list[dict[str, Any]] | None = None, search_winner: dict[str, Any] | None = None) -> str:
     """The report page; ``plots`` are ready ``<img>`` tags (already escaped)."""
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>"
@@ -108,6 +120,8 @@ def render_report(title: str, *, data_summary: dict[str, Any] | None = None,
         parts.append("<h2>Data</h2>" + _kv_table(data_summary))
     if settings:
         parts.append("<h2>Settings</h2>" + _kv_table(settings))
+    if search:
+        parts.append("<h2>Recipe search</h2>" + _search_table(search, search_winner))
     if plots:
         parts.append("<h2>Curves and confusion matrix</h2><div class=plots>" + "".join(plots) + "</div>")
     for name, rep in (reports or {}).items():
@@ -128,9 +142,17 @@ def write_run_report(directory: str | Path, name: str | None = None) -> Path:
     if test and test.get("confusion_matrix"):
         plot_confusion_matrix(test["confusion_matrix"], test["labels"], directory / CONFUSION_PNG,
                               "Confusion matrix (test)")
+    cal = metrics.get("calibration")
+    if cal and cal.get("test_reliability_after"):
+        plot_reliability(cal["test_reliability_before"], cal["test_reliability_after"], directory / RELIABILITY_PNG,
+                         (cal["test_ece_before"], cal["test_ece_after"]), cal["temperature"])
     headline = {k: metrics[k] for k in ("train_accuracy", "val_accuracy", "test_accuracy", "train_loss",
-                                        "val_loss", "test_loss", "seconds", "device", "interrupted")
+                                        "val_loss", "test_loss", "best_epoch", "temperature", "seconds", "device",
+                                        "interrupted")
                 if k in metrics}
+    if cal:
+        headline.update({"test ECE before calibration": cal.get("test_ece_before"),
+                         "test ECE after calibration": cal.get("test_ece_after")})
     base = config.base_model
     headline = {"base model": base.get("name") if isinstance(base, dict) else base, "labels": config.labels,
                 "max length": config.max_length, **headline}
@@ -138,10 +160,11 @@ def write_run_report(directory: str | Path, name: str | None = None) -> Path:
                                                                 ("test", "test"))
                if f"{key}_report" in metrics}
     plots = [_img(directory / "loss-plot.png", "loss curves"), _img(directory / "accuracy-plot.png", "accuracy curves"),
-             _img(directory / CONFUSION_PNG, "confusion matrix")]
+             _img(directory / CONFUSION_PNG, "confusion matrix"), _img(directory / RELIABILITY_PNG, "reliability diagram")]
     page = render_report(f"gptclf run {name or directory.name}", data_summary=config.data,
                          settings=config.train, headline=headline, reports=reports,
-                         plots=[p for p in plots if p], mistakes=metrics.get("test_mistakes", []))
+                         plots=[p for p in plots if p], mistakes=metrics.get("test_mistakes", []),
+                         search=metrics.get("search"), search_winner=metrics.get("search_winner"))
     out = directory / REPORT_HTML
     write_text_atomic(out, page)
     return out

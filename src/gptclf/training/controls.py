@@ -49,13 +49,18 @@ def step_loss(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor 
 class EarlyStopping:
     """Tracks the best epoch by a validation metric; stops after ``patience`` epochs without a gain.
 
-    ``patience`` ``None`` only keeps the best weights (``--keep-best``) and never stops.
+    ``patience`` ``None`` only keeps the best weights (the default ``--keep-best``) and never stops.
+    With ``val_accuracy`` an epoch that ties the best accuracy but has a lower validation loss
+    counts as a gain: on a validation set of a few hundred texts accuracy moves in coarse steps
+    and ties are common, and the loss then says which of the tied epochs is more confident
+    where it is right.
     """
 
     metric: str = "val_loss"
     patience: int | None = None
     best_value: float | None = None
     best_epoch: int | None = None
+    best_tie: float | None = None  # the best epoch's validation loss, when the metric is accuracy
     bad_epochs: int = 0
     stopped_epoch: int | None = None
     best_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
@@ -65,15 +70,20 @@ class EarlyStopping:
             raise GptclfError(f"--early-stopping-metric must be one of {', '.join(STOPPING_METRICS)}, "
                               f"not {self.metric!r}")
 
-    def improved(self, value: float) -> bool:
+    def improved(self, value: float, tie: float | None = None) -> bool:
         if self.best_value is None:
             return True
-        return value < self.best_value if self.metric == "val_loss" else value > self.best_value
+        if self.metric == "val_loss":
+            return value < self.best_value
+        if value == self.best_value and tie is not None and self.best_tie is not None:
+            return tie < self.best_tie
+        return value > self.best_value
 
-    def update(self, epoch: int, value: float, model: nn.Module) -> bool:
-        """Record epoch ``epoch``'s metric; returns True when training should stop."""
-        if self.improved(value):
-            self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
+    def update(self, epoch: int, value: float, model: nn.Module, tie: float | None = None) -> bool:
+        """Record epoch ``epoch``'s metric (and, for accuracy, its validation loss ``tie``);
+        returns True when training should stop."""
+        if self.improved(value, tie):
+            self.best_value, self.best_epoch, self.best_tie, self.bad_epochs = value, epoch, tie, 0
             self.best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         else:
             self.bad_epochs += 1
@@ -89,7 +99,7 @@ class EarlyStopping:
 
     def state(self) -> dict[str, Any]:
         return {"metric": self.metric, "patience": self.patience, "best_value": self.best_value,
-                "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "best_epoch": self.best_epoch, "best_tie": self.best_tie, "bad_epochs": self.bad_epochs,
                 "stopped_epoch": self.stopped_epoch}
 
     def load_state(self, state: dict[str, Any], best: dict[str, torch.Tensor]) -> None:
@@ -104,5 +114,8 @@ def stopper_for(cfg: TrainConfig) -> EarlyStopping | None:
         return EarlyStopping(cfg.early_stopping_metric,
                              cfg.patience if cfg.patience is not None else DEFAULT_PATIENCE)
     if cfg.keep_best:
-        return EarlyStopping("val_loss", None)
+        # Accuracy, not loss: it is what users compare, and the loss is what the temperature
+        # fitted after training (--calibrate) repairs; an epoch whose loss rises through
+        # over-confidence while accuracy still climbs is the better classifier.
+        return EarlyStopping("val_accuracy", None)
     return None

@@ -36,26 +36,24 @@ def calc_loss_and_accuracy(model: SequenceClassifier, feed: Feeder, labels: torc
 
 
 @torch.inference_mode()
-def predict_probabilities(model: SequenceClassifier, feed: Feeder, n: int, batch_size: int,
-                          lengths: np.ndarray, device: torch.device, precision: str) -> np.ndarray:
-    """Class probabilities for every example, in example order."""
+def predict_logits(model: SequenceClassifier, feed: Feeder, n: int, batch_size: int,
+                   lengths: np.ndarray, device: torch.device, precision: str) -> np.ndarray:
+    """Class logits (float32) for every example, in example order."""
     model.eval()
     out = np.zeros((n, model.backbone.out_head.out_features), dtype=np.float32)
     for idx in sorted_batches(lengths, batch_size):
         with autocast(device, precision):
             logits = feed(model, idx).float()
-        out[idx] = torch.softmax(logits, -1).cpu().numpy()
+        out[idx] = logits.cpu().numpy()
     return out
 
 
-
-
-def split_metrics(model: SequenceClassifier, feed: Feeder, ds: Any, labels: Sequence[str], batch_size: int,
-                  device: torch.device, precision: str, name: str, texts: Sequence[str] | None = None
-                  ) -> dict[str, Any]:
+def split_metrics(logits: np.ndarray, ds: Any, labels: Sequence[str], name: str,
+                  texts: Sequence[str] | None = None, temperature: float = 1.0) -> dict[str, Any]:
     """``<name>_accuracy``, ``<name>_loss`` and ``<name>_report`` (per-class P/R/F1, confusion
-    matrix, ROC-AUC when binary) of one split; with ``texts``, its most confident mistakes."""
-    probs = predict_probabilities(model, feed, len(ds), batch_size, ds.lengths, device, precision)
+    matrix, ROC-AUC when binary) of one split from its ``logits``, scored as the saved model
+    scores (softmax of logits / ``temperature``); with ``texts``, its most confident mistakes."""
+    probs = torch.softmax(torch.from_numpy(logits) / temperature, -1).numpy()
     y = ds.labels.numpy()
     pred = probs.argmax(1)
     out: dict[str, Any] = {

@@ -122,23 +122,37 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
 
-    def fit(self) -> tuple[History, bool]:
+    def fit(self, until: int | None = None) -> tuple[History, bool]:
+        """Train to the end (or, with ``until``, through that many epochs: a later call
+        continues exactly where this one stopped, as ``gptclf tune`` does between rungs)."""
+        until = self.cfg.epochs if until is None else min(until, self.cfg.epochs)
         # DDP copies rank 0's weights to every rank when it wraps: after a resume, so all agree.
-        self.ddp = wrap_ddp(self.model, self.dist, self.device) if self.dist.world_size > 1 else None
-        stopped = self.stopper is not None and self.stopper.stopped_epoch is not None
+        if self.ddp is None and self.dist.world_size > 1:
+            self.ddp = wrap_ddp(self.model, self.dist, self.device)
+        stopped = self.stopped
         self.model.train()
         with DeferredInterrupt() as sigint:
-            for epoch in range(self.start_epoch, self.cfg.epochs):
+            for epoch in range(self.start_epoch, until):
                 if stopped:
                     break
                 if self._epoch(epoch, sigint):
                     return self.history, True
                 stopped = self._end_epoch(epoch)
+                self.start_epoch, self.start_batch = epoch + 1, 0
                 self.snapshot(epoch + 1, 0, self.shuffle_gen.get_state())
                 if any_rank(sigint.requested, self.dist):
                     self.log(f"interrupted at the end of epoch {epoch + 1}")
                     return self.history, True
         return self.history, False
+
+    @property
+    def stopped(self) -> bool:
+        """Early stopping has ended training."""
+        return self.stopper is not None and self.stopper.stopped_epoch is not None
+
+    @property
+    def finished(self) -> bool:
+        return self.stopped or self.start_epoch >= self.cfg.epochs
 
     def _epoch(self, epoch: int, sigint: DeferredInterrupt) -> bool:
         """One pass over the training split; True when interrupted."""
@@ -244,7 +258,8 @@ class Trainer:
         full_loss, full_acc = self._loss_and_accuracy(self.val_feed, self.val_ds.labels, self.full_val_batches)
         entry.update(full_val_loss=full_loss, full_val_accuracy=full_acc)
         value = broadcast_float(full_loss if stopper.metric == "val_loss" else full_acc, self.dist)
-        stopped = stopper.update(epoch + 1, value, self.bare)
+        tie = broadcast_float(full_loss, self.dist) if stopper.metric == "val_accuracy" else None
+        stopped = stopper.update(epoch + 1, value, self.bare, tie)
         self.log(f"full validation set: loss {full_loss:.4f}, accuracy {full_acc * 100:.2f}% | best "
                  f"{stopper.metric} {stopper.best_value:.4f} at epoch {stopper.best_epoch}"
                  + (f" | stopping early: no gain for {stopper.patience} epoch(s)" if stopped else ""))

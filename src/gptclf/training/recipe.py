@@ -43,7 +43,8 @@ from ..files import read_json_object
 from ..rundir.save import default_run_dir, save_run
 from .controls import EarlyStopping, class_weights, stopper_for
 from .distributed import DistContext, barrier, broadcast_text, init_distributed, shutdown
-from .evaluate import split_metrics
+from .calibrate import calibration_summary, fit_temperature
+from .evaluate import predict_logits, split_metrics
 from .loop import History, Trainer
 from .memory import available_memory, estimate_for_model, memory_warning
 from .state import Checkpointer, data_fingerprint, find_partial, load_checkpoint, partial_dir, read_run_info, \
@@ -117,13 +118,22 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
 
 def evaluate_splits(model: SequenceClassifier, feeds: Feeds, enc: Encoded, splits: DataSplits,
                     cfg: TrainConfig, device: torch.device, precision: str) -> dict[str, Any]:
-    """Every split's accuracy, loss and report, and the test split's most confident mistakes."""
+    """Every split's accuracy, loss and report, and the test split's most confident mistakes;
+    with ``--calibrate`` (default) first the temperature, fitted on the validation split, which
+    the metrics then use as the saved model will (see :mod:`gptclf.training.calibrate`)."""
     metrics: dict[str, Any] = {}
     t0 = time.perf_counter()
+    logits = {key: predict_logits(model, feeds[key], len(enc.datasets[key]), cfg.eval_batch_size,
+                                  enc.datasets[key].lengths, device, precision) for key, _ in SPLITS}
+    temperature = 1.0
+    if cfg.calibrate:
+        temperature = fit_temperature(logits["val"], enc.datasets["val"].labels.numpy())
+        metrics["temperature"] = temperature
+        metrics["calibration"] = calibration_summary(
+            logits, {key: enc.datasets[key].labels.numpy() for key, _ in SPLITS}, temperature)
     for key, _ in SPLITS:
         texts = [e.text for e in splits.test] if key == "test" else None
-        metrics.update(split_metrics(model, feeds[key], enc.datasets[key], splits.labels, cfg.eval_batch_size,
-                                     device, precision, key, texts))
+        metrics.update(split_metrics(logits[key], enc.datasets[key], splits.labels, key, texts, temperature))
     metrics["eval_seconds"] = time.perf_counter() - t0
     return metrics
 
@@ -139,7 +149,7 @@ def save(out: Path, model: SequenceClassifier, cfg: TrainConfig, splits: DataSpl
         model, tok, labels=splits.labels, max_length=enc.max_length, pooling=cfg.pooling, padding=cfg.padding, pad_id=tok.pad_id,
         template=cfg.template, causal_mask=cfg.causal_mask, head_bias=cfg.head_bias, trainable=cfg.trainable,
         base_model=enc.backbone.source, lora=lora_json, data=splits.summary(), train=asdict(cfg),
-        gptclf_version=__version__)
+        gptclf_version=__version__, temperature=float(metrics.get("temperature", 1.0)))
     save_run(out, model, tok, run_config, metrics, history, replace_interrupted=resumed, tensors=tensors)
 
 
@@ -192,7 +202,7 @@ def saved_config(run: str | Path) -> TrainConfig:
 
 
 @dataclass
-class _Setting:
+class RunSetting:
     """Where and how the run computes, and what it resumes from."""
 
     ctx: DistContext
@@ -209,7 +219,7 @@ def _run(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch
     options = asdict(cfg)  # as given: what a resumed run starts again with
     cfg = cfg.resolved()
     t_start = time.perf_counter()
-    s = _setting(cfg, log, ctx, dist_device, resume_from)
+    s = run_setting(cfg, log, ctx, dist_device, resume_from)
     splits = prepare_data(cfg)
     s.log(f"data: {splits.source}: {len(splits.train)} train / {len(splits.val)} val / "
           f"{len(splits.test)} test, labels {splits.labels}")
@@ -239,8 +249,8 @@ def _run(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch
     return s.out
 
 
-def _setting(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch.device | None,
-             resume_from: Path | None) -> _Setting:
+def run_setting(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch.device | None,
+             resume_from: Path | None) -> RunSetting:
     """Device, precision, seed, and the output directory (checked before any data is read)."""
     log = log or (lambda s: tqdm.write(s, file=sys.stderr))
     if not ctx.is_main:
@@ -265,7 +275,7 @@ def _setting(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: t
     _check_out(out, resume_from is not None)
     barrier(ctx)  # every rank checks before rank 0 creates <out>.partial
     checkpointer = Checkpointer(partial_dir(out), cfg.checkpoint_every, enabled=ctx.is_main)
-    return _Setting(ctx, device, precision, out, checkpointer, resume_from, log)
+    return RunSetting(ctx, device, precision, out, checkpointer, resume_from, log)
 
 
 def _check_out(out: Path, resuming: bool) -> None:
@@ -283,7 +293,7 @@ def _check_out(out: Path, resuming: bool) -> None:
                           hint=f"continue it with 'gptclf train --resume {out}', or delete {partial}")
 
 
-def _checkpoint_to_resume(cfg: TrainConfig, s: _Setting, enc: Encoded, options: dict[str, Any]) -> Any:
+def _checkpoint_to_resume(cfg: TrainConfig, s: RunSetting, enc: Encoded, options: dict[str, Any]) -> Any:
     """The checkpoint a resumed run continues from (None: from the start); a new run records
     its options and a fingerprint of its data, which a resume must match."""
     fingerprint = data_fingerprint(*enc.datasets.values())
@@ -303,7 +313,7 @@ def _checkpoint_to_resume(cfg: TrainConfig, s: _Setting, enc: Encoded, options: 
     return None
 
 
-def _model(cfg: TrainConfig, enc: Encoded, splits: DataSplits, s: _Setting) -> tuple[SequenceClassifier, int, Any]:
+def _model(cfg: TrainConfig, enc: Encoded, splits: DataSplits, s: RunSetting) -> tuple[SequenceClassifier, int, Any]:
     """The classifier on its device; with LoRA also the base weights' fingerprint (before any change)."""
     lora_cfg = cfg.lora_config() if cfg.trainable == "lora" else None
     base_fp = None
@@ -348,7 +358,7 @@ def _log_memory_estimate(model: SequenceClassifier, cfg: TrainConfig, frozen: in
 
 
 def _fit_and_evaluate(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds, enc: Encoded, splits: DataSplits,
-                      s: _Setting, class_weight: torch.Tensor | None, resume: Any) -> tuple[History, dict[str, Any]]:
+                      s: RunSetting, class_weight: torch.Tensor | None, resume: Any) -> tuple[History, dict[str, Any]]:
     """Train (the book's loop), keep the best epoch if asked, evaluate every split (rank 0)."""
     if cfg.compile:
         model = torch.compile(model, dynamic=True)  # type: ignore[assignment]
@@ -362,6 +372,8 @@ def _fit_and_evaluate(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds,
     history, interrupted = trainer.fit()
     metrics: dict[str, Any] = {"interrupted": interrupted, "train_seconds": time.perf_counter() - t0}
     metrics.update(_keep_best(stopper, getattr(model, "_orig_mod", model), interrupted, s.log))
+    if _val_curve(history):
+        metrics["val_curve"] = _val_curve(history)
     if resume is not None:
         metrics["resumed_at_step"] = resume[0]["global_step"] + 1
     if class_weight is not None:
@@ -371,6 +383,10 @@ def _fit_and_evaluate(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds,
         s.log(f"Training accuracy: {metrics['train_accuracy'] * 100:.2f}% | "
               f"Validation accuracy: {metrics['val_accuracy'] * 100:.2f}% | "
               f"Test accuracy: {metrics['test_accuracy'] * 100:.2f}%")
+        if "calibration" in metrics:
+            c = metrics["calibration"]
+            s.log(f"temperature {c['temperature']:.3f} (fitted on validation): expected calibration error "
+                  f"on test {c['test_ece_before']:.4f} -> {c['test_ece_after']:.4f}")
     return history, metrics
 
 
@@ -383,8 +399,14 @@ def _keep_best(stopper: EarlyStopping | None, model: nn.Module, interrupted: boo
     return {"best_epoch": stopper.best_epoch, "early_stopping": stopper.state()}
 
 
+def _val_curve(history: History) -> list[dict[str, float]]:
+    """The whole validation set's loss and accuracy at each epoch end (when they were measured)."""
+    return [{"epoch": e["epoch"], "val_loss": e["full_val_loss"], "val_accuracy": e["full_val_accuracy"]}
+            for e in history.epochs if "full_val_loss" in e]
+
+
 def _run_figures(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds, enc: Encoded, history: History,
-                 s: _Setting, seconds: float, metrics: dict[str, Any]) -> dict[str, Any]:
+                 s: RunSetting, seconds: float, metrics: dict[str, Any]) -> dict[str, Any]:
     """Sizes, times and speeds, for metrics.json."""
     epochs = history.epochs
     figures: dict[str, Any] = {
@@ -401,7 +423,7 @@ def _run_figures(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds, enc:
     return figures
 
 
-def _report_saved(s: _Setting, metrics: dict[str, Any]) -> None:
+def _report_saved(s: RunSetting, metrics: dict[str, Any]) -> None:
     if metrics["interrupted"]:
         s.log(f"saved (interrupted) run to {s.out} in {metrics['seconds']:.1f}s"
               + (f"; continue it with: gptclf train --resume {s.out}"

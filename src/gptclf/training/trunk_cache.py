@@ -91,6 +91,25 @@ class TrunkCache:
         bar.close()
         return cls(storage, offsets, row_lengths, torch.as_tensor(lengths), spill_dir, fixed_width=bool(pad_to))
 
+    @torch.inference_mode()
+    def extend(self, model: SequenceClassifier, start: int, end: int, device: torch.device, precision: str,
+               batch_size: int) -> "TrunkCache":
+        """The cache entering block ``end``, from this one (entering ``start``): blocks
+        ``start .. end-1`` run once per text, in the batches :meth:`build` would use, so
+        ``gptclf tune`` computes every frozen block once for all its candidates."""
+        storage = torch.empty_like(self.storage, device=self.storage.device if self.spill_dir is None else "cpu")
+        model.eval()
+        for idx in sorted_batches(self.lengths.numpy(), batch_size):
+            hidden, lengths = self.batch(idx, device)
+            with autocast(device, precision):
+                mask = model.attention_mask(lengths, hidden.shape[1], hidden.device)
+                h = model.backbone.run_blocks(hidden, start, end, mask).float()
+            h = h.to(storage.device)
+            for j, i in enumerate(idx):
+                n = int(self.row_lengths[i])
+                storage[self.offsets[i]: self.offsets[i] + n] = h[j, :n]
+        return TrunkCache(storage, self.offsets, self.row_lengths, self.lengths, fixed_width=self.fixed_width)
+
     def batch(self, idx: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         width = int(self.row_lengths[list(idx)].max())
         if not self.fixed_width:  # position -1 must stay where --padding longest put it

@@ -82,7 +82,9 @@ def model_info(classifier: Any) -> dict[str, Any]:
         try:
             m = read_json_object(Path(directory) / "metrics.json")
             metrics = {k: m[k] for k in ("train_accuracy", "val_accuracy", "test_accuracy", "test_loss",
-                                         "n_train", "n_val", "n_test") if k in m}
+                                         "n_train", "n_val", "n_test", "best_epoch") if k in m}
+            if isinstance(m.get("calibration"), dict):
+                metrics["test_ece"] = m["calibration"].get("test_ece_after")
             rep = m.get("test_report") or {}
             for k in ("per_class", "macro_f1", "roc_auc", "confusion_matrix"):
                 if k in rep:
@@ -100,6 +102,7 @@ def model_info(classifier: Any) -> dict[str, Any]:
         "pooling": cfg.get("pooling"),
         "backend": getattr(classifier, "backend", "torch"),
         "precision": getattr(classifier, "precision", None),
+        "temperature": getattr(classifier, "temperature", 1.0),  # the scores are softmax(logits / T)
         "metrics": metrics,
     })
 

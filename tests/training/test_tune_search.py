@@ -1,0 +1,121 @@
+"""gptclf tune: every candidate equals a standalone run with its settings (the shared trunk
+cache, built once at the deepest cut and extended, is exact); the winner is a normal run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import write_gpt2_config_only
+from gptclf.cli import build_parser
+from gptclf.config import TrainConfig, TuneOptions
+from gptclf.errors import GptclfError
+from gptclf.inference.classifier import Classifier
+from gptclf.training.recipe import run_training
+from gptclf.training.tune import Candidate, run_tune, search_space
+
+BASE = dict(init="random", epochs=2, eval_freq=100, checkpoint_every=0, progress=False, trainable="1", lr=2e-3)
+
+
+@pytest.fixture(scope="module")
+def sms_csv(sms_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rows = [ln.split("\t", 1) for ln in sms_file.read_text(encoding="utf-8").splitlines() if "\t" in ln]
+    ham = [t for lab, t in rows if lab == "ham"][:100]
+    spam = [t for lab, t in rows if lab == "spam"][:100]
+    path = tmp_path_factory.mktemp("tune-data") / "sms.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n"
+                            for pair in zip(ham, spam) for lab, t in zip(("ham", "spam"), pair)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tuned(sms_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
+    root = tmp_path_factory.mktemp("tune")
+    model = write_gpt2_config_only(root / "tiny", n_layer=3, n_embd=32)
+    lines: list[str] = []
+    out = run_tune(TrainConfig(model=str(model), data=str(sms_csv), out=str(root / "best"), **BASE),
+                   TuneOptions(trainables="last_layer,last_block", lrs="2e-3"), log=lines.append)
+    return out, model, lines
+
+
+def test_every_candidate_equals_its_standalone_run(tuned: tuple[Path, Path, list[str]], sms_csv: Path,
+                                                   tmp_path: Path) -> None:
+    out, model, lines = tuned
+    m = json.loads((out / "metrics.json").read_text())
+    rows = m["search"]
+    # The default first (never pruned), then head only, then mean pooling at the default's depth and lr.
+    assert [(r["trainable"], r["pooling"]) for r in rows] == \
+        [("1", "last-nonpad"), ("last_layer", "last-nonpad"), ("1", "mean")]
+    assert rows[0]["pruned_at_epoch"] is None and rows[0]["epochs_run"] == 2
+    assert any("cuts [2, 3]" in line for line in lines)  # blocks 0-1 cached once, block 2 added once
+    compared = []
+    for r in rows[:2]:
+        if r["pruned_at_epoch"] is not None:
+            continue
+        compared.append(r["trainable"])
+        alone = run_training(TrainConfig(model=str(model), data=str(sms_csv), out=str(tmp_path / r["trainable"]),
+                                         **{**BASE, "trainable": r["trainable"], "pooling": r["pooling"]}),
+                             log=lambda s: None)
+        am = json.loads((alone / "metrics.json").read_text())
+        assert am["best_epoch"] == r["best_epoch"]
+        assert am["val_curve"][r["best_epoch"] - 1]["val_accuracy"] == r["val_accuracy"]
+        assert am["val_curve"][r["best_epoch"] - 1]["val_loss"] == pytest.approx(r["val_loss"], abs=1e-6)
+        if r["trainable"] == m["search_winner"]["trainable"] and r["pooling"] == m["search_winner"]["pooling"]:
+            wa, wb = load_file(str(alone / "model.safetensors")), load_file(str(out / "model.safetensors"))
+            assert wa.keys() == wb.keys()
+            for k in wa:
+                assert torch.equal(wa[k], wb[k]), k
+            assert am["test_accuracy"] == m["test_accuracy"]
+            compared.append("winner")
+    assert "winner" in compared or m["search_winner"]["pooling"] == "mean"
+
+
+def test_the_winner_is_a_normal_run(tuned: tuple[Path, Path, list[str]]) -> None:
+    out, _, lines = tuned
+    m = json.loads((out / "metrics.json").read_text())
+    best = max(m["search"], key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+    assert {k: best[k] for k in ("trainable", "lr", "pooling")} == m["search_winner"]
+    # Never worse on validation than the default recipe (the first row).
+    assert (best["val_accuracy"], -best["val_loss"]) >= (m["search"][0]["val_accuracy"], -m["search"][0]["val_loss"])
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["trainable"] == best["trainable"] and cfg["pooling"] == best["pooling"]
+    assert cfg["train"]["lr"] == best["lr"]
+    clf = Classifier.load(out, device="cpu")
+    assert len(clf.predict(["free prize call now", "see you later"])) == 2
+    assert "search" in (out / "report.html").read_text()
+    assert any("val acc" in line for line in lines)  # the terminal table
+
+
+def test_search_space_and_options() -> None:
+    cfg = TrainConfig(model="gpt2-small", trainable="last_block", lr=1e-4).resolved()
+    cands = search_space(cfg, TuneOptions(), n_layers=12)
+    assert cands[0] == Candidate("last_block", 1e-4, "last-nonpad")
+    # "1" is last_block: not tried twice.
+    assert not any(c.trainable == "1" and c.lr == 1e-4 and c.pooling == "last-nonpad" for c in cands)
+    assert {c.trainable for c in cands} == {"last_block", "last_layer", "1", "2", "4"}
+    assert Candidate("last_block", 1e-4, "mean") in cands
+    assert len(search_space(cfg, TuneOptions(trials=3), 12)) == 3
+    assert len({(c.trainable, c.lr, c.pooling) for c in cands}) == len(cands)
+    for bad, msg in [(TuneOptions(lrs="fast"), "--lrs"), (TuneOptions(poolings="max"), "--poolings"),
+                     (TuneOptions(trainables="99"), "99")]:
+        with pytest.raises(GptclfError, match=msg):
+            search_space(cfg, bad, 12)
+    args = build_parser().parse_args(["tune", "--model", "x", "--trials", "4", "--budget-s", "60", "--lrs", "1e-3"])
+    assert (args.trials, args.budget_s, args.lrs, args.model) == (4, 60.0, "1e-3", "x")
+    with pytest.raises(GptclfError, match="--trials"):
+        TuneOptions(trials=0).check()
+
+
+def test_budget_stops_new_candidates_but_the_default_always_runs(sms_csv: Path, tmp_path: Path) -> None:
+    model = write_gpt2_config_only(tmp_path / "tiny", n_layer=2, n_embd=32)
+    lines: list[str] = []
+    out = run_tune(TrainConfig(model=str(model), data=str(sms_csv), out=str(tmp_path / "run"), **{**BASE, "epochs": 1}),
+                   TuneOptions(budget_s=1e-9), log=lines.append)
+    m = json.loads((out / "metrics.json").read_text())
+    assert [(r["trainable"], r["lr"], r["pooling"]) for r in m["search"]] == [("1", 2e-3, "last-nonpad")]
+    assert m["search_winner"] == {"trainable": "1", "lr": 2e-3, "pooling": "last-nonpad"}
+    assert any("budget" in line and "not tried" in line for line in lines)
