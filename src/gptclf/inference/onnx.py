@@ -60,20 +60,22 @@ def require_onnx() -> None:
 
 
 class ProbabilityGraph(nn.Module):
-    """What the exported graph computes: logits and softmax probabilities (in fp32)."""
+    """What the exported graph computes: logits and the run's calibrated probabilities,
+    ``softmax(logits / temperature)`` (in fp32)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
         self.m = model
+        self.temperature = float(temperature)
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.m(input_ids, lengths).float()
-        return logits, torch.softmax(logits, -1)
+        return logits, torch.softmax(logits / self.temperature, -1)
 
 
-def export_graph(model: nn.Module, path: Path) -> None:
+def export_graph(model: nn.Module, path: Path, temperature: float = 1.0) -> None:
     """Trace ``model`` (a SequenceClassifier) into ``path`` with dynamic batch and sequence axes."""
-    graph = ProbabilityGraph(model).eval()
+    graph = ProbabilityGraph(model, temperature).eval()
     # Two rows of eight tokens: torch.export specialises a dimension seen as 0 or 1.
     ids = torch.zeros((2, 8), dtype=torch.long)
     lens = torch.tensor([8, 5], dtype=torch.long)
@@ -183,7 +185,8 @@ def manifest(clf: Any) -> dict[str, Any]:
         "inputs": {"input_ids": "int64 [batch, seq], right-padded with pad_id",
                    "lengths": "int64 [batch], real tokens per row (1..seq)"},
         "outputs": {"logits": "float32 [batch, num_classes]",
-                    "probabilities": "float32 [batch, num_classes], softmax of logits"},
+                    "probabilities": "float32 [batch, num_classes], softmax(logits / temperature)"},
+        "temperature": float(clf.temperature),
         "labels": list(cfg.labels),
         "max_length": int(cfg.max_length),
         "pad_id": int(clf.tokenizer.pad_id),
@@ -216,7 +219,8 @@ def check_parity(clf: Any, directory: Path) -> dict[str, Any]:
     disagrees by more than :data:`PARITY_TOLERANCE`."""
     ids, lens = parity_inputs(clf)
     with torch.inference_mode():
-        ref = torch.softmax(clf.model(torch.from_numpy(ids), torch.from_numpy(lens)).float(), -1).numpy()
+        logits = clf.model(torch.from_numpy(ids), torch.from_numpy(lens)).float()
+        ref = torch.softmax(logits / clf.temperature, -1).numpy()
     got = OnnxSession(directory / FILES["fp32"])(ids, lens)
     diff = float(np.abs(got - ref).max())
     if not diff <= PARITY_TOLERANCE:
@@ -261,7 +265,7 @@ def write_onnx_dir(clf: Any, out: Path, int8: bool = True, source: Path | None =
 
 def _write_files(clf: Any, tmp: Path, int8: bool, source: Path | None) -> None:
     model = clf.model.float().eval()
-    export_graph(model, tmp / FILES["fp32"])
+    export_graph(model, tmp / FILES["fp32"], clf.temperature)
     info = manifest(clf)
     if int8:
         arch = clf.run_config.architecture.get("arch", "gpt2")

@@ -50,6 +50,11 @@ def export_hf(src: str | Path, out: str | Path) -> Path:
     if fam.to_hf is None or fam.hf_export_config is None:
         raise GptclfError(f"{src}: the {arch.arch} family has no Hugging Face export")
     sd = {k: v.detach().float() for k, v in backbone.state_dict().items()}
+    # The run's calibration temperature divides the logits: fold it into the head, exactly as
+    # gptclf applies it (softmax(logits / T)), since transformers has no such setting.
+    for k in ("out_head.weight", "out_head.bias"):
+        if k in sd:
+            sd[k] = sd[k] / clf.temperature
     tensors = fam.to_hf(sd, arch)
     tensors["score.weight"] = _fold_head_bias(sd, tensors, arch.arch, src)
     pad_token = _pad_token(clf.tokenizer, src)
