@@ -227,3 +227,29 @@ def test_batching_task_is_restarted_if_it_dies(llama_classifier: Classifier) -> 
         assert batcher._task is not old and batcher.restarts == 1
         assert c.post("/v1/classify", json={"texts": ["still here"]}).status_code == 200
         assert c.get("/healthz").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
+def test_files_with_lone_surrogates_are_written_as_replacement(llama_classifier: Classifier, tmp_path: Path,
+                                                               suffix: str) -> None:
+    from gptclf.inference.batch_files import predict_file
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "a \\ud800 b", "note": "\\udfff"}\n{"text": "fine", "note": "ok"}\n', encoding="utf-8")
+    out = tmp_path / f"out{suffix}"
+    assert predict_file(llama_classifier, src, out).rows == 2
+    written = out.read_text(encoding="utf-8")  # valid UTF-8
+    assert "a \ufffd b" in written and "\ufffd" in written.splitlines()[-2 if suffix == ".jsonl" else 1]
+
+
+def test_a_file_row_that_cannot_be_classified_is_named(llama_classifier: Classifier, tmp_path: Path) -> None:
+    from gptclf.errors import GptclfError
+    from gptclf.inference.batch_files import predict_file
+
+    clf = Classifier(llama_classifier.model, PanickingTokenizer(llama_classifier.tokenizer),
+                     llama_classifier.run_config, torch.device("cpu"))
+    src = tmp_path / "in.csv"
+    src.write_text(f"text\nfine\n{PANIC_WORD}\n", encoding="utf-8")
+    with pytest.raises(GptclfError, match=r"in\.csv:3: the tokenizer failed \(Panic\)"):
+        predict_file(clf, src, tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
