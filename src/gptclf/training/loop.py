@@ -10,6 +10,7 @@ and at each epoch end the accuracies, as the book does.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -106,6 +107,7 @@ class Trainer:
         ck = self.checkpointer
         if ck is None or not ck.enabled or not self.dist.is_main or self.last_saved == (epoch, batch):
             return
+        self.check_finite()
         optim_tensors, optim_structure = flatten_optimizer_state(self.optimizer.state_dict())
         tensors = {f"param.{n}": p for n, p in self.bare.named_parameters() if p.requires_grad}
         tensors.update(optim_tensors)
@@ -138,6 +140,7 @@ class Trainer:
                 if any_rank(sigint.requested, self.dist):
                     self.log(f"interrupted at the end of epoch {epoch + 1}")
                     return self.history, True
+        self.check_finite()
         return self.history, False
 
     def _epoch(self, epoch: int, sigint: DeferredInterrupt) -> bool:
@@ -194,6 +197,10 @@ class Trainer:
                 loss = step_loss(logits.float(), self.train_y[idx], self.weight, total, self.dist.world_size)
                 loss.backward()
             loss_sum += loss.detach()
+        value = loss_sum.item()
+        if any_rank(not math.isfinite(value), self.dist):
+            # Stop before the step spoils the weights; the last checkpoint stays as it was.
+            raise self._diverged(f"the training loss is {value}")
         if self.cfg.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.clip_grad_norm)
         if self.scheduled:
@@ -203,7 +210,20 @@ class Trainer:
         self.optimizer.step()
         self.examples_seen += len(flat)
         self.global_step += 1
-        return loss_sum.item()
+        return value
+
+    def _diverged(self, what: str) -> GptclfError:
+        return GptclfError(f"training diverged at step {self.global_step + 1}: {what}; no model was saved "
+                           "(an earlier checkpoint, if any, is kept)",
+                           hint=f"lower --lr (this run used {self.cfg.lr:g}) or add --clip-grad-norm 1.0, "
+                                "then rerun with --overwrite")
+
+    def check_finite(self) -> None:
+        """Refuse to save (a checkpoint or the model) weights that are not all finite: a loss
+        can stay finite for the one step that blows the weights up."""
+        # Not collective: data-parallel ranks hold the same weights, so they all agree.
+        if any(not bool(torch.isfinite(p).all()) for p in self.trainable):
+            raise self._diverged("some trained weights are not finite")
 
     def _eval_batches(self) -> list[list[int]]:
         return shuffled_batches(len(self.train_ds), self.global_batch, self.eval_gen)[: self.cfg.eval_iter]

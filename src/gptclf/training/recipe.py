@@ -46,8 +46,8 @@ from .distributed import DistContext, barrier, broadcast_text, init_distributed,
 from .evaluate import split_metrics
 from .loop import History, Trainer
 from .memory import available_memory, estimate_for_model, memory_warning
-from .state import Checkpointer, data_fingerprint, find_partial, load_checkpoint, partial_dir, read_run_info, \
-    write_run_info
+from .state import Checkpointer, data_fingerprint, discard_partial, find_partial, load_checkpoint, partial_dir, \
+    read_run_info, write_run_info
 from .trunk_cache import Feeds, build_feeds
 
 Log = Callable[[str], None]
@@ -262,13 +262,13 @@ def _setting(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: t
                               if info.get("world_size", 1) > 1 else "resume without torchrun")
     else:
         out = Path(broadcast_text(str(Path(cfg.out) if cfg.out else default_run_dir()), ctx))
-    _check_out(out, resume_from is not None)
+    _check_out(out, resume_from is not None, cfg.overwrite and resume_from is None, ctx.is_main)
     barrier(ctx)  # every rank checks before rank 0 creates <out>.partial
     checkpointer = Checkpointer(partial_dir(out), cfg.checkpoint_every, enabled=ctx.is_main)
     return _Setting(ctx, device, precision, out, checkpointer, resume_from, log)
 
 
-def _check_out(out: Path, resuming: bool) -> None:
+def _check_out(out: Path, resuming: bool, overwrite: bool = False, is_main: bool = True) -> None:
     partial = partial_dir(out)
     if resuming:
         metrics = out / "metrics.json"
@@ -278,9 +278,12 @@ def _check_out(out: Path, resuming: bool) -> None:
         return
     if out.exists() and any(out.iterdir()):
         raise GptclfError(f"{out} already exists and is not empty", hint="choose another --out")
-    if partial.exists():
+    if partial.exists() and overwrite:
+        discard_partial(partial, is_main)
+    elif partial.exists():
         raise GptclfError(f"{partial} holds the checkpoints of an unfinished run to {out}",
-                          hint=f"continue it with 'gptclf train --resume {out}', or delete {partial}")
+                          hint=f"continue it with 'gptclf train --resume {out}', or start again with "
+                               f"--overwrite (which deletes {partial})")
 
 
 def _checkpoint_to_resume(cfg: TrainConfig, s: _Setting, enc: Encoded, options: dict[str, Any]) -> Any:

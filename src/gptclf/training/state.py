@@ -45,6 +45,18 @@ def partial_dir(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+def discard_partial(partial: Path, is_main: bool = True) -> None:
+    """``--overwrite``: delete a failed or interrupted run's checkpoints, but only a folder
+    that is one (a run.json inside, or empty), never a link or the user's own folder."""
+    looks_ours = partial.is_dir() and not partial.is_symlink() and \
+        ((partial / RUN_FILE).is_file() or not any(partial.iterdir()))
+    if not looks_ours:
+        raise GptclfError(f"{partial} is in the way of the run's checkpoints but is not a gptclf checkpoint "
+                          "folder, so --overwrite leaves it alone", hint="move it, or choose another --out")
+    if is_main:
+        shutil.rmtree(partial)
+
+
 def find_partial(path: str | Path) -> Path:
     """``--resume`` accepts the run directory (``runs/X``) or its ``runs/X.partial``."""
     path = Path(path).expanduser()
