@@ -85,7 +85,42 @@ class Trainer:
     # ------------------------------------------------------------------ resume
 
     def restore(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        """Continue from a checkpoint (:mod:`gptclf.training.state`): weights, optimizer, RNGs, position."""
+        """Continue from a checkpoint (:mod:`gptclf.training.state`): weights, optimizer, RNGs, position.
+
+        ``load_checkpoint`` checked the JSON fields' types; what only this run can check
+        (names, shapes, the position in this run's epochs) is checked here, and anything
+        that still does not fit is a clear error rather than a traceback."""
+        try:
+            self._check_resume_point(state, tensors)
+            self._restore(state, tensors)
+        except GptclfError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+            raise GptclfError(f"the checkpoint does not fit this run ({type(e).__name__}: {str(e)[:200]})",
+                              hint="the checkpoint is damaged: start again with --overwrite") from None
+
+    def _check_resume_point(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        params = {n: p for n, p in self.bare.named_parameters() if p.requires_grad}
+        saved = dict(iter_state_tensors("param.", tensors))
+        wrong = sorted(set(params) ^ set(saved)) + sorted(
+            n for n in set(params) & set(saved) if saved[n].shape != params[n].shape or not saved[n].is_floating_point()
+            or not bool(torch.isfinite(saved[n]).all()))
+        if wrong:
+            raise GptclfError(f"the checkpoint's trained weights do not match this model: {wrong[:3]}",
+                              hint="the checkpoint is damaged: start again with --overwrite")
+        batches = self.steps_per_epoch * self.cfg.grad_accum
+        if state["epoch"] > self.cfg.epochs or state["batch"] > batches or \
+                state["global_step"] >= self.total_steps or state["examples_seen"] > self.total_steps * \
+                self.global_batch * self.cfg.grad_accum:
+            raise GptclfError(f"the checkpoint's position (epoch {state['epoch']}, batch {state['batch']}, step "
+                              f"{state['global_step']}) is outside this run's {self.cfg.epochs} epoch(s) of "
+                              f"{batches} batches", hint="the checkpoint is damaged: start again with --overwrite")
+        for key in ("rng.shuffle", "rng.eval", "rng.torch"):
+            if key not in tensors or tensors[key].dtype != torch.uint8:
+                raise GptclfError(f"the checkpoint lacks a valid random-generator state ({key})",
+                                  hint="the checkpoint is damaged: start again with --overwrite")
+
+    def _restore(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         params = dict(self.bare.named_parameters())
         with torch.no_grad():
             for name, value in iter_state_tensors("param.", tensors):
