@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import GptclfError
-from ...files import read_json_object
+from ...files import file_inside, read_json_object
 from .settings import ServeSettings
 
 try:
@@ -87,7 +87,7 @@ def model_info(classifier: Any) -> dict[str, Any]:
     directory = getattr(classifier, "directory", None)
     if directory is not None and (Path(directory) / "metrics.json").exists():
         try:
-            m = read_json_object(Path(directory) / "metrics.json")
+            m = read_json_object(file_inside(Path(directory), "metrics.json"))
             metrics = {k: m[k] for k in ("train_accuracy", "val_accuracy", "test_accuracy", "test_loss",
                                          "n_train", "n_val", "n_test") if k in m}
             rep = m.get("test_report") or {}
