@@ -52,7 +52,8 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
                       hint="pip install 'gptclf[serve]'") from None
 
 from .batcher import Batcher, TextRejected
-from .http import ApiError, BodyLimitMiddleware, error_response, header_timeout_protocol, is_json_content_type
+from .http import (ApiError, BodyLimitMiddleware, check_header_protocol, error_response, header_timeout_protocol,
+                   is_json_content_type)
 
 
 class ClassifyRequest(BaseModel):
@@ -264,6 +265,7 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
 
     from ..classifier import Classifier
 
+    check_header_protocol()  # before the slow model load: never serve without the header deadline
     # Check the address before the (slow) model load, and say what to do instead of a traceback.
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
