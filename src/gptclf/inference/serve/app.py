@@ -267,13 +267,18 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
 
     check_header_protocol()  # before the slow model load: never serve without the header deadline
     # Check the address before the (slow) model load, and say what to do instead of a traceback.
+    if not 0 <= port <= 65535:
+        raise GptclfError(f"--port must be between 0 and 65535, not {port}")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as e:
-            raise GptclfError(f"cannot listen on {host}:{port} ({e.strerror})",
-                              hint="another server may be using the port: pass --port N") from None
+            raise GptclfError(f"cannot listen on {host}:{port} ({e.strerror or e})",
+                              hint="another server may be using the port (pass --port N), or --host is not "
+                                   "an address of this machine") from None
+        except (TypeError, ValueError, UnicodeError) as e:  # a --host that is no host name at all
+            raise GptclfError(f"--host {host!r} is not an address or host name ({e})") from None
     t0 = time.perf_counter()
     clf = Classifier.load(model_dir, device=device, quantize=quantize)
     app = create_app(clf, settings)
