@@ -253,3 +253,38 @@ def test_a_file_row_that_cannot_be_classified_is_named(llama_classifier: Classif
     with pytest.raises(GptclfError, match=r"in\.csv:3: the tokenizer failed \(Panic\)"):
         predict_file(clf, src, tmp_path / "out.csv")
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_soak_poison_and_panic_clients_next_to_innocent_ones(llama_classifier: Classifier) -> None:
+    """12 innocent clients and 2 hostile ones (lone surrogates; the word that panics the
+    tokenizer) hammer one server concurrently: zero innocent failures."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    clf = Classifier(llama_classifier.model, PanickingTokenizer(llama_classifier.tokenizer),
+                     llama_classifier.run_config, torch.device("cpu"))
+    innocent_texts = ["ok see you", "WIN a prize, call now", "lunch?", "free entry", "hi"]
+
+    with TestClient(create_app(clf, ServeSettings(batch_wait_ms=2, max_queue=1024)),
+                    raise_server_exceptions=False) as c:
+        def post(texts: list[str]) -> Any:
+            body = json.dumps({"texts": texts})  # escaped, so lone surrogates travel as JSON
+            return c.post("/v1/classify", content=body, headers={"Content-Type": "application/json"})
+
+        def innocent(k: int) -> list[int]:
+            return [post(innocent_texts[(k + i) % 5: (k + i) % 5 + 1 + i % 3]).status_code for i in range(15)]
+
+        def surrogates(_: int) -> list[int]:
+            return [post(["a \ud800", "\udfff b", f"x{i}"]).status_code for i in range(15)]
+
+        def panics(_: int) -> list[int]:
+            return [post(["fine", f"{PANIC_WORD} {i}"]).status_code for i in range(15)]
+
+        with ThreadPoolExecutor(14) as pool:
+            good = [pool.submit(innocent, k) for k in range(12)]
+            sur, pan = pool.submit(surrogates, 0), pool.submit(panics, 0)
+            codes = [code for f in good for code in f.result(120)]
+        assert codes == [200] * len(codes) and len(codes) == 180
+        assert sur.result() == [200] * 15        # surrogates are text like any other
+        assert pan.result() == [422] * 15        # the panicking text fails its own request only
+        health = c.get("/healthz").json()
+        assert health["status"] == "ok" and health["restarts"] == 0
