@@ -39,7 +39,7 @@ def test_an_array_count_larger_than_the_file_is_refused_at_once(tmp_path: Path) 
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 3, r.stderr[-2000:]
-    assert "not a valid GGUF file" in r.stdout and "2^40" not in r.stdout
+    assert "not a readable GGUF file" in r.stdout and f"{2**40} elements" in r.stdout  # our check, not a MemoryError
     assert time.monotonic() - t0 < 60
 
 

@@ -73,7 +73,7 @@ def check_gguf_header(path: Path) -> None:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             _walk(buf)
     except _Bad as e:
-        raise GptclfError(f"{path} is not a valid GGUF file: {e}",
+        raise GptclfError(f"{path} is not a readable GGUF file: {e}",
                           hint="the file is truncated, damaged or crafted; download it again") from None
     except (OSError, ValueError) as e:  # an empty file cannot be mapped
         raise GptclfError(f"{path} is not a readable GGUF file ({e})") from None

@@ -248,8 +248,13 @@ def check_base_name(directory: Path, name: str, architecture: dict[str, Any]) ->
         return
     found = registry.find_preset(name) or next(
         ((k, f, p) for f in registry.FAMILIES.values() for k, p in f.presets.items() if p.hub == name), None)
+    if found is None and (name.startswith((".", "~", "/")) or Path(name).is_absolute()):
+        raise GptclfError(f"{directory} holds LoRA adapters for the base model {name!r}, which could not be "
+                          "loaded: the path does not exist",
+                          hint="make the base model available there, or load a merged directory "
+                               "('gptclf export --merge')")
     if found is None:
-        raise GptclfError(f"{directory}: the LoRA adapters name the base model {name!r}, which is neither a "
+        raise GptclfError(f"{directory} holds LoRA adapters for the base model {name!r}, which is neither a "
                           "local path nor a gptclf preset; gptclf does not download a base that a model "
                           "directory names",
                           hint="download the base yourself and point lora.base in config.json at its local "
