@@ -100,7 +100,11 @@ class Classifier:
 
     @torch.inference_mode()
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Class probabilities ``[len(texts), num_classes]`` in input order."""
+        """Class probabilities ``[len(texts), num_classes]`` in input order.
+
+        Raises :class:`~gptclf.errors.TextError` naming the texts the tokenizer fails on
+        (any exception, a Rust panic included) or whose scores are not finite, so a caller
+        can answer the other texts; never returns NaN."""
         if isinstance(texts, str):
             raise TypeError("predict_proba expects a list of texts, not a single string")
         if batch_size < 1:

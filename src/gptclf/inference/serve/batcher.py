@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from ...errors import TextError, is_interrupt
+from ...errors import TextError
 from .settings import ServeSettings
 
 
@@ -149,8 +149,8 @@ class Batcher:
         except asyncio.CancelledError:
             raise
         except BaseException as e:  # noqa: BLE001 - see the module doc
-            if is_interrupt(e):
-                raise
+            # Even SystemExit or KeyboardInterrupt here came from the model's thread, not
+            # from the user: the server's own Ctrl-C arrives as this task's cancellation.
             self.failures += 1
             await self._isolate(jobs, e)
             return
