@@ -14,6 +14,7 @@ reader of a run directory goes through :meth:`RunConfig.from_json`, which checks
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -135,6 +136,8 @@ class TrainConfig:
                                    "memory for --trainable all on large models, about a third more compute", SPEED)
     out: str | None = opt(None, "run directory (default runs/<timestamp>; runs/latest links it)", OUTPUT)
     progress: bool = opt(True, "no progress bars", OUTPUT, flag="--quiet")
+    overwrite: bool = opt(False, "discard <out>.partial/, the checkpoints a failed or interrupted run to the "
+                          "same --out left, and start again (a finished --out is never overwritten)", OUTPUT)
 
     def lora_config(self):  # -> peft.lora.LoRAConfig
         from .peft.lora import LoRAConfig, parse_targets
@@ -185,6 +188,9 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value is not None and value not in choices:
                 raise GptclfError(f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)}, not {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                # Python's float() accepts "inf" and "nan"; --lr inf trained to all-NaN weights.
+                raise GptclfError(f"--{f.name.replace('_', '-')} must be a finite number, not {value!r}")
         for name in ("batch_size", "epochs", "eval_freq", "eval_iter", "eval_batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise GptclfError(f"--{name.replace('_', '-')} must be at least 1")

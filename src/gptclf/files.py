@@ -126,3 +126,20 @@ def read_json_object(path: Path, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise GptclfError(f"{path} is not a JSON object")
     return obj
+
+
+def file_inside(directory: Path, name: str) -> Path:
+    """``directory / name``, refused when it is a link (or under one) that resolves outside
+    ``directory``: a model directory may come from someone else, and its files must not
+    make gptclf read ``/dev/zero``, ``~/.ssh/...`` or another user's data."""
+    path = Path(directory) / name
+    if not os.path.lexists(path):
+        return path  # the caller says what is missing
+    root = Path(directory).resolve()
+    target = path.resolve()
+    if target != root and root not in target.parents:
+        raise GptclfError(f"{path} is a link to {target}, outside the model directory {root}",
+                          hint="copy the file into the directory instead of linking it")
+    if not target.is_file():
+        raise GptclfError(f"{path} is not a regular file", hint="the model directory is damaged")
+    return path

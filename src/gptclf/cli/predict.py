@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..data.tables import FORMATS
+from ..data.encoding import unicode_clean
 from ..errors import GptclfError
 
 
@@ -116,6 +117,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     texts = _read_texts(args)
     clf = load_classifier(args)
     for text, r in zip(texts, clf.predict(texts, batch_size=args.batch_size)):
+        text = unicode_clean(text)  # an argv byte that is not UTF-8 arrives as a lone surrogate
         if args.json:
             print(json.dumps({"text": text, **r}, ensure_ascii=False))
         else:

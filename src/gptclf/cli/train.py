@@ -67,5 +67,6 @@ def _resume(args: argparse.Namespace, cfg: TrainConfig) -> Path:
     if conflicts:
         raise GptclfError("--resume continues a run with the options it was started with; these differ: "
                           + ", ".join(conflicts),
-                          hint="leave them out (or give the same values), or start a new run")
+                          hint="leave them out (or give the same values), or start the run again with the new "
+                               "options and --overwrite (which discards its checkpoints)")
     return resume_training(args.resume, progress=cfg.progress)

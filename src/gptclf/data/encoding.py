@@ -28,6 +28,21 @@ class EncodedDataset:
         return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
 
 
+def unicode_clean(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD (a valid pair is joined).
+
+    JSON can carry lone surrogates (``"\\ud800"``) but UTF-8 cannot: tiktoken replaced
+    them and the Hugging Face tokenizers raised TypeError, so one such text failed a
+    whole batch on some models only. Cleaning here, before any tokenizer, makes every
+    tokenizer see the same text (the same one tiktoken always saw).
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def longest_encoded_length(token_lists: Iterable[Sequence[int]]) -> int:
     """The book's ``_longest_encoded_length``: the pad-to length is the longest training text."""
     return max((len(t) for t in token_lists), default=1)
@@ -57,7 +72,7 @@ def tokenize_texts(tokenizer, texts: Sequence[str], template: str | None = None
     # like "<|im_start|>user\n{text}<|im_end|>" works); the texts are data and never do.
     pre = tokenizer.encode(prefix, allow_special=True) if prefix else []
     post = tokenizer.encode(suffix, allow_special=True) if suffix else []
-    ids = tokenizer.encode_batch(list(texts))
+    ids = tokenizer.encode_batch([unicode_clean(t) for t in texts])
     for i, t in enumerate(ids):
         if not t and not pre and not post:
             # A text of only characters the tokenizer drops: one pad so it still gets a row.

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from ..data.encoding import unicode_clean
 from ..data.tables import Row, Table, cell_text, find_column
-from ..errors import DataWarning, GptclfError
+from ..errors import DataWarning, GptclfError, TextError
 from ..files import atomic_path
 
 LABEL_COLUMN = "predicted_label"
@@ -96,19 +97,21 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
             writer = None
             if out_fmt != "jsonl":
                 writer = csv.writer(out, delimiter="\t" if out_fmt == "tsv" else ",", lineterminator="\n")
-                writer.writerow(table.columns + extra)
+                writer.writerow([unicode_clean(c) for c in table.columns] + extra)
             for chunk in iter_chunks(table, chunk_size):
                 texts = [cell_text(r.record.get(tcol), f"{table.path}:{r.line}", tcol) for r in chunk]
                 # One summary warning at the end instead of one per chunk.
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", DataWarning)
-                    probs = classifier.predict_proba(texts, batch_size)
+                    probs = _predict_chunk(classifier, texts, batch_size, table.path, chunk)
                 truncated_chunks += any(issubclass(w.category, DataWarning) for w in caught)
                 for row, p in zip(chunk, probs):
                     k = int(p.argmax())
                     added = [labels[k], round(float(p[k]), 6)] + [round(float(v), 6) for v in p]
                     if writer is None:
-                        out.write(json.dumps(row.record | dict(zip(extra, added)), ensure_ascii=False) + "\n")
+                        # Lone surrogates (from JSON escapes) cannot be UTF-8: U+FFFD, as the model saw.
+                        out.write(unicode_clean(json.dumps(row.record | dict(zip(extra, added)),
+                                                           ensure_ascii=False)) + "\n")
                     else:
                         unknown = set(row.record) - set(table.columns)
                         if unknown:
@@ -126,9 +129,17 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
     return BatchResult(rows, chunks, time.perf_counter() - t0, output_path)
 
 
+def _predict_chunk(classifier: Any, texts: list[str], batch_size: int, path: Any, chunk: list[Row]) -> Any:
+    try:
+        return classifier.predict_proba(texts, batch_size)
+    except TextError as e:  # name the rows of the file, not indices into a chunk
+        rows = "; ".join(f"{path}:{chunk[i].line}: {r}" for i, r in list(e.reasons.items())[:5])
+        raise GptclfError(f"{len(e.reasons)} row(s) could not be classified: {rows}", hint=e.hint) from None
+
+
 def _output_cell(v: Any) -> Any:
     if v is None:
         return ""
     if isinstance(v, (dict, list)):
-        return json.dumps(v, ensure_ascii=False)
-    return v
+        return unicode_clean(json.dumps(v, ensure_ascii=False))
+    return unicode_clean(v) if isinstance(v, str) else v

@@ -26,7 +26,7 @@ from ..config import RunConfig
 from ..data.batching import collate, sorted_batches
 from ..data.encoding import fit_to_length, tokenize_texts
 from ..device import autocast, pad_multiple, pick_device, resolve_precision
-from ..errors import GptclfError
+from ..errors import GptclfError, TextError, is_interrupt
 from ..metrics import classification_report, most_confident_mistakes
 from ..models import registry
 from ..models.classifier import SequenceClassifier
@@ -119,13 +119,35 @@ class Classifier:
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids as at training: the run's template (if any) around each text, cut to max_length."""
-        ids, pre, post = tokenize_texts(self.tokenizer, texts, self.run_config.template)
+        template = self.run_config.template
+        try:
+            ids, pre, post = tokenize_texts(self.tokenizer, texts, template)
+        except BaseException as e:  # noqa: BLE001 - a tokenizer's Rust panic is a BaseException
+            if is_interrupt(e):
+                raise
+            # Find the culprits one text at a time, so the error names them (and a server
+            # can answer the other texts of the batch).
+            reasons = {}
+            for i, t in enumerate(texts):
+                try:
+                    tokenize_texts(self.tokenizer, [t], template)
+                except BaseException as e1:  # noqa: BLE001
+                    if is_interrupt(e1):
+                        raise
+                    reasons[i] = f"the tokenizer failed ({type(e1).__name__})"
+            if not reasons:
+                raise
+            raise TextError(reasons) from e
         return fit_to_length(ids, pre, post, self.max_length, "the model's input")
 
     @torch.inference_mode()
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Class probabilities ``[len(texts), num_classes]`` in input order: the softmax of the
-        logits divided by the run's fitted temperature (``config.json`` ``temperature``)."""
+        logits divided by the run's fitted temperature (``config.json`` ``temperature``).
+
+        Raises :class:`~gptclf.errors.TextError` naming the texts the tokenizer fails on
+        (any exception, a Rust panic included) or whose scores are not finite, so a caller
+        can answer the other texts; never returns NaN."""
         if isinstance(texts, str):
             raise TypeError("predict_proba expects a list of texts, not a single string")
         if batch_size < 1:
@@ -144,6 +166,9 @@ class Classifier:
             with autocast(self.device, self.precision):
                 logits = self.model(batch.to(self.device), lens.to(self.device)).float()
             out[idx] = torch.softmax(logits / self.temperature, -1).cpu().numpy()
+        bad = np.flatnonzero(~np.isfinite(out).all(1))
+        if len(bad):  # never hand out NaN as a probability (invalid JSON, a silent wrong label)
+            raise TextError({int(i): "the model's scores are not finite" for i in bad})
         return out
 
     def predict(self, texts: Sequence[str] | str, batch_size: int = 32) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from ..models import registry
 from ..tokenizers.base import require
 from ..tokenizers.gguf import tokenizer_from_gguf
 from .backbone import Backbone
+from .gguf_header import check_gguf_header
 from .state_dict import load_converted_state_dict
 
 # Quant types we dequantize (through gguf.quants): the float types and llama.cpp's
@@ -40,6 +41,7 @@ def open_gguf(path: Path) -> Any:  # -> gguf.GGUFReader
 
     if not path.is_file():
         raise GptclfError(f"GGUF file {path} does not exist")
+    check_gguf_header(path)  # the reader trusts the header's counts; a crafted file ate all memory
     try:
         return GGUFReader(str(path), "r")
     except Exception as e:  # bad magic, truncated file, unknown version: all unreadable to us

@@ -237,6 +237,48 @@ def can_reload_base(source: dict[str, Any]) -> bool:
     return source.get("init", "pretrained") == "pretrained" and bool(source.get("name"))
 
 
+def check_base_name(directory: Path, name: str, architecture: dict[str, Any]) -> None:
+    """Before anything is loaded (or downloaded): a LoRA directory's base must be a local
+    path or a gptclf preset (by name or hub repository) of the architecture the adapters
+    were trained on. config.json is the directory author's, so an arbitrary hub id would
+    let it make gptclf fetch anything, multi-GB or attacker-chosen, just by being loaded."""
+    from ..models import registry
+
+    if Path(name).expanduser().exists():
+        return
+    found = registry.find_preset(name) or next(
+        ((k, f, p) for f in registry.FAMILIES.values() for k, p in f.presets.items() if p.hub == name), None)
+    if found is None and (name.startswith((".", "~", "/")) or Path(name).is_absolute()):
+        raise GptclfError(f"{directory} holds LoRA adapters for the base model {name!r}, which could not be "
+                          "loaded: the path does not exist",
+                          hint="make the base model available there, or load a merged directory "
+                               "('gptclf export --merge')")
+    if found is None:
+        raise GptclfError(f"{directory} holds LoRA adapters for the base model {name!r}, which is neither a "
+                          "local path nor a gptclf preset; gptclf does not download a base that a model "
+                          "directory names",
+                          hint="download the base yourself and point lora.base in config.json at its local "
+                               "path, or load a merged directory ('gptclf export --merge')")
+    preset = found[2]
+    try:
+        same = _same_shape(registry.config_from_dict(architecture).to_dict(), preset.config.to_dict())
+    except GptclfError:
+        same = False
+    if not same:
+        raise GptclfError(f"{directory}: the base model {name!r} has a different architecture than the one "
+                          "the adapters were trained on", hint="the run directory is damaged or edited; retrain it")
+
+
+def _same_shape(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    # A GGUF stores eps as float32 (9.99999975e-06 for 1e-05): floats agree to a tolerance.
+    def same(x: Any, y: Any) -> bool:
+        if isinstance(x, float) and isinstance(y, (int, float)) and not isinstance(y, bool):
+            return math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-12)
+        return x == y
+
+    return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+
+
 def load_adapter_backbone(directory: Path, cfg: Any, adapter_sd: dict[str, torch.Tensor]) -> nn.Module:
     """The backbone of a LoRA run directory (``cfg``: its RunConfig): base model + head,
     adapters merged in."""
@@ -249,6 +291,13 @@ def load_adapter_backbone(directory: Path, cfg: Any, adapter_sd: dict[str, torch
         raise GptclfError(f"{directory}: the LoRA adapters' base model cannot be rebuilt ({source})",
                           hint="the run directory is damaged; retrain it")
     name = cfg.lora.get("base") or source["name"]
+    fp = cfg.lora.get("base_fingerprint")
+    if not isinstance(fp, dict) or not fp:
+        # Without it a different base would merge silently; a directory may come from anyone.
+        raise GptclfError(f"{directory}: the LoRA config records no fingerprint of its base model's weights",
+                          hint="the run directory is damaged or edited; retrain it, or load a merged "
+                               "directory ('gptclf export --merge')")
+    check_base_name(directory, str(name), cfg.architecture)
     try:
         backbone = load_backbone(name, "pretrained")
     except GptclfError as e:
@@ -262,8 +311,7 @@ def load_adapter_backbone(directory: Path, cfg: Any, adapter_sd: dict[str, torch
         raise GptclfError(f"{directory}: the base model {name!r} has a different architecture "
                           "than the one the adapters were trained on",
                           hint="point the run at the same base model it was trained from")
-    fp = cfg.lora.get("base_fingerprint")
-    if fp and base_fingerprint(model) != fp:
+    if base_fingerprint(model) != fp:
         raise GptclfError(f"{directory}: the base model {name!r} found now has different weights "
                           "than the one the adapters were trained on (fingerprint mismatch)",
                           hint="restore the original base model, or retrain the adapters on this one")

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..config import RunConfig
 from ..errors import GptclfError
-from ..files import read_json
+from ..files import file_inside, read_json
 from ..loading.state_dict import state_dict_problems
 from ..models import registry
 from ..models.classifier import replace_head
@@ -25,7 +25,7 @@ from ..models.classifier import replace_head
 
 def read_run_config(directory: str | Path) -> RunConfig:
     directory = Path(directory).expanduser()
-    cfg_path = directory / "config.json"
+    cfg_path = file_inside(directory, "config.json")
     if not directory.exists():
         raise GptclfError(f"model directory {directory} does not exist",
                           hint="train one with 'gptclf train' (it writes runs/latest)")
@@ -59,7 +59,7 @@ def file_shapes(weights: Path) -> dict[str, torch.Tensor]:
 
 def load_classifier_backbone(directory: Path, cfg: RunConfig, arch: Any) -> nn.Module:
     """The backbone with its class head and the run's trained weights."""
-    weights = directory / "model.safetensors"
+    weights = file_inside(directory, "model.safetensors")
     if not weights.exists():
         raise GptclfError(f"{directory} has no model.safetensors")
     if cfg.lora:

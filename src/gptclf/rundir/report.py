@@ -175,6 +175,13 @@ def write_evaluation_report(directory: str | Path, report: dict[str, Any], *, mo
     directory = Path(directory).expanduser()
     if directory.exists() and not directory.is_dir():
         raise GptclfError(f"--report {directory} is a file", hint="pass a directory (it is created if missing)")
+    own = [n for n in ("config.json", "model.safetensors") if (directory / n).exists()]
+    if own:
+        # A run directory's metrics.json, report.html and plots are its training record
+        # (and what `gptclf serve` shows under /v1/model): an evaluation never replaces them.
+        raise GptclfError(f"--report {directory} is a model directory (it holds {', '.join(own)}); "
+                          "the evaluation would overwrite its own metrics.json and report.html",
+                          hint=f"pass a new directory, e.g. --report {directory / 'evaluations' / 'NAME'}")
     directory.mkdir(parents=True, exist_ok=True)
     write_json_atomic(directory / "metrics.json", report)
     plot_confusion_matrix(report["confusion_matrix"], report["labels"], directory / CONFUSION_PNG,

@@ -7,11 +7,11 @@ a copy of the file.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import GptclfError
+from ..files import file_inside, read_json
 from .base import require
 
 
@@ -111,10 +111,10 @@ def _hf_dir_pad_id(directory: Path, tok: Any) -> int:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError as e:
-        raise GptclfError(f"{path} is not valid JSON ({e})") from None
+    if not path.is_file():
+        return {}
+    obj = read_json(file_inside(path.parent, path.name))  # bounded; no link out of the directory
+    return obj if isinstance(obj, dict) else {}
 
 
 def from_config(cfg: dict[str, Any], directory: Path | None) -> HFTokenizer:
@@ -131,4 +131,4 @@ def from_config(cfg: dict[str, Any], directory: Path | None) -> HFTokenizer:
     pad_id = cfg.get("pad_id")
     if isinstance(pad_id, bool) or not isinstance(pad_id, int) or pad_id < 0:
         raise GptclfError(f"{directory}: the tokenizer's pad_id {pad_id!r} is not a token id")
-    return HFTokenizer.from_file(Path(directory) / file, pad_id=pad_id, name=str(cfg.get("name", "hf-tokenizers")))
+    return HFTokenizer.from_file(file_inside(Path(directory), file), pad_id=pad_id, name=str(cfg.get("name", "hf-tokenizers")))

@@ -10,6 +10,7 @@ and at each epoch end the accuracies, as the book does.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -84,7 +85,42 @@ class Trainer:
     # ------------------------------------------------------------------ resume
 
     def restore(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        """Continue from a checkpoint (:mod:`gptclf.training.state`): weights, optimizer, RNGs, position."""
+        """Continue from a checkpoint (:mod:`gptclf.training.state`): weights, optimizer, RNGs, position.
+
+        ``load_checkpoint`` checked the JSON fields' types; what only this run can check
+        (names, shapes, the position in this run's epochs) is checked here, and anything
+        that still does not fit is a clear error rather than a traceback."""
+        try:
+            self._check_resume_point(state, tensors)
+            self._restore(state, tensors)
+        except GptclfError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+            raise GptclfError(f"the checkpoint does not fit this run ({type(e).__name__}: {str(e)[:200]})",
+                              hint="the checkpoint is damaged: start again with --overwrite") from None
+
+    def _check_resume_point(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        params = {n: p for n, p in self.bare.named_parameters() if p.requires_grad}
+        saved = dict(iter_state_tensors("param.", tensors))
+        wrong = sorted(set(params) ^ set(saved)) + sorted(
+            n for n in set(params) & set(saved) if saved[n].shape != params[n].shape or not saved[n].is_floating_point()
+            or not bool(torch.isfinite(saved[n]).all()))
+        if wrong:
+            raise GptclfError(f"the checkpoint's trained weights do not match this model: {wrong[:3]}",
+                              hint="the checkpoint is damaged: start again with --overwrite")
+        batches = self.steps_per_epoch * self.cfg.grad_accum
+        if state["epoch"] > self.cfg.epochs or state["batch"] > batches or \
+                state["global_step"] >= self.total_steps or state["examples_seen"] > self.total_steps * \
+                self.global_batch * self.cfg.grad_accum:
+            raise GptclfError(f"the checkpoint's position (epoch {state['epoch']}, batch {state['batch']}, step "
+                              f"{state['global_step']}) is outside this run's {self.cfg.epochs} epoch(s) of "
+                              f"{batches} batches", hint="the checkpoint is damaged: start again with --overwrite")
+        for key in ("rng.shuffle", "rng.eval", "rng.torch"):
+            if key not in tensors or tensors[key].dtype != torch.uint8:
+                raise GptclfError(f"the checkpoint lacks a valid random-generator state ({key})",
+                                  hint="the checkpoint is damaged: start again with --overwrite")
+
+    def _restore(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         params = dict(self.bare.named_parameters())
         with torch.no_grad():
             for name, value in iter_state_tensors("param.", tensors):
@@ -106,6 +142,7 @@ class Trainer:
         ck = self.checkpointer
         if ck is None or not ck.enabled or not self.dist.is_main or self.last_saved == (epoch, batch):
             return
+        self.check_finite()
         optim_tensors, optim_structure = flatten_optimizer_state(self.optimizer.state_dict())
         tensors = {f"param.{n}": p for n, p in self.bare.named_parameters() if p.requires_grad}
         tensors.update(optim_tensors)
@@ -143,6 +180,7 @@ class Trainer:
                 if any_rank(sigint.requested, self.dist):
                     self.log(f"interrupted at the end of epoch {epoch + 1}")
                     return self.history, True
+        self.check_finite()
         return self.history, False
 
     @property
@@ -208,6 +246,10 @@ class Trainer:
                 loss = step_loss(logits.float(), self.train_y[idx], self.weight, total, self.dist.world_size)
                 loss.backward()
             loss_sum += loss.detach()
+        value = loss_sum.item()
+        if any_rank(not math.isfinite(value), self.dist):
+            # Stop before the step spoils the weights; the last checkpoint stays as it was.
+            raise self._diverged(f"the training loss is {value}")
         if self.cfg.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.clip_grad_norm)
         if self.scheduled:
@@ -217,7 +259,20 @@ class Trainer:
         self.optimizer.step()
         self.examples_seen += len(flat)
         self.global_step += 1
-        return loss_sum.item()
+        return value
+
+    def _diverged(self, what: str) -> GptclfError:
+        return GptclfError(f"training diverged at step {self.global_step + 1}: {what}; no model was saved "
+                           "(an earlier checkpoint, if any, is kept)",
+                           hint=f"lower --lr (this run used {self.cfg.lr:g}) or add --clip-grad-norm 1.0, "
+                                "then rerun with --overwrite")
+
+    def check_finite(self) -> None:
+        """Refuse to save (a checkpoint or the model) weights that are not all finite: a loss
+        can stay finite for the one step that blows the weights up."""
+        # Not collective: data-parallel ranks hold the same weights, so they all agree.
+        if any(not bool(torch.isfinite(p).all()) for p in self.trainable):
+            raise self._diverged("some trained weights are not finite")
 
     def _eval_batches(self) -> list[list[int]]:
         return shuffled_batches(len(self.train_ds), self.global_batch, self.eval_gen)[: self.cfg.eval_iter]

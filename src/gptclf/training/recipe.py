@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,8 +47,8 @@ from .calibrate import calibration_summary, fit_temperature
 from .evaluate import predict_logits, split_metrics
 from .loop import History, Trainer
 from .memory import available_memory, estimate_for_model, memory_warning
-from .state import Checkpointer, data_fingerprint, find_partial, load_checkpoint, partial_dir, read_run_info, \
-    write_run_info
+from .state import Checkpointer, data_fingerprint, discard_partial, find_partial, load_checkpoint, partial_dir, \
+    read_run_info, write_run_info
 from .trunk_cache import Feeds, build_feeds
 
 Log = Callable[[str], None]
@@ -197,8 +197,28 @@ def saved_config(run: str | Path) -> TrainConfig:
     """The options an unfinished run was started with (``run`` or ``run.partial``)."""
     directory = find_partial(run)
     saved = read_run_info(directory)["train"]
-    known = {f for f in TrainConfig.__dataclass_fields__}
-    return TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    values = {}
+    for f in fields(TrainConfig):
+        if f.name in saved:
+            if not _has_type(saved[f.name], str(f.type)):
+                raise GptclfError(f"{directory / 'run.json'}: the saved option {f.name!r} is not a valid "
+                                  f"{f.type}", hint="the checkpoint is damaged: start again with --overwrite")
+            values[f.name] = saved[f.name]
+    return TrainConfig(**values)
+
+
+_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
+                                       "None": (type(None),), "list[str]": (list,)}
+
+
+def _has_type(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a TrainConfig field's annotation (``"float | None"``...)."""
+    ok = any(isinstance(value, t) for part in annotation.split("|") for t in _TYPES.get(part.strip(), (object,)))
+    if isinstance(value, bool) and "bool" not in annotation:
+        return False  # True is an int to Python, not a learning rate
+    if isinstance(value, list):
+        return all(isinstance(v, str) for v in value)
+    return ok
 
 
 @dataclass
@@ -272,13 +292,13 @@ def run_setting(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device
                               if info.get("world_size", 1) > 1 else "resume without torchrun")
     else:
         out = Path(broadcast_text(str(Path(cfg.out) if cfg.out else default_run_dir()), ctx))
-    _check_out(out, resume_from is not None)
+    _check_out(out, resume_from is not None, cfg.overwrite and resume_from is None, ctx.is_main)
     barrier(ctx)  # every rank checks before rank 0 creates <out>.partial
     checkpointer = Checkpointer(partial_dir(out), cfg.checkpoint_every, enabled=ctx.is_main)
     return RunSetting(ctx, device, precision, out, checkpointer, resume_from, log)
 
 
-def _check_out(out: Path, resuming: bool) -> None:
+def _check_out(out: Path, resuming: bool, overwrite: bool = False, is_main: bool = True) -> None:
     partial = partial_dir(out)
     if resuming:
         metrics = out / "metrics.json"
@@ -288,19 +308,35 @@ def _check_out(out: Path, resuming: bool) -> None:
         return
     if out.exists() and any(out.iterdir()):
         raise GptclfError(f"{out} already exists and is not empty", hint="choose another --out")
-    if partial.exists():
+    if partial.exists() and overwrite:
+        discard_partial(partial, is_main)
+    elif partial.exists():
         raise GptclfError(f"{partial} holds the checkpoints of an unfinished run to {out}",
-                          hint=f"continue it with 'gptclf train --resume {out}', or delete {partial}")
+                          hint=f"continue it with 'gptclf train --resume {out}', or start again with "
+                               f"--overwrite (which deletes {partial})")
 
 
 def _checkpoint_to_resume(cfg: TrainConfig, s: RunSetting, enc: Encoded, options: dict[str, Any]) -> Any:
     """The checkpoint a resumed run continues from (None: from the start); a new run records
     its options and a fingerprint of its data, which a resume must match."""
+    from ..peft.lora import base_fingerprint
+
     fingerprint = data_fingerprint(*enc.datasets.values())
+    # The checkpoint holds only the trained weights; the frozen ones are loaded again, so a
+    # base changed in between (a re-downloaded hub revision, an edited local directory)
+    # would silently mix two models.
+    base_fp = base_fingerprint(enc.backbone.model)
     if s.resume_from is not None:
-        if read_run_info(s.resume_from).get("data_fingerprint") != fingerprint:
+        info = read_run_info(s.resume_from)
+        if info.get("data_fingerprint") != fingerprint:
             raise GptclfError(f"the data differs from the data the run in {s.resume_from} started with",
                               hint="resume with the same data files (and model), or start a new run")
+        if info.get("base_fingerprint") != base_fp:
+            what = "its base model's weights have changed since the run started" if info.get("base_fingerprint") \
+                else "its run.json records no fingerprint of the base model's weights"
+            raise GptclfError(f"cannot resume {s.resume_from}: {what}",
+                              hint=f"resume with the same --model ({cfg.model}) as it was, or start again "
+                                   "with --overwrite")
         resume = load_checkpoint(s.resume_from)
         if resume is None:
             s.log(f"{s.resume_from} has no checkpoint yet: starting the run again from the beginning")
@@ -309,7 +345,7 @@ def _checkpoint_to_resume(cfg: TrainConfig, s: RunSetting, enc: Encoded, options
         where = str(s.out.resolve())  # absolute: --resume may run from another directory
         write_run_info(s.checkpointer.directory, {
             "gptclf_version": __version__, "out": where, "world_size": s.ctx.world_size,
-            "data_fingerprint": fingerprint, "train": {**options, "out": where}})
+            "data_fingerprint": fingerprint, "base_fingerprint": base_fp, "train": {**options, "out": where}})
     return None
 
 

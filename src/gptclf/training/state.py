@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import GptclfError
-from ..files import atomic_path, fsync_path, write_json_atomic
+from ..files import atomic_path, fsync_path, read_json_object, write_json_atomic
 
 CHECKPOINT_FORMAT = "gptclf-checkpoint/1"
 RUN_FILE = "run.json"
@@ -43,6 +43,18 @@ def partial_dir(out: Path) -> Path:
     """Where the checkpoints of the run that will be saved to ``out`` live."""
     out = Path(out)
     return out.with_name(out.name + ".partial")
+
+
+def discard_partial(partial: Path, is_main: bool = True) -> None:
+    """``--overwrite``: delete a failed or interrupted run's checkpoints, but only a folder
+    that is one (a run.json inside, or empty), never a link or the user's own folder."""
+    looks_ours = partial.is_dir() and not partial.is_symlink() and \
+        ((partial / RUN_FILE).is_file() or not any(partial.iterdir()))
+    if not looks_ours:
+        raise GptclfError(f"{partial} is in the way of the run's checkpoints but is not a gptclf checkpoint "
+                          "folder, so --overwrite leaves it alone", hint="move it, or choose another --out")
+    if is_main:
+        shutil.rmtree(partial)
 
 
 def find_partial(path: str | Path) -> Path:
@@ -78,13 +90,49 @@ def write_run_info(directory: Path, info: dict[str, Any]) -> None:
 
 
 def read_run_info(directory: Path) -> dict[str, Any]:
-    try:
-        info = json.loads((directory / RUN_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise GptclfError(f"cannot read {directory / RUN_FILE}: {e}") from None
+    """``run.json``, with every field a resume relies on checked (a damaged or edited file
+    is a clear error, never a KeyError deep in the loop)."""
+    path = directory / RUN_FILE
+    info = read_json_object(path)
     if info.get("format") != CHECKPOINT_FORMAT:
-        raise GptclfError(f"{directory / RUN_FILE} is not a gptclf checkpoint ({info.get('format')!r})")
+        raise GptclfError(f"{path} is not a gptclf checkpoint ({str(info.get('format'))[:80]!r})")
+    _expect(path, info, "out", str)
+    _expect(path, info, "train", dict)
+    _expect(path, info, "data_fingerprint", str)
+    if not isinstance(info.get("world_size", 1), int) or isinstance(info.get("world_size", 1), bool) \
+            or not 1 <= info.get("world_size", 1) <= 65536:
+        raise GptclfError(f"{path}: 'world_size' must be a whole number of processes", hint=DAMAGED)
     return info
+
+
+DAMAGED = "the checkpoint is damaged: start again with --overwrite"
+
+
+def _expect(path: Path, d: dict[str, Any], key: str, kind: type, minimum: int | None = None) -> Any:
+    value = d.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool \
+            or (minimum is not None and value < minimum):
+        raise GptclfError(f"{path}: {key!r} is missing or not a valid {kind.__name__}"
+                          + (f" >= {minimum}" if minimum is not None else ""), hint=DAMAGED)
+    return value
+
+
+def check_state(path: Path, state: dict[str, Any]) -> None:
+    """Every field of ``checkpoint.json`` the loop reads, with its type and range."""
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise GptclfError(f"{path} is not a gptclf checkpoint", hint=DAMAGED)
+    name = _expect(path, state, "tensors", str)
+    if Path(name).name != name or not name.endswith(".safetensors"):  # never a path out of the folder
+        raise GptclfError(f"{path}: 'tensors' must name a .safetensors file in the same folder", hint=DAMAGED)
+    for key, minimum in (("epoch", 0), ("batch", 0), ("global_step", -1), ("examples_seen", 0)):
+        _expect(path, state, key, int, minimum)
+    history = _expect(path, state, "history", dict)
+    if set(history) != {"steps", "epochs"} or not all(
+            isinstance(v, list) and all(isinstance(e, dict) for e in v) for v in history.values()):
+        raise GptclfError(f"{path}: 'history' must hold the lists 'steps' and 'epochs'", hint=DAMAGED)
+    _expect(path, state, "optimizer", dict)
+    if state.get("early_stopping") is not None:
+        _expect(path, state, "early_stopping", dict)
 
 
 # ------------------------------------------------------------- optimizer state, no pickle
@@ -169,14 +217,12 @@ def load_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Te
     state_path = directory / STATE_FILE
     if not state_path.exists():
         return None
+    state = read_json_object(state_path)
+    check_state(state_path, state)
     try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
         tensors = load_file(str(directory / state["tensors"]))
     except Exception as e:  # noqa: BLE001 - any damage is the same user problem
-        raise GptclfError(f"the checkpoint in {directory} cannot be read: {e}",
-                          hint="delete the directory and train again") from None
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise GptclfError(f"{state_path} is not a gptclf checkpoint")
+        raise GptclfError(f"the checkpoint in {directory} cannot be read: {str(e)[:200]}", hint=DAMAGED) from None
     return state, tensors
 
 

@@ -10,6 +10,13 @@ requests queue up and form the next batch, so throughput grows with load. The mo
 runs in one worker thread, so the event loop keeps answering (health checks, the page,
 errors) while it computes.
 
+One request's bad text never fails another's: a text the model cannot tokenize or
+score answers 422 ``unprocessable_text`` naming its ``index`` in that request, and the
+other requests batched with it are answered normally (see batcher.py). Lone
+surrogates (``"\\ud800"`` is valid JSON) are replaced by U+FFFD before any tokenizer sees
+them, on every model family. ``/healthz`` answers 503 with ``"status": "stalled"`` when
+one forward pass has run longer than ``--timeout``, so an orchestrator can restart it.
+
 Failure modes are explicit: a full queue answers 503 with ``Retry-After``, a request
 that waits too long 504, limits (body size, texts per request, text length) a 4xx, a
 body not sent as JSON 415, a client too slow to send its body 408 (one too slow to send
@@ -31,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import GptclfError
-from ...files import read_json_object
+from ...files import file_inside, read_json_object
 from .settings import ServeSettings
 
 try:
@@ -44,8 +51,9 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise GptclfError(f"serving needs FastAPI and uvicorn ({e.name} is missing)",
                       hint="pip install 'gptclf[serve]'") from None
 
-from .batcher import Batcher
-from .http import ApiError, BodyLimitMiddleware, error_response, header_timeout_protocol, is_json_content_type
+from .batcher import Batcher, TextRejected
+from .http import (ApiError, BodyLimitMiddleware, check_header_protocol, error_response, header_timeout_protocol,
+                   is_json_content_type)
 
 
 class ClassifyRequest(BaseModel):
@@ -80,7 +88,7 @@ def model_info(classifier: Any) -> dict[str, Any]:
     directory = getattr(classifier, "directory", None)
     if directory is not None and (Path(directory) / "metrics.json").exists():
         try:
-            m = read_json_object(Path(directory) / "metrics.json")
+            m = read_json_object(file_inside(Path(directory), "metrics.json"))
             metrics = {k: m[k] for k in ("train_accuracy", "val_accuracy", "test_accuracy", "test_loss",
                                          "n_train", "n_val", "n_test", "best_epoch") if k in m}
             if isinstance(m.get("calibration"), dict):
@@ -208,6 +216,9 @@ async def _probabilities(batcher: Batcher, texts: list[str], s: ServeSettings) -
     except (asyncio.TimeoutError, TimeoutError):
         future.cancel()  # the batcher skips it if it has not started yet
         raise ApiError(504, "timeout", f"no answer within {s.timeout_s:g} s") from None
+    except TextRejected as e:  # this request's text alone; the rest of its batch was answered
+        raise ApiError(422, "unprocessable_text", f"texts[{e.index}] could not be classified: {e.reason}",
+                       index=e.index) from None
 
 
 def _add_routes(app: FastAPI, classifier: Any, s: ServeSettings) -> None:
@@ -215,10 +226,13 @@ def _add_routes(app: FastAPI, classifier: Any, s: ServeSettings) -> None:
     info = model_info(classifier)
     page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
 
-    @app.get("/healthz")
-    async def healthz(request: Request) -> dict[str, Any]:
+    @app.get("/healthz", responses={503: {"description": "the model worker is stalled or stopped"}})
+    async def healthz(request: Request) -> JSONResponse:
         b: Batcher = request.app.state.batcher
-        return {"status": "ok", "queued": b.queue.qsize(), "batches": b.batches, "texts": b.texts_done}
+        status = b.health()
+        return JSONResponse({"status": status, "queued": b.queue.qsize(), "batches": b.batches,
+                             "texts": b.texts_done, "failures": b.failures, "restarts": b.restarts},
+                            status_code=200 if status == "ok" else 503)
 
     @app.get("/v1/model")
     async def model() -> dict[str, Any]:
@@ -228,7 +242,8 @@ def _add_routes(app: FastAPI, classifier: Any, s: ServeSettings) -> None:
     @app.post("/v1/classify", response_model=ClassifyResponse,
               responses={400: {"description": "invalid JSON"}, 413: {"description": "over a size limit"},
                          415: {"description": "body not sent as application/json"},
-                         422: {"description": "wrong types or empty list"},
+                         422: {"description": "wrong types, empty list, or a text the model cannot take "
+                                               "(code unprocessable_text, with its index)"},
                          503: {"description": "queue full; retry after Retry-After seconds"},
                          504: {"description": "timed out"}})
     async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
@@ -255,14 +270,20 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
 
     from ..classifier import Classifier
 
+    check_header_protocol()  # before the slow model load: never serve without the header deadline
     # Check the address before the (slow) model load, and say what to do instead of a traceback.
+    if not 0 <= port <= 65535:
+        raise GptclfError(f"--port must be between 0 and 65535, not {port}")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as e:
-            raise GptclfError(f"cannot listen on {host}:{port} ({e.strerror})",
-                              hint="another server may be using the port: pass --port N") from None
+            raise GptclfError(f"cannot listen on {host}:{port} ({e.strerror or e})",
+                              hint="another server may be using the port (pass --port N), or --host is not "
+                                   "an address of this machine") from None
+        except (TypeError, ValueError, UnicodeError) as e:  # a --host that is no host name at all
+            raise GptclfError(f"--host {host!r} is not an address or host name ({e})") from None
     t0 = time.perf_counter()
     clf = Classifier.load(model_dir, device=device, quantize=quantize, backend=backend, threads=threads)
     app = create_app(clf, settings)

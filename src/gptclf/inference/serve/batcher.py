@@ -3,18 +3,38 @@
 The first waiting request opens a short collection window (``batch_wait_ms``, only under
 load), every request that arrives in it (up to ``max_batch_size`` texts) joins the same
 forward pass, run in a single worker thread so the event loop keeps answering.
+
+One bad text never fails anyone else's request. When a forward pass fails, the
+requests in it are answered one by one: a text the model cannot take (the classifier
+raises :class:`~gptclf.errors.TextError` naming it) fails its own request only, with a
+422 that names the text's index in that request; every other request of the batch is
+run again without it and answered normally. Any other failure is isolated the same
+way, request by request (a request that fails on its own gets a 500). The batching
+task survives any exception (a tokenizer's Rust panic is a ``BaseException``) and is
+restarted if it ever ends; :meth:`Batcher.health` says "stalled" when a forward pass has
+run longer than the request timeout, so ``/healthz`` can tell an orchestrator to restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
+from ...errors import TextError
 from .settings import ServeSettings
+
+
+class TextRejected(Exception):
+    """One request's text that the model cannot take: answered 422 naming ``index``."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"texts[{index}]: {reason}")
+        self.index, self.reason = index, reason
 
 
 @dataclass
@@ -36,11 +56,36 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self.batches = 0          # forward passes so far (for /healthz and tests)
         self.texts_done = 0
+        self.failures = 0         # forward passes that raised
+        self.restarts = 0         # times the batching task died and was started again
+        self._busy_since: float | None = None  # monotonic start of the running forward pass
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task.add_done_callback(self._restart)
+
+    def _restart(self, task: asyncio.Task) -> None:
+        # _run catches everything, so this is the last line of defence: never leave the
+        # queue without a consumer (every later request would wait for its 504).
+        if self._stopping or task.cancelled():
+            return
+        task.exception()  # retrieved: asyncio would log it as never retrieved
+        self.restarts += 1
+        self._busy_since = None
+        self.start()
+
+    def health(self) -> str:
+        """"ok", "stalled" (one forward pass has run longer than a request may wait) or "stopped"."""
+        if self._task is None or self._task.done():
+            return "stopped"
+        busy = self._busy_since
+        if busy is not None and time.monotonic() - busy > self.settings.timeout_s:
+            return "stalled"
+        return "ok"
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task:
             self._task.cancel()
             try:
@@ -78,25 +123,70 @@ class Batcher:
         return jobs
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             jobs = [j for j in await self._next_batch() if not j.future.done()]  # drop timed-out ones
-            if not jobs:
-                continue
-            texts = [t for j in jobs for t in j.texts]
-            try:
-                probs = await loop.run_in_executor(self.executor, self.predict_proba, texts)
-            except Exception as e:  # handed to each request; the 500 handler hides the details
-                for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(e)
-                continue
-            self.batches += 1
-            self.texts_done += len(texts)
-            i = 0
+            if jobs:
+                await self._answer(jobs)
+
+    async def _forward(self, texts: list[str]) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        self._busy_since = time.monotonic()
+        try:
+            probs = np.asarray(await loop.run_in_executor(self.executor, self.predict_proba, texts))
+        finally:
+            self._busy_since = None
+        bad = np.flatnonzero(~np.isfinite(probs.reshape(len(texts), -1)).all(1))
+        if len(bad):  # JSON has no NaN, and a NaN row has no meaningful label
+            raise TextError({int(i): "the model's scores are not finite" for i in bad})
+        return probs
+
+    async def _answer(self, jobs: list[_Job]) -> None:
+        """Run ``jobs`` in one forward pass; on failure, answer the culprits alone and
+        the others without them."""
+        texts = [t for j in jobs for t in j.texts]
+        try:
+            probs = await self._forward(texts)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # noqa: BLE001 - see the module doc
+            # Even SystemExit or KeyboardInterrupt here came from the model's thread, not
+            # from the user: the server's own Ctrl-C arrives as this task's cancellation.
+            self.failures += 1
+            await self._isolate(jobs, e)
+            return
+        self.batches += 1
+        self.texts_done += len(texts)
+        i = 0
+        for j in jobs:
+            if not j.future.done():
+                j.future.set_result(probs[i: i + len(j.texts)])
+            i += len(j.texts)
+
+    async def _isolate(self, jobs: list[_Job], error: BaseException) -> None:
+        if isinstance(error, TextError):
+            rest, start = [], 0
             for j in jobs:
-                if not j.future.done():
-                    j.future.set_result(probs[i: i + len(j.texts)])
-                i += len(j.texts)
+                bad = [i - start for i in error.reasons if start <= i < start + len(j.texts)]
+                if bad:
+                    _fail(j, TextRejected(bad[0], error.reasons[start + bad[0]]))
+                else:
+                    rest.append(j)
+                start += len(j.texts)
+            if rest and len(rest) < len(jobs):
+                await self._answer(rest)
+                return
+            if not rest:
+                return
+        if len(jobs) == 1:
+            # Alone and still failing: an error of the server, not of another request.
+            # A plain Exception, so the 500 handler answers it (a BaseException would not be).
+            _fail(jobs[0], error if isinstance(error, Exception) else RuntimeError(type(error).__name__))
+            return
+        for j in jobs:
+            if not j.future.done():
+                await self._answer([j])
 
 
+def _fail(job: _Job, error: BaseException) -> None:
+    if not job.future.done():
+        job.future.set_exception(error)

@@ -84,6 +84,37 @@ class BodyLimitMiddleware:
         await resp(scope, receive, send)
 
 
+# The private uvicorn internals the header deadline builds on. pyproject bounds uvicorn to
+# the tested versions; check_header_protocol refuses to serve if a uvicorn installed
+# anyway (--no-deps, an old lock file) no longer has them, rather than silently serving
+# without the protection.
+_H11_METHODS = ("connection_made", "data_received", "on_response_complete", "connection_lost")
+_H11_SOURCE_MARKERS = ("self.cycle", "response_complete", "self.transport", "self.loop")
+
+
+def check_header_protocol() -> None:
+    """Raise GptclfError unless uvicorn's H11Protocol still has what the deadline relies on."""
+    import inspect
+
+    from ...errors import GptclfError
+
+    try:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        source = inspect.getsource(H11Protocol)
+    except (ImportError, OSError, TypeError) as e:
+        missing = [f"uvicorn's h11 protocol ({e})"]
+    else:
+        missing = [m for m in _H11_METHODS if not callable(H11Protocol.__dict__.get(m))]
+        missing += [m for m in _H11_SOURCE_MARKERS if m not in source]
+    if missing:
+        import uvicorn
+
+        raise GptclfError(f"gptclf serve cannot protect against slow clients with uvicorn "
+                          f"{getattr(uvicorn, '__version__', '?')}: its H11Protocol lacks {', '.join(missing)}",
+                          hint="install a tested uvicorn: pip install 'gptclf[serve]' (uvicorn>=0.29,<0.55)")
+
+
 def header_timeout_protocol(seconds: float) -> type:
     """uvicorn's h11 protocol, plus a deadline for request headers.
 

@@ -3,6 +3,7 @@ does not import FastAPI."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ...config import opt
@@ -33,6 +34,10 @@ class ServeSettings:
     batch_size: int = 32            # the classifier's own mini-batch inside one forward call
 
     def check(self) -> "ServeSettings":
+        for name, flag in (("batch_wait_ms", "--batch-wait-ms"), ("timeout_s", "--timeout"),
+                           ("client_timeout_s", "--client-timeout")):
+            if not math.isfinite(getattr(self, name)):
+                raise GptclfError(f"{flag} must be a finite number, not {getattr(self, name)}")
         for name in ("max_batch_size", "max_queue", "max_body_bytes", "max_texts", "max_text_chars"):
             if getattr(self, name) < 1:
                 raise GptclfError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
