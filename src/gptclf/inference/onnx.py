@@ -60,8 +60,8 @@ def require_onnx() -> None:
 
 
 class ProbabilityGraph(nn.Module):
-    """What the exported graph computes: logits and the run's calibrated probabilities,
-    ``softmax(logits / temperature)`` (in fp32)."""
+    """What the exported graph computes, in fp32: the logits divided by the run's calibration
+    temperature, and their softmax (gptclf's probabilities)."""
 
     def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
@@ -69,8 +69,8 @@ class ProbabilityGraph(nn.Module):
         self.temperature = float(temperature)
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.m(input_ids, lengths).float()
-        return logits, torch.softmax(logits / self.temperature, -1)
+        logits = self.m(input_ids, lengths).float() / self.temperature
+        return logits, torch.softmax(logits, -1)
 
 
 def export_graph(model: nn.Module, path: Path, temperature: float = 1.0) -> None:
@@ -184,8 +184,8 @@ def manifest(clf: Any) -> dict[str, Any]:
         "files": dict(FILES),
         "inputs": {"input_ids": "int64 [batch, seq], right-padded with pad_id",
                    "lengths": "int64 [batch], real tokens per row (1..seq)"},
-        "outputs": {"logits": "float32 [batch, num_classes]",
-                    "probabilities": "float32 [batch, num_classes], softmax(logits / temperature)"},
+        "outputs": {"logits": "float32 [batch, num_classes], divided by the calibration temperature",
+                    "probabilities": "float32 [batch, num_classes], softmax of logits"},
         "temperature": float(clf.temperature),
         "labels": list(cfg.labels),
         "max_length": int(cfg.max_length),
