@@ -1,4 +1,4 @@
-"""Issue 18, finding 12: a property-based fuzz of command-line arguments. Every command
+"""A property-based fuzz of command-line arguments. Every command
 gets random options with hostile values (negative, huge, inf/nan, empty, text where a
 number goes); the only outcomes allowed are argparse's usage error (exit 2) or a
 GptclfError printed as one line (``main`` returns 2) -- never a traceback.

@@ -1,5 +1,4 @@
-"""Issue 18, findings 4, 9 and 11 (fixed by the restructure's one table reader and one
-atomic-write helper; these tests fail on the code before it, a559b4e): duplicate columns
+"""Duplicate columns
 are refused by batch prediction as by training, the header check is linear, a killed
 writer's temporaries are cleaned up and the output keeps the mode of the file it replaces."""
 

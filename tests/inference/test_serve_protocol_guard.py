@@ -1,4 +1,4 @@
-"""Issue 18: the header deadline subclasses uvicorn's private H11Protocol. A uvicorn that
+"""The header deadline subclasses uvicorn's private H11Protocol. A uvicorn that
 no longer has what it relies on must make ``gptclf serve`` refuse to start with a clear
 message, never serve silently without the protection."""
 

@@ -1,4 +1,4 @@
-"""Issue 18, findings 1 and 2: one request's text must never fail another's.
+"""One request's text must never fail another's.
 
 A lone surrogate (valid JSON: ``"\\ud800"``) used to make the Hugging Face tokenizer raise
 TypeError, and the batcher handed that one error to every request of the batch; a

@@ -1,4 +1,4 @@
-"""Issue 18, finding 5: an 89-byte GGUF whose header declares a uint8 array of 2^40
+"""An 89-byte GGUF whose header declares a uint8 array of 2^40
 elements made the ``gguf`` reader eat memory at ~190 MB/s. The header is now checked
 against the file's length first; a fuzz of damaged headers only ever gets a GptclfError
 or a file the reader opens."""

@@ -1,4 +1,4 @@
-"""Issue 18, finding 3: ``gptclf evaluate --report RUN`` overwrote the run's own
+"""``gptclf evaluate --report RUN`` overwrote the run's own
 metrics.json, report.html and plots (and /v1/model then showed no test metrics)."""
 
 from __future__ import annotations

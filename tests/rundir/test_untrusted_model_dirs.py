@@ -1,4 +1,4 @@
-"""Issue 18, finding 10: a model directory may come from someone else. Its JSON files are
+"""A model directory may come from someone else. Its JSON files are
 read with a bound, no file of it may be a link out of it, and a LoRA run's base model is
 checked (a local path or a gptclf preset, same architecture, fingerprint required) before
 anything is loaded or downloaded."""

@@ -1,4 +1,4 @@
-"""Issue 18, findings 7 and 12: resuming checks the base weights' fingerprint, and a damaged
+"""Resuming checks the base weights' fingerprint, and a damaged
 checkpoint (any field of run.json or checkpoint.json, the tensor file) is a clear error.
 
 The damage is a property-based fuzz (hypothesis): each example copies one real checkpoint,

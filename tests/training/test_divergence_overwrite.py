@@ -1,4 +1,4 @@
-"""Issue 18, findings 6 and 8: diverged training is an error with no saved model, non-finite
+"""Diverged training is an error with no saved model, non-finite
 options are refused, and a failed run's ``<out>.partial/`` can be discarded with --overwrite."""
 
 from __future__ import annotations
