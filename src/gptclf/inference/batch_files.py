@@ -8,6 +8,8 @@ gets one), with every input column kept and these columns added:
 * ``predicted_label``  the most probable label
 * ``predicted_score``  its probability
 * ``p_<label>``        one probability column per class (in the model's label order)
+* ``truncated``        whether the text was longer than the model's ``max_length`` tokens
+  and only its start was read (``true``/``false``)
 
 The output (CSV, TSV or JSONL, from its suffix) is written to a temporary file beside it
 and renamed over it only when every row is written (:func:`gptclf.files.atomic_path`): an
@@ -32,12 +34,13 @@ from ..files import atomic_path
 LABEL_COLUMN = "predicted_label"
 SCORE_COLUMN = "predicted_score"
 PROB_PREFIX = "p_"
+TRUNCATED_COLUMN = "truncated"
 OUTPUT_FORMATS = ("csv", "tsv", "jsonl")
 OUTPUT_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
 def added_columns(labels: list[str]) -> list[str]:
-    return [LABEL_COLUMN, SCORE_COLUMN] + [f"{PROB_PREFIX}{lab}" for lab in labels]
+    return [LABEL_COLUMN, SCORE_COLUMN] + [f"{PROB_PREFIX}{lab}" for lab in labels] + [TRUNCATED_COLUMN]
 
 
 def iter_chunks(rows: Iterable[Row], chunk_size: int) -> Iterator[list[Row]]:
@@ -104,10 +107,12 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
                     warnings.simplefilter("always", DataWarning)
                     probs = classifier.predict_proba(texts, batch_size)
                 truncated_chunks += any(issubclass(w.category, DataWarning) for w in caught)
-                for row, p in zip(chunk, probs):
+                flags = classifier.truncated(texts) if hasattr(classifier, "truncated") else [False] * len(texts)
+                for row, p, cut in zip(chunk, probs, flags):
                     k = int(p.argmax())
                     added = [labels[k], round(float(p[k]), 6)] + [round(float(v), 6) for v in p]
                     if writer is None:
+                        added.append(bool(cut))
                         out.write(json.dumps(row.record | dict(zip(extra, added)), ensure_ascii=False) + "\n")
                     else:
                         unknown = set(row.record) - set(table.columns)
@@ -115,6 +120,7 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
                             raise GptclfError(f"{table.path}:{row.line}: keys {sorted(unknown)} not in the "
                                               f"first record's {table.columns}",
                                               hint="write JSONL output, or give every record the same keys")
+                        added.append("true" if cut else "false")
                         writer.writerow([_output_cell(row.record.get(c)) for c in table.columns] + added)
                 rows += len(chunk)
                 chunks += 1
