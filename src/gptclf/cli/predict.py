@@ -113,7 +113,8 @@ def _predict_file(args: argparse.Namespace) -> int:
     clf = Classifier.load(args.model, device=args.device, quantize="int8" if args.int8 else None)
     res = predict_file(clf, args.input, args.output, text_column=args.text_column, chunk_size=args.chunk_size,
                        batch_size=args.batch_size, input_format=args.format,
-                       progress=not args.quiet and sys.stderr.isatty())
+                       progress=not args.quiet and sys.stderr.isatty(),
+                       log=None if args.quiet or sys.stderr.isatty() else lambda line: print(line, file=sys.stderr))
     print(f"wrote {res.rows} rows to {res.output} in {res.seconds:.1f}s", file=sys.stderr)
     return 0
 

@@ -25,11 +25,12 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ..data.tables import Row, Table, cell_text, find_column
 from ..errors import DataWarning, GptclfError
 from ..files import atomic_path
+from ..progress import PlainProgress
 
 LABEL_COLUMN = "predicted_label"
 SCORE_COLUMN = "predicted_score"
@@ -68,11 +69,12 @@ class BatchResult:
 def predict_file(classifier: Any, input_path: str | Path, output_path: str | Path, *,
                  text_column: str = "text", chunk_size: int = 1000, batch_size: int = 32,
                  input_format: str | None = None, output_format: str | None = None,
-                 progress: bool = False) -> BatchResult:
+                 progress: bool = False, log: Callable[[str], None] | None = None) -> BatchResult:
     """Classify every row of ``input_path`` and write ``output_path`` (see the module doc).
 
     ``classifier`` needs ``labels`` and ``predict_proba(texts, batch_size)`` (a
-    :class:`gptclf.inference.classifier.Classifier`).
+    :class:`gptclf.inference.classifier.Classifier`). ``progress``: a bar on the terminal;
+    ``log``: plain progress lines instead (for logs and pipes).
     """
     from tqdm import tqdm
 
@@ -81,7 +83,14 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
     labels = list(classifier.labels)
     size = Path(input_path).expanduser().stat().st_size if Path(input_path).expanduser().is_file() else None
     bar = tqdm(total=size, unit="B", unit_scale=True, desc="predict", disable=not progress, file=sys.stderr)
-    with bar, Table(input_path, input_format, on_bytes=bar.update) as table:
+    lines = PlainProgress(f"predict: {Path(input_path).name}", size or 0, "bytes", log or print,
+                          enabled=log is not None and size is not None)
+
+    def read(n: int) -> None:
+        bar.update(n)
+        lines.update(n)
+
+    with bar, Table(input_path, input_format, on_bytes=read) as table:
         out_fmt = output_format or OUTPUT_SUFFIXES.get(output_path.suffix.lower()) or \
             (table.format if table.format in OUTPUT_FORMATS else "jsonl")
         if out_fmt not in OUTPUT_FORMATS:
@@ -124,6 +133,7 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
                         writer.writerow([_output_cell(row.record.get(c)) for c in table.columns] + added)
                 rows += len(chunk)
                 chunks += 1
+                lines.update(0, len(chunk))
             out.flush()
     if truncated_chunks:
         warnings.warn(f"some texts were longer than the model's {getattr(classifier, 'max_length', '?')} "

@@ -391,6 +391,8 @@ def _fit_and_evaluate(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds,
     if class_weight is not None:
         metrics["class_weights"] = dict(zip(splits.labels, class_weight.tolist()))
     if not interrupted and s.ctx.is_main:
+        s.log("evaluate: every split in full (" + ", ".join(
+            f"{name} {len(enc.datasets[key])}" for key, name in SPLITS) + " texts)")
         metrics.update(evaluate_splits(model, feeds, enc, splits, cfg, s.device, s.precision))
         s.log(f"Training accuracy: {metrics['train_accuracy'] * 100:.2f}% | "
               f"Validation accuracy: {metrics['val_accuracy'] * 100:.2f}% | "
