@@ -76,7 +76,8 @@ class TrainConfig:
     lora_targets: str | None = opt(None, "comma-separated linear layers of each block (default: "
                                    "att.qkv,att.out_proj,ff.fc,ff.proj, i.e. attention and MLP)", LORA)
     lora_dropout: float = opt(0.0, "dropout on the adapters' input", LORA)
-    data: str = opt("sms-spam", "'sms-spam' (downloaded, checksum-verified, cached) or a CSV/TSV/JSONL file", DATA)
+    data: str = opt("sms-spam", "'sms-spam' (downloaded, checksum-verified, cached), a CSV/TSV/JSONL/JSON/"
+                    "Parquet/Arrow file, or a folder saved by Hugging Face datasets' save_to_disk", DATA)
     val: str | None = opt(None, "your own validation file (else a seeded 10% split)", DATA)
     test: str | None = opt(None, "your own test file (else a seeded 20% split)", DATA)
     text_column: str = opt("text", "the column holding the text", DATA)

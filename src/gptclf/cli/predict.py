@@ -21,7 +21,8 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--int8", action="store_true", help="int8 dynamic quantization (CPU)")
-    f = p.add_argument_group("file in, file out (CSV / TSV / JSONL, streamed in chunks)")
+    f = p.add_argument_group("file in, file out (CSV / TSV / JSONL / JSON / Parquet / Arrow / a datasets "
+                             "folder in; CSV / TSV / JSONL out; streamed in chunks)")
     f.add_argument("--input", default=None,
                    help="table to classify; every row gets one output row, in order, with its columns "
                         "kept plus predicted_label, predicted_score and p_<label> per class")
@@ -38,7 +39,8 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="accuracy, per-class precision/recall/F1 and confusion matrix")
     p.add_argument("--model", default="runs/latest", help="model directory written by 'gptclf train'")
     p.add_argument("--data", default=None,
-                   help="labelled CSV/TSV/JSONL/JSON file, or 'sms-spam' (its chapter-6 test split); default: "
+                   help="labelled CSV/TSV/JSONL/JSON/Parquet/Arrow file or datasets folder, or 'sms-spam' (its "
+                        "chapter-6 test split); default: "
                         "the run's own test split (test.jsonl in the model directory)")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
