@@ -12,6 +12,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import os
 from typing import TYPE_CHECKING, Any
 
 __all__ = ["load_model", "Classifier", "GptclfError", "TrainConfig", "train", "__version__"]
@@ -26,12 +27,33 @@ def load_model(name_or_path: str, init: str = "pretrained") -> Any:
     return _load(name_or_path, init)
 
 
-def train(**options: Any) -> Any:
-    """Run ``gptclf train`` from Python (the same options, as keywords); returns the run directory."""
+def train(data: Any = None, *, texts: Any = None, labels: Any = None, **options: Any) -> Any:
+    """Run ``gptclf train`` from Python (the same options, as keywords); returns the run directory.
+
+    ``data`` is a file path (or ``"sms-spam"``), a pandas DataFrame, a dict of columns or a
+    list of (text, label) pairs; or give ``texts=`` and ``labels=`` lists. In-memory data is
+    recorded in the run as ``"in-memory (N rows)"``; the run's test split is saved with it.
+    Call it as often as you like in one process.
+    """
     from .config import TrainConfig
     from .training.recipe import run_training
 
-    return run_training(TrainConfig(**options))
+    examples = None
+    if texts is not None or labels is not None:
+        if texts is None or labels is None or data is not None:
+            raise GptclfError("give texts= and labels= together, or data=, not both")
+        from .data.memory import from_texts
+
+        examples = from_texts(texts, labels)
+    elif data is not None and not isinstance(data, (str, os.PathLike)):
+        from .data.memory import from_object
+
+        examples = from_object(data, options.get("text_column", "text"), options.get("label_column", "label"))
+    if examples is not None:
+        data = f"in-memory ({len(examples)} rows)"
+    if data is not None:
+        options["data"] = os.fspath(data)
+    return run_training(TrainConfig(**options), examples=examples)
 
 
 def __getattr__(name: str) -> Any:

@@ -27,6 +27,10 @@ POOLINGS = ("last", "last-nonpad", "mean", "first")
 TRAINABLE_CHOICES = ("last_layer", "last_block", "last_two_blocks", "all", "lora")
 SCHEDULES = ("constant", "cosine", "linear")
 STOPPING_METRICS = ("val_loss", "val_accuracy")
+# The default --max-length: min(the backbone's context, this). Longer texts are cut (and
+# marked ``truncated``); batches are padded only to their longest text, so the cap costs
+# nothing on short texts, and it bounds the memory a single long text can take.
+MAX_LENGTH_CAP = 512
 
 
 def opt(default: Any, help: str, group: str | None = None, *, factory: Any = None, **cli: Any) -> Any:
@@ -79,15 +83,24 @@ class TrainConfig:
     lora_targets: str | None = opt(None, "comma-separated linear layers of each block (default: "
                                    "att.qkv,att.out_proj,ff.fc,ff.proj, i.e. attention and MLP)", LORA)
     lora_dropout: float = opt(0.0, "dropout on the adapters' input", LORA)
-    data: str = opt("sms-spam", "'sms-spam' (downloaded, checksum-verified, cached) or a CSV/TSV/JSONL file", DATA)
+    data: str = opt("sms-spam", "'sms-spam' (downloaded, checksum-verified, cached), a CSV/TSV/JSONL/JSON/"
+                    "Parquet/Arrow file, or a folder saved by Hugging Face datasets' save_to_disk", DATA)
     val: str | None = opt(None, "your own validation file (else a seeded 10% split)", DATA)
     test: str | None = opt(None, "your own test file (else a seeded 20% split)", DATA)
     text_column: str = opt("text", "the column holding the text", DATA)
     label_column: str = opt("label", "the column holding the label", DATA)
-    balance: str = opt("undersample", "undersample every class to the smallest (the book), keep all data, or "
-                       "keep all data and weight the training loss by inverse class frequency", DATA,
-                       choices=("undersample", "none", "weight"))
-    max_length: int | None = opt(None, "truncate texts to this many tokens (default: the longest training text)", DATA)
+    balance: str | None = opt(
+        None, "undersample every class to the smallest (the book), keep all data, or keep all data and weight "
+        "the training loss by inverse class frequency. Default: undersample for the chapter's SMS data, none "
+        "(every row) for yours", DATA, choices=("undersample", "none", "weight"))
+    split: str | None = opt(
+        None, "how the 70/10/20 split is drawn (seeded): within each class, or the book's plain shuffle. "
+        "Default: random for the chapter's SMS data (the book's exact split), stratified for yours", DATA,
+        choices=("stratified", "random"))
+    max_length: int | None = opt(
+        None, "truncate texts to this many tokens, at training and prediction. Default: what the backbone "
+        f"supports, capped at {MAX_LENGTH_CAP} (dynamic padding makes a long limit free); with --padding "
+        "longest the longest training text (the book)", DATA)
     padding: str | None = opt(None, "pad each batch to its longest text (default) or every text to "
                               "--max-length (the book)", DATA, choices=("dynamic", "longest"))
     context_length: int | None = opt(None, "pad every text to N tokens (= --padding longest --max-length N); "
@@ -151,6 +164,10 @@ class TrainConfig:
         for name in ("trainable", "lr"):
             if getattr(c, name) is None:
                 setattr(c, name, recipe[name])
+        from .data.splits import default_balance, default_split
+
+        c.balance = c.balance or default_balance(c.data)
+        c.split = c.split or default_split(c.data)
         c._resolve_padding()
         c._check()
         if c.trainable == "lora":

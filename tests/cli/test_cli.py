@@ -27,10 +27,11 @@ def test_train_writes_a_self_describing_run(trained: tuple[Path, dict]) -> None:
     run, _ = trained
     assert sorted(p.name for p in run.iterdir()) == [
         "accuracy-plot.png", "config.json", "confusion-matrix.png", "history.json", "loss-plot.png",
-        "metrics.json", "model.safetensors", "reliability-diagram.png", "report.html"]  # calibrated by default
+        "metrics.json", "model.safetensors", "reliability-diagram.png", "report.html",  # calibrated by default
+        "test.jsonl"]
     assert (run.parent / "latest").resolve() == run.resolve()
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["labels"] == ["ham", "spam"] and cfg["max_length"] == 120 and cfg["pad_id"] == 50256
+    assert cfg["labels"] == ["ham", "spam"] and cfg["max_length"] == 256 and cfg["pad_id"] == 50256
     assert cfg["tokenizer"]["type"] == "tiktoken" and cfg["architecture"]["arch"] == "gpt2"
     m = json.loads((run / "metrics.json").read_text())
     assert (m["n_train"], m["n_val"], m["n_test"]) == (1045, 149, 300)
@@ -52,7 +53,8 @@ def test_predict_arguments_stdin_and_json(trained: tuple[Path, dict]) -> None:
     r = gptclf("predict", "--model", str(run), "--json", env=env, stdin="first text\n\nsecond text\n")
     rows = [json.loads(x) for x in r.stdout.splitlines()]
     assert [x["text"] for x in rows] == ["first text", "second text"]
-    assert all(set(x) == {"text", "label", "score", "scores"} and 0.5 <= x["score"] <= 1 for x in rows)
+    assert all(set(x) == {"text", "label", "score", "scores", "truncated", "empty"} and 0.5 <= x["score"] <= 1
+               for x in rows)
 
 
 def test_evaluate_prints_the_report(trained: tuple[Path, dict], tmp_path: Path) -> None:

@@ -61,7 +61,8 @@ def test_every_row_in_order_with_columns_kept(tiny_classifier: Any, tmp_path: Pa
         out = [json.loads(x) for x in dst.read_text(encoding="utf-8").splitlines()]
     else:
         out = read_csv(dst, "\t" if fmt == "tsv" else ",")
-        assert list(out[0]) == ["id", "text", "note", "predicted_label", "predicted_score", "p_ham", "p_spam"]
+        assert list(out[0]) == ["id", "text", "note", "predicted_label", "predicted_score", "p_ham", "p_spam",
+                               "truncated"]
     assert res.rows == len(rows) == len(out) and res.chunks == 5
     assert spy.calls == [7, 7, 7, 7, 2]  # never more than a chunk at once
     assert [(o["id"], o["text"], o["note"]) for o in out] == [(r["id"], r["text"], r["note"]) for r in rows]

@@ -36,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    print(f"warning: {message}", file=sys.stderr)
+    try:
+        print(f"warning: {message}", file=sys.stderr)
+    except (BrokenPipeError, ValueError):
+        pass  # nobody reads stderr any more: a warning must not abort the command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,9 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("gptclf: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # `gptclf predict ... | head`: the reader left; that's fine.
+        # `gptclf predict ... | head`: the reader left; that's fine. Anywhere else (training's
+        # own output is pipe-safe, see cli.train.PipeSafe) the command did not finish: say so.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return 0 if args.command in ("predict", "evaluate") else 1
     except OSError as e:
         # A file that cannot be read or written (permissions, a full disk): the system's
         # own message names the file, and there is nothing in gptclf to debug.

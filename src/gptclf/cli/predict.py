@@ -22,7 +22,8 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
     add_backend_options(p)
-    f = p.add_argument_group("file in, file out (CSV / TSV / JSONL, streamed in chunks)")
+    f = p.add_argument_group("file in, file out (CSV / TSV / JSONL / JSON / Parquet / Arrow / a datasets "
+                             "folder in; CSV / TSV / JSONL out; streamed in chunks)")
     f.add_argument("--input", default=None,
                    help="table to classify; every row gets one output row, in order, with its columns "
                         "kept plus predicted_label, predicted_score and p_<label> per class")
@@ -38,8 +39,10 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
 def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="accuracy, per-class precision/recall/F1 and confusion matrix")
     p.add_argument("--model", default="runs/latest", help="model directory written by 'gptclf train'")
-    p.add_argument("--data", default="sms-spam",
-                   help="labelled CSV/TSV/JSONL file, or 'sms-spam' (its chapter-6 test split)")
+    p.add_argument("--data", default=None,
+                   help="labelled CSV/TSV/JSONL/JSON/Parquet/Arrow file or datasets folder, or 'sms-spam' (its "
+                        "chapter-6 test split); default: "
+                        "the run's own test split (test.jsonl in the model directory)")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -137,26 +140,41 @@ def _predict_file(args: argparse.Namespace) -> int:
     clf = load_classifier(args)
     res = predict_file(clf, args.input, args.output, text_column=args.text_column, chunk_size=args.chunk_size,
                        batch_size=args.batch_size, input_format=args.format,
-                       progress=not args.quiet and sys.stderr.isatty())
+                       progress=not args.quiet and sys.stderr.isatty(),
+                       log=None if args.quiet or sys.stderr.isatty() else lambda line: print(line, file=sys.stderr))
     print(f"wrote {res.rows} rows to {res.output} in {res.seconds:.1f}s", file=sys.stderr)
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..data.sms_spam import SMS_SPAM_NAMES
+def _evaluation_data(args: argparse.Namespace, clf) -> tuple[list, str]:  # noqa: ANN001
+    """``--data``, else the run's own test split (test.jsonl; for older runs of the SMS data, its
+    chapter-6 split drawn again with the run's seed)."""
+    from ..data.sms_spam import SMS_SPAM_NAMES, is_sms_spam
     from ..data.splits import drop_empty_texts, load_splits
     from ..data.tables import read_table
+    from ..rundir.save import TEST_SPLIT
 
+    train_cfg = clf.run_config.train or {}
+    data = args.data
+    if data is None:
+        own = Path(args.model).expanduser() / TEST_SPLIT
+        if own.is_file():
+            return read_table(own, "text", "label"), f"the run's test split ({own})"
+        if not is_sms_spam(str(train_cfg.get("data", "sms-spam"))):
+            raise GptclfError(f"{args.model} has no {TEST_SPLIT} (a run from an older gptclf) and was not "
+                              "trained on the SMS data", hint="pass the labelled test file with --data FILE")
+        data = "sms-spam"
+    if data.lower() in SMS_SPAM_NAMES:
+        splits = load_splits(data, seed=train_cfg.get("seed", 123), balance=train_cfg.get("balance") or "undersample",
+                             split=train_cfg.get("split") or "random")
+        return splits.test, "sms-spam (chapter-6 test split)"
+    return drop_empty_texts(read_table(data, args.text_column, args.label_column), data), data
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
     _positive("batch-size", args.batch_size)
     clf = load_classifier(args)
-    if args.data.lower() in SMS_SPAM_NAMES:
-        train_cfg = clf.run_config.train or {}
-        splits = load_splits(args.data, seed=train_cfg.get("seed", 123),
-                             balance=train_cfg.get("balance", "undersample"))
-        examples, where = splits.test, "sms-spam (chapter-6 test split)"
-    else:
-        examples = drop_empty_texts(read_table(args.data, args.text_column, args.label_column), args.data)
-        where = args.data
+    examples, where = _evaluation_data(args, clf)
     if not examples:
         raise GptclfError(f"{where}: no texts to evaluate")
     report = clf.evaluate([e.text for e in examples], [e.label for e in examples], args.batch_size,

@@ -8,6 +8,7 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from ..config import TrainConfig
 from ..errors import GptclfError
@@ -37,17 +38,53 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**given)
 
 
+class PipeSafe:
+    """A stream whose reader may leave (``gptclf train 2>&1 | head -1``): once a write finds the
+    pipe closed, later writes are dropped, so the log never aborts a run that is still training."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.broken = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                self.stream.write(text)
+            except (BrokenPipeError, ValueError):  # ValueError: the stream was closed
+                self.broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except (BrokenPipeError, ValueError):
+                self.broken = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ..training.recipe import run_training
 
     cfg = train_config(args)
-    out = _resume(args, cfg) if getattr(args, "resume", None) else run_training(cfg)
-    if os.environ.get("RANK", "0") != "0":
-        return 0  # under torchrun, rank 0 reports
-    metrics = json.loads((out / "metrics.json").read_text())
-    print(json.dumps({k: metrics[k] for k in ("train_accuracy", "val_accuracy", "test_accuracy", "seconds")
-                      if k in metrics} | {"run": str(out)}))
-    return 0
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = PipeSafe(sys.stdout), PipeSafe(sys.stderr)
+    try:
+        out = _resume(args, cfg) if getattr(args, "resume", None) else run_training(cfg)
+        if os.environ.get("RANK", "0") != "0":
+            return 0  # under torchrun, rank 0 reports
+        metrics = json.loads((out / "metrics.json").read_text())
+        print(json.dumps({k: metrics[k] for k in ("train_accuracy", "val_accuracy", "test_accuracy", "seconds")
+                          if k in metrics} | {"run": str(out)}), flush=True)
+        return 0
+    finally:
+        for safe, stream in zip((sys.stdout, sys.stderr), streams):
+            if getattr(safe, "broken", False):
+                # Python flushes the standard streams at exit; a closed pipe would then print
+                # a traceback and change the exit status of a run that succeeded.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        sys.stdout, sys.stderr = streams
 
 
 def _resume(args: argparse.Namespace, cfg: TrainConfig) -> Path:

@@ -2,14 +2,23 @@
 
 :func:`create_balanced_dataset` and :func:`random_split` are the book's functions (and
 reproduce its pandas code exactly); :func:`load_splits` reads the data (the SMS Spam
-Collection or the user's files) and applies them.
+Collection, the user's files or in-memory examples) and applies them.
+
+Defaults (``balance=None``, ``split=None``): the chapter's SMS run keeps the book's
+undersampling and its plain seeded shuffle, so its split is exactly the book's
+(1045/149/300). Any other data keeps every row and gets a stratified seeded split
+(:func:`stratified_split`), so a small class is not left out of validation or test.
+Whenever rows are dropped or a split lacks a class, a :class:`DataWarning` says so with
+the numbers.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -57,6 +66,57 @@ def random_split(examples: list[Example], train_frac: float = 0.7, val_frac: flo
     return shuffled[:train_end], shuffled[train_end:val_end], shuffled[val_end:]
 
 
+def stratified_split(examples: list[Example], train_frac: float = 0.7, val_frac: float = 0.1,
+                     seed: int = 123) -> tuple[list[Example], list[Example], list[Example]]:
+    """70/10/20 within each class (seeded), so every split has every class it can have.
+
+    A class of at least 3 examples gets at least one in validation and one in test; each
+    split is then shuffled (seeded) so its classes are interleaved.
+    """
+    rng = np.random.RandomState(seed)
+    parts: tuple[list[Example], list[Example], list[Example]] = ([], [], [])
+    for label in sorted({e.label for e in examples}, key=natural_key):  # type: ignore[arg-type]
+        items = [e for e in examples if e.label == label]
+        items = [items[i] for i in rng.permutation(len(items))]
+        n = len(items)
+        n_val = int(round(n * val_frac))
+        n_test = int(round(n * (1 - train_frac - val_frac)))
+        if n >= 3:  # at least one of each class where there are enough, never all of it
+            n_val = max(n_val, 1) if val_frac > 0 else 0
+            n_test = max(n_test, 1) if 1 - train_frac - val_frac > 1e-9 else 0
+        n_train = n - n_val - n_test
+        parts[0].extend(items[:n_train])
+        parts[1].extend(items[n_train:n_train + n_val])
+        parts[2].extend(items[n_train + n_val:n_train + n_val + n_test])
+    out = tuple([p[i] for i in rng.permutation(len(p))] for p in parts)
+    return out[0], out[1], out[2]
+
+
+def natural_key(label: str) -> tuple:
+    """Sort labels as a person would: ``'2'`` before ``'10'``, numbers by value, text by case-folded text."""
+    parts = re.split(r"(-?\d+(?:\.\d+)?)", label)
+    key: list[tuple[int, object]] = []
+    for part in parts:
+        if not part:
+            continue
+        try:
+            key.append((0, float(part)))
+        except ValueError:
+            key.append((1, part.casefold()))
+    return (tuple(key), label)
+
+
+def sorted_labels(labels: Sequence[str] | set[str]) -> list[str]:
+    return sorted(labels, key=natural_key)
+
+
+def class_counts(examples: Sequence[Example], labels: Sequence[str] | None = None) -> dict[str, int]:
+    """``{label: n}`` in label order (``labels``, else the natural order of those present)."""
+    counts = Counter(e.label for e in examples)
+    order = list(labels) if labels is not None else sorted_labels(set(counts))  # type: ignore[arg-type]
+    return {lab: counts.get(lab, 0) for lab in order}
+
+
 @dataclass
 class DataSplits:
     train: list[Example]
@@ -64,25 +124,56 @@ class DataSplits:
     test: list[Example]
     labels: list[str]
     source: str
+    balance: str = "none"
+    split: str = "random"
+    dropped: dict[str, int] | None = None  # rows removed by undersampling, per class
+
 
     def summary(self) -> dict:
         return {
             "source": self.source,
             "labels": self.labels,
             "n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test),
-            "train_counts": dict(Counter(e.label for e in self.train)),
-            "val_counts": dict(Counter(e.label for e in self.val)),
-            "test_counts": dict(Counter(e.label for e in self.test)),
+            "train_counts": class_counts(self.train, self.labels),
+            "val_counts": class_counts(self.val, self.labels),
+            "test_counts": class_counts(self.test, self.labels),
+            "balance": self.balance, "split": self.split,
+            **({"dropped": self.dropped} if self.dropped else {}),
         }
+
+    def describe(self) -> str:
+        """One line per split with its class counts (what ``gptclf train`` prints)."""
+        def counts(part: list[Example]) -> str:
+            return ", ".join(f"{k} {v}" for k, v in class_counts(part, self.labels).items())
+
+        return "\n".join(f"  {name}: {len(part)} ({counts(part)})"
+                         for name, part in (("train", self.train), ("validation", self.val), ("test", self.test)))
+
+
+def default_balance(data: str) -> str:
+    """The book's undersampling for its SMS data, every row of anyone else's."""
+    return "undersample" if is_sms_spam(data) else "none"
+
+
+def default_split(data: str) -> str:
+    """The book's plain shuffle for its SMS run (its exact split), stratified for anyone else's data."""
+    return "random" if is_sms_spam(data) else "stratified"
 
 
 def load_splits(data: str = "sms-spam", *, val: str | None = None, test: str | None = None,
-                text_column: str = "text", label_column: str = "label", balance: str = "undersample",
-                seed: int = 123, train_frac: float = 0.7, val_frac: float = 0.1) -> DataSplits:
-    """Read the data, balance it and split it, with the checks a user needs."""
+                text_column: str = "text", label_column: str = "label", balance: str | None = None,
+                seed: int = 123, train_frac: float = 0.7, val_frac: float = 0.1, split: str | None = None,
+                examples: list[Example] | None = None) -> DataSplits:
+    """Read the data (or take ``examples``, in memory), balance it and split it, with the checks a user needs."""
+    balance = balance or default_balance(data)
+    split = split or default_split(data)
     if balance not in ("undersample", "none", "weight"):
         raise GptclfError(f"--balance must be undersample, none or weight, not {balance!r}")
-    if is_sms_spam(data):
+    if split not in ("stratified", "random"):
+        raise GptclfError(f"--split must be stratified or random, not {split!r}")
+    if examples is not None:
+        source = data
+    elif is_sms_spam(data):
         examples, source = load_sms_spam(data)
     else:
         examples, source = read_table(data, text_column, label_column), str(Path(data).expanduser())
@@ -93,37 +184,63 @@ def load_splits(data: str = "sms-spam", *, val: str | None = None, test: str | N
     if len(classes) < 2:
         raise GptclfError(f"{source}: only one class ({next(iter(classes), None)!r}) in the labels",
                           hint="a classifier needs at least two classes; check --label-column")
+    dropped = None
     if balance == "undersample":
+        before = class_counts(examples)
         examples = create_balanced_dataset(examples, seed)
-    if val is None and test is None:
-        tr, va, te = random_split(examples, train_frac, val_frac, seed)
-    else:
-        va = drop_empty_texts(read_table(val, text_column, label_column), val) if val else []
-        te = drop_empty_texts(read_table(test, text_column, label_column), test) if test else []
-        if val is None or test is None:
-            # Only one given: split the rest of the training file for the other, seeded.
-            frac = val_frac if val is None else 1 - train_frac - val_frac
-            tr, other, _ = random_split(examples, 1 - frac, frac, seed)
-            va, te = (other, te) if val is None else (va, other)
-        else:
-            tr = random_split(examples, 1.0, 0.0, seed)[0]
-    for name, split, opt in (("validation", va, "--val"), ("test", te, "--test")):
-        if not split:
+        after = class_counts(examples)
+        dropped = {k: before[k] - after[k] for k in before if before[k] != after[k]}
+        if dropped:
+            warn(f"{source}: --balance undersample kept {len(examples)} of {sum(before.values())} rows "
+                 f"(dropped {', '.join(f'{v} {k}' for k, v in dropped.items())}); --balance none keeps them all")
+    cut = stratified_split if split == "stratified" else random_split
+    tr, va, te = _split(examples, val, test, text_column, label_column, seed, train_frac, val_frac, cut)
+    for name, part, opt in (("validation", va, "--val"), ("test", te, "--test")):
+        if not part:
             raise GptclfError(f"{source}: the {name} split is empty ({len(examples)} examples are too few "
                               "for the split)", hint=f"add data, or pass your own {name} file with {opt}")
-    labels = sorted({e.label for e in tr})  # type: ignore[type-var]
+    labels = sorted_labels({e.label for e in tr})  # type: ignore[arg-type]
     if len(labels) < 2:
         raise GptclfError(f"{source}: the training split has a single class {labels}",
                           hint="add data of the other classes or change the split")
-    for name, split in (("validation", va), ("test", te)):
-        unseen = sorted({e.label for e in split} - set(labels))  # type: ignore[type-var]
+    _check_split_labels(labels, va, te)
+    _warn_missing_classes(labels, tr, va, te)
+    _warn_leakage(tr, va, te)
+    return DataSplits(tr, va, te, labels, source, balance, split, dropped)
+
+
+def _split(examples: list[Example], val: str | None, test: str | None, text_column: str, label_column: str,
+           seed: int, train_frac: float, val_frac: float, cut) -> tuple[list[Example], list[Example], list[Example]]:
+    """The training data cut 70/10/20, or, with the user's own --val/--test files, cut for the missing one."""
+    if val is None and test is None:
+        return cut(examples, train_frac, val_frac, seed)
+    va = drop_empty_texts(read_table(val, text_column, label_column), val) if val else []
+    te = drop_empty_texts(read_table(test, text_column, label_column), test) if test else []
+    if val is None or test is None:
+        # Only one given: split the rest of the training file for the other, seeded.
+        frac = val_frac if val is None else 1 - train_frac - val_frac
+        tr, other, _ = cut(examples, 1 - frac, frac, seed)
+        return (tr, other, te) if val is None else (tr, va, other)
+    return random_split(examples, 1.0, 0.0, seed)[0], va, te
+
+
+def _check_split_labels(labels: list[str], va: list[Example], te: list[Example]) -> None:
+    for name, part in (("validation", va), ("test", te)):
+        unseen = sorted_labels({e.label for e in part} - set(labels))  # type: ignore[arg-type]
         if unseen:
-            ex = next(e for e in split if e.label in unseen)
+            ex = next(e for e in part if e.label in unseen)
             raise GptclfError(f"{name} data has label(s) {unseen} never seen in training "
                               f"(first at line {ex.line})",
                               hint=f"training labels are {labels}; fix the label or add training examples")
-    _warn_leakage(tr, va, te)
-    return DataSplits(tr, va, te, labels, source)
+
+
+def _warn_missing_classes(labels: list[str], tr: list[Example], va: list[Example], te: list[Example]) -> None:
+    for name, part in (("training", tr), ("validation", va), ("test", te)):
+        counts = class_counts(part, labels)
+        missing = [k for k, v in counts.items() if v == 0]
+        if missing:
+            warn(f"the {name} split ({len(part)} texts) has no example of {missing}: its accuracy "
+                 f"says nothing about them (counts: {counts})")
 
 
 def _warn_leakage(train: list[Example], val: list[Example], test: list[Example]) -> None:

@@ -1,4 +1,6 @@
-"""The one reader of the user's tables: CSV, TSV, JSONL and JSON files of texts (and labels).
+"""The one reader of the user's tables: CSV, TSV, JSONL and JSON files of texts (and labels),
+and (with pyarrow) Parquet, Arrow/Feather files and folders saved by Hugging Face
+``datasets`` (``save_to_disk``; ClassLabel columns read as their names).
 
 Training (:func:`read_table`), evaluation and batch prediction
 (:mod:`gptclf.inference.batch_files`) all read through :class:`Table`, so a file that one
@@ -28,6 +30,7 @@ from .text import decoded_lines
 
 FORMATS = ("csv", "tsv", "jsonl", "json")
 SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
+ARROW_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow"}
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ def detect_format(path: Path, role: str = "input") -> str:
     if suffix in NOT_TEXT:
         raise GptclfError(f"{path}: unknown {role} format {suffix!r}",
                           hint="save the table as .csv, .tsv, .jsonl or .json")
-    return SUFFIXES.get(suffix, "auto")
+    return ARROW_SUFFIXES.get(suffix) or SUFFIXES.get(suffix, "auto")
 
 
 def _sniff(first_line: str) -> str:
@@ -95,12 +98,18 @@ class Table:
         self.path = Path(path).expanduser()
         if not self.path.exists():
             raise GptclfError(f"{self.path}: no such file")
+        self._file: IO[bytes] | None = None
+        self._first: Row | None = None
         if self.path.is_dir():
-            raise GptclfError(f"{self.path} is a directory", hint="pass a CSV, TSV, JSONL or JSON file")
+            self._open_arrow(*hf_dataset_files(self.path))
+            return
         if fmt is not None and fmt not in FORMATS:
             raise GptclfError(f"unknown format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
+        if (fmt or detect_format(self.path)) in ("parquet", "arrow"):
+            self._open_arrow([self.path], {})
+            return
         try:
-            self._file: IO[bytes] = open(self.path, "rb")
+            self._file = open(self.path, "rb")
         except OSError as e:
             raise GptclfError(f"{self.path}: cannot read the file ({e.strerror})") from None
         try:
@@ -108,6 +117,25 @@ class Table:
         except BaseException:
             self.close()
             raise
+
+    def _open_arrow(self, files: list[Path], class_names: dict[str, list[str]]) -> None:
+        """Parquet / Arrow / a ``datasets`` folder: record batches streamed from disk."""
+        self.format = "parquet" if files and files[0].suffix.lower() in (".parquet", ".pq") else "arrow"
+        batches = arrow_batches(files)
+        schema = next(batches)
+        self.columns = list(schema.names)
+        self._records = self._arrow_rows(batches, class_names)
+
+    def _arrow_rows(self, batches: Iterator[Any], class_names: dict[str, list[str]]) -> Iterator[Row]:
+        n = 0
+        for batch in batches:
+            for rec in batch.to_pylist():
+                n += 1
+                for col, names in class_names.items():  # ClassLabel ints -> their names
+                    v = rec.get(col)
+                    if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(names):
+                        rec[col] = names[v]
+                yield Row(n, rec)
 
     def _open(self, fmt: str, on_bytes: Callable[[int], None] | None) -> None:
         lines = decoded_lines(self._file, self.path, on_bytes)
@@ -195,13 +223,79 @@ class Table:
         yield from self._records
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self) -> "Table":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow  # noqa: F401
+        import pyarrow.ipc
+        import pyarrow.parquet
+    except ImportError:
+        raise GptclfError("reading Parquet, Arrow or a datasets folder needs pyarrow",
+                          hint="pip install 'gptclf[arrow]' (or pyarrow)") from None
+    return pyarrow
+
+
+def hf_dataset_files(folder: Path) -> tuple[list[Path], dict[str, list[str]]]:
+    """The Arrow files of a folder written by ``datasets``' ``save_to_disk`` and the label
+    names of its ClassLabel columns; any other folder is refused with what to pass instead."""
+    state = folder / "state.json"
+    if not state.is_file():
+        if (folder / "dataset_dict.json").is_file():
+            splits = sorted(p.name for p in folder.iterdir() if (p / "state.json").is_file())
+            raise GptclfError(f"{folder} holds several splits {splits}",
+                              hint=f"pass one of them, e.g. {folder / (splits[0] if splits else 'train')}")
+        raise GptclfError(f"{folder} is a directory",
+                          hint="pass a CSV, TSV, JSONL, JSON, Parquet or Arrow file, or a folder saved by "
+                               "datasets' save_to_disk")
+    meta = parse_json(state.read_text(encoding="utf-8"), str(state))
+    names = [d.get("filename") for d in (meta.get("_data_files") or []) if isinstance(d, dict)]
+    files = [folder / n for n in names if isinstance(n, str) and "/" not in n and "\\" not in n]
+    if not files:
+        raise GptclfError(f"{state} lists no data files")
+    classes: dict[str, list[str]] = {}
+    info = folder / "dataset_info.json"
+    if info.is_file():
+        features = parse_json(info.read_text(encoding="utf-8"), str(info)).get("features") or {}
+        for col, feat in features.items() if isinstance(features, dict) else ():
+            if isinstance(feat, dict) and feat.get("_type") == "ClassLabel" and isinstance(feat.get("names"), list):
+                classes[col] = [str(x) for x in feat["names"]]
+    return files, classes
+
+
+def arrow_batches(files: list[Path]) -> Iterator[Any]:
+    """The first file's schema, then the record batches of every file in turn."""
+    pa = _pyarrow()
+    first = True
+    for path in files:
+        if not path.is_file():
+            raise GptclfError(f"{path}: no such file")
+        try:
+            if path.suffix.lower() in (".parquet", ".pq"):
+                pf = pa.parquet.ParquetFile(path)
+                schema, batches = pf.schema_arrow, pf.iter_batches(batch_size=1024)
+            else:
+                try:
+                    reader = pa.ipc.open_file(path)  # Feather v2 / Arrow IPC file
+                    schema = reader.schema
+                    batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+                except pa.ArrowInvalid:
+                    reader = pa.ipc.open_stream(path)  # what datasets writes
+                    schema, batches = reader.schema, iter(reader)
+        except (pa.ArrowException, OSError) as e:
+            raise GptclfError(f"{path}: cannot read it as {path.suffix.lstrip('.') or 'Arrow'}: {str(e)[:200]}") from None
+        if first:
+            yield schema
+            first = False
+        yield from batches
 
 
 def _chain(head: list[str], rest: Iterator[str]) -> Iterator[str]:

@@ -8,6 +8,8 @@ gets one), with every input column kept and these columns added:
 * ``predicted_label``  the most probable label
 * ``predicted_score``  its probability
 * ``p_<label>``        one probability column per class (in the model's label order)
+* ``truncated``        whether the text was longer than the model's ``max_length`` tokens
+  and only its start was read (``true``/``false``)
 
 The output (CSV, TSV or JSONL, from its suffix) is written to a temporary file beside it
 and renamed over it only when every row is written (:func:`gptclf.files.atomic_path`): an
@@ -23,22 +25,24 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ..data.encoding import unicode_clean
 from ..data.tables import Row, Table, cell_text, find_column
 from ..errors import DataWarning, GptclfError, TextError
 from ..files import atomic_path
+from ..progress import PlainProgress
 
 LABEL_COLUMN = "predicted_label"
 SCORE_COLUMN = "predicted_score"
 PROB_PREFIX = "p_"
+TRUNCATED_COLUMN = "truncated"
 OUTPUT_FORMATS = ("csv", "tsv", "jsonl")
 OUTPUT_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
 def added_columns(labels: list[str]) -> list[str]:
-    return [LABEL_COLUMN, SCORE_COLUMN] + [f"{PROB_PREFIX}{lab}" for lab in labels]
+    return [LABEL_COLUMN, SCORE_COLUMN] + [f"{PROB_PREFIX}{lab}" for lab in labels] + [TRUNCATED_COLUMN]
 
 
 def iter_chunks(rows: Iterable[Row], chunk_size: int) -> Iterator[list[Row]]:
@@ -66,11 +70,12 @@ class BatchResult:
 def predict_file(classifier: Any, input_path: str | Path, output_path: str | Path, *,
                  text_column: str = "text", chunk_size: int = 1000, batch_size: int = 32,
                  input_format: str | None = None, output_format: str | None = None,
-                 progress: bool = False) -> BatchResult:
+                 progress: bool = False, log: Callable[[str], None] | None = None) -> BatchResult:
     """Classify every row of ``input_path`` and write ``output_path`` (see the module doc).
 
     ``classifier`` needs ``labels`` and ``predict_proba(texts, batch_size)`` (a
-    :class:`gptclf.inference.classifier.Classifier`).
+    :class:`gptclf.inference.classifier.Classifier`). ``progress``: a bar on the terminal;
+    ``log``: plain progress lines instead (for logs and pipes).
     """
     from tqdm import tqdm
 
@@ -79,7 +84,14 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
     labels = list(classifier.labels)
     size = Path(input_path).expanduser().stat().st_size if Path(input_path).expanduser().is_file() else None
     bar = tqdm(total=size, unit="B", unit_scale=True, desc="predict", disable=not progress, file=sys.stderr)
-    with bar, Table(input_path, input_format, on_bytes=bar.update) as table:
+    lines = PlainProgress(f"predict: {Path(input_path).name}", size or 0, "bytes", log or print,
+                          enabled=log is not None and size is not None)
+
+    def read(n: int) -> None:
+        bar.update(n)
+        lines.update(n)
+
+    with bar, Table(input_path, input_format, on_bytes=read) as table:
         out_fmt = output_format or OUTPUT_SUFFIXES.get(output_path.suffix.lower()) or \
             (table.format if table.format in OUTPUT_FORMATS else "jsonl")
         if out_fmt not in OUTPUT_FORMATS:
@@ -105,10 +117,12 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
                     warnings.simplefilter("always", DataWarning)
                     probs = _predict_chunk(classifier, texts, batch_size, table.path, chunk)
                 truncated_chunks += any(issubclass(w.category, DataWarning) for w in caught)
-                for row, p in zip(chunk, probs):
+                flags = classifier.truncated(texts) if hasattr(classifier, "truncated") else [False] * len(texts)
+                for row, p, cut in zip(chunk, probs, flags):
                     k = int(p.argmax())
                     added = [labels[k], round(float(p[k]), 6)] + [round(float(v), 6) for v in p]
                     if writer is None:
+                        added.append(bool(cut))
                         # Lone surrogates (from JSON escapes) cannot be UTF-8: U+FFFD, as the model saw.
                         out.write(unicode_clean(json.dumps(row.record | dict(zip(extra, added)),
                                                            ensure_ascii=False)) + "\n")
@@ -118,9 +132,11 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
                             raise GptclfError(f"{table.path}:{row.line}: keys {sorted(unknown)} not in the "
                                               f"first record's {table.columns}",
                                               hint="write JSONL output, or give every record the same keys")
+                        added.append("true" if cut else "false")
                         writer.writerow([_output_cell(row.record.get(c)) for c in table.columns] + added)
                 rows += len(chunk)
                 chunks += 1
+                lines.update(0, len(chunk))
             out.flush()
     if truncated_chunks:
         warnings.warn(f"some texts were longer than the model's {getattr(classifier, 'max_length', '?')} "

@@ -37,6 +37,13 @@ from ..tokenizers import tokenizer_from_config
 BACKENDS = ("auto", "torch", "onnxruntime")
 
 
+def prediction(labels: Sequence[str], p: np.ndarray, truncated: bool = False, empty: bool = False) -> dict[str, Any]:
+    """One prediction as every path reports it (Python, ``predict --json``, HTTP)."""
+    k = int(p.argmax())
+    return {"label": labels[k], "score": float(p[k]), "scores": {lab: float(v) for lab, v in zip(labels, p)},
+            "truncated": bool(truncated), "empty": bool(empty)}
+
+
 class Classifier:
     """A fine-tuned text classifier."""
 
@@ -119,28 +126,42 @@ class Classifier:
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids as at training: the run's template (if any) around each text, cut to max_length."""
+        return self._encode(texts)[0]
+
+    def _encode(self, texts: Sequence[str]) -> tuple[list[list[int]], list[bool]]:
+        """Token ids (as :meth:`encode`) and whether each text was cut to fit ``max_length``."""
         template = self.run_config.template
         try:
             ids, pre, post = tokenize_texts(self.tokenizer, texts, template)
         except BaseException as e:  # noqa: BLE001 - a tokenizer's Rust panic is a BaseException
             if is_interrupt(e):
                 raise
-            # Find the culprits one text at a time, so the error names them (and a server
-            # can answer the other texts of the batch).
-            reasons = {}
-            for i, t in enumerate(texts):
-                try:
-                    tokenize_texts(self.tokenizer, [t], template)
-                except BaseException as e1:  # noqa: BLE001
-                    if is_interrupt(e1):
-                        raise
-                    reasons[i] = f"the tokenizer failed ({type(e1).__name__})"
-            if not reasons:
+            err = self._text_error(texts, template)
+            if err is None:
                 raise
-            raise TextError(reasons) from e
-        return fit_to_length(ids, pre, post, self.max_length, "the model's input")
+            raise err from e
+        room = self.max_length - len(pre) - len(post)
+        truncated = [len(t) > room for t in ids]
+        return fit_to_length(ids, pre, post, self.max_length, "the model's input"), truncated
 
-    @torch.inference_mode()
+    def _text_error(self, texts: Sequence[str], template: str | None) -> TextError | None:
+        """The batch failed to tokenize: find the culprits one text at a time, so the error
+        names them (and a server can answer the other texts of the batch)."""
+        reasons = {}
+        for i, t in enumerate(texts):
+            try:
+                tokenize_texts(self.tokenizer, [t], template)
+            except BaseException as e1:  # noqa: BLE001
+                if is_interrupt(e1):
+                    raise
+                reasons[i] = f"the tokenizer failed ({type(e1).__name__})"
+        return TextError(reasons) if reasons else None
+
+    def truncated(self, texts: Sequence[str]) -> list[bool]:
+        """Whether each text is longer than the model's ``max_length`` and gets cut (what every
+        prediction path reports as ``truncated``)."""
+        return self._encode(list(texts))[1]
+
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Class probabilities ``[len(texts), num_classes]`` in input order: the softmax of the
         logits divided by the run's fitted temperature (``config.json`` ``temperature``).
@@ -148,14 +169,18 @@ class Classifier:
         Raises :class:`~gptclf.errors.TextError` naming the texts the tokenizer fails on
         (any exception, a Rust panic included) or whose scores are not finite, so a caller
         can answer the other texts; never returns NaN."""
+        return self._predict(texts, batch_size)[0]
+
+    @torch.inference_mode()
+    def _predict(self, texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, list[bool]]:
         if isinstance(texts, str):
             raise TypeError("predict_proba expects a list of texts, not a single string")
         if batch_size < 1:
             raise GptclfError(f"batch size must be at least 1, not {batch_size}")
-        ids = self.encode(texts)
+        ids, truncated = self._encode(texts)
         out = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
         if not ids:
-            return out
+            return out, truncated
         lengths = np.fromiter((len(t) for t in ids), dtype=np.int64, count=len(ids))
         for idx in sorted_batches(lengths, batch_size):
             batch, lens = collate([ids[i] for i in idx], self.tokenizer.pad_id, self.pad_to,
@@ -169,18 +194,16 @@ class Classifier:
         bad = np.flatnonzero(~np.isfinite(out).all(1))
         if len(bad):  # never hand out NaN as a probability (invalid JSON, a silent wrong label)
             raise TextError({int(i): "the model's scores are not finite" for i in bad})
-        return out
+        return out, truncated
 
     def predict(self, texts: Sequence[str] | str, batch_size: int = 32) -> list[dict[str, Any]]:
-        """``[{"label": ..., "score": p(label), "scores": {label: p}}]``, one per text, in order."""
-        single = isinstance(texts, str)
-        probs = self.predict_proba([texts] if single else list(texts), batch_size)
-        return [self._result(p) for p in probs]
-
-    def _result(self, p: np.ndarray) -> dict[str, Any]:
-        k = int(p.argmax())
-        return {"label": self.labels[k], "score": float(p[k]),
-                "scores": {lab: float(v) for lab, v in zip(self.labels, p)}}
+        """``[{"label", "score": p(label), "scores": {label: p}, "truncated", "empty"}]``, one per
+        text, in order. ``truncated``: the text was longer than ``max_length`` tokens and only its
+        start was read. ``empty``: the text has nothing but whitespace, so the label is only the
+        model's prior (every empty text gets the same one): treat it as no answer."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        probs, truncated = self._predict(texts, batch_size)
+        return [prediction(self.labels, p, cut, not t.strip()) for p, cut, t in zip(probs, truncated, texts)]
 
     def evaluate(self, texts: Sequence[str], labels: Sequence[str], batch_size: int = 32,
                  mistakes: int = 0) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..files import read_json_object
 from .load import load_classifier_backbone, read_run_config
-from .save import save_run
+from .save import TEST_SPLIT, save_run
 
 
 def export_merged(src: str | Path, out: str | Path) -> Path:
@@ -26,7 +26,9 @@ def export_merged(src: str | Path, out: str | Path) -> Path:
     merged = replace(cfg, lora=None, extra=extra)
     metrics = read_json_object(src / "metrics.json") if (src / "metrics.json").exists() else {}
     history = read_json_object(src / "history.json") if (src / "history.json").exists() else {}
-    save_run(out, clf.model, clf.tokenizer, merged, metrics, history, update_latest_link=False)
+    test_split = src / TEST_SPLIT  # the copy evaluates on the same data by default
+    files = {TEST_SPLIT: test_split.read_text(encoding="utf-8")} if test_split.is_file() else None
+    save_run(out, clf.model, clf.tokenizer, merged, metrics, history, update_latest_link=False, files=files)
     for plot in ("loss-plot.png", "accuracy-plot.png"):
         if (src / plot).exists() and not (out / plot).exists():
             shutil.copy2(src / plot, out / plot)

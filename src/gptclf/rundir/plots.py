@@ -22,15 +22,24 @@ def _pyplot():  # -> matplotlib.pyplot, drawing to files only
 
 
 def plot_values(epochs_seen: list[float], examples_seen: list[float], train_values: list[float],
-                val_values: list[float], label: str, path: Path) -> None:
-    """The book's ``plot_values``: epochs on the bottom axis, examples seen on the top."""
+                val_values: list[float], label: str, path: Path,
+                epoch_values: tuple[list[float], list[float]] | None = None) -> None:
+    """The book's ``plot_values``: epochs on the bottom axis, examples seen on the top.
+
+    Every value is drawn with a marker, so a run with one evaluation still shows its point;
+    ``epoch_values`` (epochs, values) adds the full validation set's value at each epoch end.
+    """
     plt = _pyplot()
     fig, ax1 = plt.subplots(figsize=(5, 3))
-    ax1.plot(epochs_seen, train_values, label=f"Training {label}")
-    ax1.plot(epochs_seen, val_values, linestyle="-.", label=f"Validation {label}")
+    marker = "o" if len(epochs_seen) <= 60 else None  # dense curves read better without dots
+    ax1.plot(epochs_seen, train_values, marker=marker, markersize=3, label=f"Training {label}")
+    ax1.plot(epochs_seen, val_values, linestyle="-.", marker=marker, markersize=3, label=f"Validation {label}")
+    if epoch_values is not None and epoch_values[0]:
+        ax1.plot(epoch_values[0], epoch_values[1], linestyle=":", marker="s", markersize=4,
+                 label=f"Validation {label} (full set, epoch end)")
     ax1.set_xlabel("Epochs")
     ax1.set_ylabel(label.capitalize())
-    ax1.legend()
+    ax1.legend(fontsize="small")
     ax2 = ax1.twiny()
     ax2.plot(examples_seen, train_values, alpha=0)  # invisible: only sets the top axis
     ax2.set_xlabel("Examples seen")
@@ -40,13 +49,25 @@ def plot_values(epochs_seen: list[float], examples_seen: list[float], train_valu
     plt.close(fig)
 
 
+def _epoch_positions(steps: list[dict[str, Any]], eps: list[dict[str, Any]], epochs: int) -> list[float]:
+    """Where each evaluation falls in epochs: from the examples seen when the run has epoch
+    ends to scale them, else spread evenly over the run (histories from older runs)."""
+    if eps and eps[0].get("examples_seen") and all("examples_seen" in s for s in steps):
+        per_epoch = eps[0]["examples_seen"] / eps[0]["epoch"]
+        return [s["examples_seen"] / per_epoch for s in steps]
+    n = len(steps)
+    return [epochs * (i / (n - 1) if n > 1 else 1.0) for i in range(n)]
+
+
 def plot_history(hist: dict[str, Any], directory: Path, epochs: int) -> None:
     steps, eps = hist.get("steps", []), hist.get("epochs", [])
+    full = [(e["epoch"], e.get("full_val_loss", e.get("val_loss"))) for e in eps
+            if e.get("full_val_loss", e.get("val_loss")) is not None]
+    epoch_losses = ([x for x, _ in full], [v for _, v in full])
     if steps:
-        n = len(steps)
-        xs = [epochs * (i / (n - 1) if n > 1 else 1.0) for i in range(n)]
-        plot_values(xs, [s["examples_seen"] for s in steps], [s["train_loss"] for s in steps],
-                    [s["val_loss"] for s in steps], "loss", directory / "loss-plot.png")
+        plot_values(_epoch_positions(steps, eps, epochs), [s["examples_seen"] for s in steps],
+                    [s["train_loss"] for s in steps], [s["val_loss"] for s in steps], "loss",
+                    directory / "loss-plot.png", epoch_losses)
     if eps:
         plot_values([e["epoch"] for e in eps], [e["examples_seen"] for e in eps],
                     [e["train_accuracy"] for e in eps], [e["val_accuracy"] for e in eps],

@@ -12,6 +12,8 @@
       accuracy-plot.png
       confusion-matrix.png  test split
       report.html         data, settings, curves, metrics, most confident test mistakes
+      test.jsonl          the test split ({"text", "label"} per line): what `gptclf evaluate`
+                          reads when no --data is given
     runs/latest -> 20261125-221500
 
 The directory is written under a temporary name and renamed into place, so a run that
@@ -35,7 +37,8 @@ from torch import nn
 
 from ..config import RunConfig
 from ..errors import GptclfError
-from ..files import fsync_path, read_json_object, remove_stale_temporaries, temporary_name, write_json_atomic
+from ..files import fsync_path, read_json_object, remove_stale_temporaries, temporary_name, write_json_atomic, \
+    write_text_atomic
 from .plots import plot_history
 from .report import write_run_report
 
@@ -63,6 +66,16 @@ def classifier_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+TEST_SPLIT = "test.jsonl"
+
+
+def examples_jsonl(examples: Any) -> str:
+    """``{"text", "label"}`` per line: the run's test split, readable by every gptclf command."""
+    import json
+
+    return "".join(json.dumps({"text": e.text, "label": e.label}, ensure_ascii=False) + "\n" for e in examples)
+
+
 def is_interrupted_run(path: Path) -> bool:
     try:
         return bool(read_json_object(Path(path) / "metrics.json").get("interrupted", False))
@@ -72,12 +85,14 @@ def is_interrupted_run(path: Path) -> bool:
 
 def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: RunConfig,
              metrics: dict[str, Any], history: Any, replace_interrupted: bool = False,
-             tensors: dict[str, torch.Tensor] | None = None, update_latest_link: bool = True) -> Path:
+             tensors: dict[str, torch.Tensor] | None = None, update_latest_link: bool = True,
+             files: dict[str, str] | None = None) -> Path:
     """Write a run directory atomically.
 
     ``replace_interrupted``: a resumed run replaces its interrupted save. ``tensors``
     replaces the full classifier state dict (a LoRA run saves only what trained);
-    ``update_latest_link=False`` leaves ``<parent>/latest`` alone (exports).
+    ``update_latest_link=False`` leaves ``<parent>/latest`` alone (exports). ``files``: more
+    text files to write into the directory, by name (the test split).
     """
     from safetensors.torch import save_file
 
@@ -103,6 +118,8 @@ def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: RunConfig,
         write_json_atomic(tmp / "metrics.json", metrics)
         hist = asdict(history) if hasattr(history, "__dataclass_fields__") else history
         write_json_atomic(tmp / "history.json", hist)
+        for name, text in (files or {}).items():
+            write_text_atomic(tmp / name, text)
         try:
             plot_history(hist, tmp, (run_config.train or {}).get("epochs", 1))
         except Exception as e:  # a plot must never cost the user the model

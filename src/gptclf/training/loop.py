@@ -18,6 +18,8 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..progress import PlainProgress
+
 from ..config import TrainConfig
 from ..data.batching import shuffled_batches, sorted_batches
 from ..data.encoding import EncodedDataset
@@ -204,6 +206,9 @@ class Trainer:
                    unit="step" if accum > 1 else "batch", disable=not cfg.progress or not self.dist.is_main,
                    leave=False, dynamic_ncols=True)
         self._t0, self._seen0 = time.perf_counter(), self.examples_seen
+        lines = PlainProgress(f"train: epoch {epoch + 1}/{cfg.epochs}", self.steps_per_epoch,
+                              "step" if accum > 1 else "batch", self.log, initial=first // accum,
+                              enabled=not cfg.progress and self.dist.is_main)
         try:
             for b in range(first, len(batches), accum):
                 loss = self._step(batches[b: b + accum])
@@ -212,6 +217,7 @@ class Trainer:
                 rate = (self.examples_seen - self._seen0) / max(time.perf_counter() - self._t0, 1e-9)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", ex_s=f"{rate:.1f}")
+                lines.update(1, sum(len(g) for g in batches[b: b + accum]))
                 next_batch = b + accum
                 if self.checkpointer is not None and self.checkpointer.due(self.global_step) \
                         and next_batch < len(batches):

@@ -31,16 +31,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..config import RunConfig, TrainConfig
+from ..config import MAX_LENGTH_CAP, RunConfig, TrainConfig
 from ..data.encoding import EncodedDataset, encode_examples
 from ..data.splits import DataSplits, load_splits
+from ..data.tables import Example
 from ..device import configure_backends, pick_device, resolve_precision
 from ..errors import DataWarning, GptclfError
 from ..loading import check_model_name, load_backbone
 from ..loading.backbone import Backbone
 from ..models.classifier import SequenceClassifier, freeze_for_finetuning, replace_head
 from ..files import read_json_object
-from ..rundir.save import default_run_dir, save_run
+from ..rundir.save import TEST_SPLIT, default_run_dir, examples_jsonl, save_run
 from .controls import EarlyStopping, class_weights, stopper_for
 from .distributed import DistContext, barrier, broadcast_text, init_distributed, shutdown
 from .calibrate import calibration_summary, fit_temperature
@@ -58,15 +59,18 @@ SPLITS = (("train", "train"), ("val", "validation"), ("test", "test"))  # (key, 
 # ------------------------------------------------------------------------- the phases
 
 
-def prepare_data(cfg: TrainConfig) -> DataSplits:
-    """The chapter's data steps: read, balance (``--balance``), split 70/10/20 (or the given files)."""
+def prepare_data(cfg: TrainConfig, examples: list[Example] | None = None) -> DataSplits:
+    """The chapter's data steps: read (or take ``examples``, in memory), balance (``--balance``),
+    split 70/10/20 (``--split``; or the given files)."""
     return load_splits(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
-                       label_column=cfg.label_column, balance=cfg.balance, seed=cfg.seed)
+                       label_column=cfg.label_column, balance=cfg.balance, seed=cfg.seed, split=cfg.split,
+                       examples=examples)
 
 
 @dataclass
 class Encoded:
-    """The backbone and every split as token ids; val and test use the training split's max length."""
+    """The backbone and every split as token ids, cut to one max length (``--max-length``; by
+    default min(context, MAX_LENGTH_CAP), or with ``--padding longest`` the longest training text)."""
 
     backbone: Backbone
     datasets: dict[str, EncodedDataset]  # "train", "val", "test"
@@ -79,6 +83,10 @@ def encode_splits(cfg: TrainConfig, splits: DataSplits, backbone: Backbone | Non
     index = {lab: i for i, lab in enumerate(splits.labels)}
     datasets: dict[str, EncodedDataset] = {}
     max_length = cfg.max_length
+    if max_length is None and cfg.padding != "longest":
+        # Dynamic padding pads each batch to its own longest text, so a long limit costs
+        # nothing on short texts, and prediction later never cuts a text the model could read.
+        max_length = min(ctx_len, MAX_LENGTH_CAP)
     for key, name in SPLITS:
         examples = getattr(splits, key)
         datasets[key] = encode_examples(tok, [e.text for e in examples], [index[e.label] for e in examples],
@@ -149,8 +157,22 @@ def save(out: Path, model: SequenceClassifier, cfg: TrainConfig, splits: DataSpl
         model, tok, labels=splits.labels, max_length=enc.max_length, pooling=cfg.pooling, padding=cfg.padding, pad_id=tok.pad_id,
         template=cfg.template, causal_mask=cfg.causal_mask, head_bias=cfg.head_bias, trainable=cfg.trainable,
         base_model=enc.backbone.source, lora=lora_json, data=splits.summary(), train=asdict(cfg),
-        gptclf_version=__version__, temperature=float(metrics.get("temperature", 1.0)))
-    save_run(out, model, tok, run_config, metrics, history, replace_interrupted=resumed, tensors=tensors)
+        gptclf_version=__version__, temperature=float(metrics.get("temperature", 1.0)),
+        examples=page_examples(splits))
+    save_run(out, model, tok, run_config, metrics, history, replace_interrupted=resumed, tensors=tensors,
+             files={TEST_SPLIT: examples_jsonl(splits.test)})
+
+
+def page_examples(splits: DataSplits, per_label: int = 2, max_chars: int = 200) -> list[dict[str, str]]:
+    """A few short training texts of each label, for the web page's example buttons (config.json
+    ``examples``): the model's own kind of text rather than someone else's."""
+    out: list[dict[str, str]] = []
+    for label in splits.labels:
+        texts = sorted({e.text.strip() for e in splits.train if e.label == label and e.text.strip()}, key=len)
+        short = [t for t in texts if len(t) <= max_chars] or [t[:max_chars] for t in texts]
+        picks = short[len(short) // 2:][:per_label]  # middling length: neither a one-word nor a wall of text
+        out += [{"label": label, "text": t} for t in picks]
+    return out
 
 
 def _lora_for_saving(model: SequenceClassifier, cfg: TrainConfig, backbone: Backbone, base_fp: dict[str, Any],
@@ -171,16 +193,18 @@ def _lora_for_saving(model: SequenceClassifier, cfg: TrainConfig, backbone: Back
 # ------------------------------------------------------------------------- the run
 
 
-def run_training(cfg: TrainConfig, log: Log | None = None, *, resume_from: str | Path | None = None) -> Path:
+def run_training(cfg: TrainConfig, log: Log | None = None, *, resume_from: str | Path | None = None,
+                 examples: list[Example] | None = None) -> Path:
     """``gptclf train``: data, model, fine-tuning, final evaluation, run directory.
 
     Under torchrun (``WORLD_SIZE`` > 1) every process runs this; rank 0 logs, writes the
     checkpoints and saves the run. ``resume_from`` is a checkpoint directory
-    (``<out>.partial``): see :func:`resume_training`.
+    (``<out>.partial``): see :func:`resume_training`. ``examples``: the training data in
+    memory (``gptclf.train(texts=..., labels=...)``); ``cfg.data`` then only describes it.
     """
     ctx, dist_device = init_distributed(cfg.device)
     try:
-        return _run(cfg, log, ctx, dist_device, Path(resume_from) if resume_from else None)
+        return _run(cfg, log, ctx, dist_device, Path(resume_from) if resume_from else None, examples)
     finally:
         shutdown(ctx)
 
@@ -235,14 +259,15 @@ class RunSetting:
 
 
 def _run(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch.device | None,
-         resume_from: Path | None) -> Path:
+         resume_from: Path | None, examples: list[Example] | None = None) -> Path:
     options = asdict(cfg)  # as given: what a resumed run starts again with
     cfg = cfg.resolved()
     t_start = time.perf_counter()
     s = run_setting(cfg, log, ctx, dist_device, resume_from)
-    splits = prepare_data(cfg)
+    splits = prepare_data(cfg, examples)
     s.log(f"data: {splits.source}: {len(splits.train)} train / {len(splits.val)} val / "
-          f"{len(splits.test)} test, labels {splits.labels}")
+          f"{len(splits.test)} test, labels {splits.labels} (balance {splits.balance}, {splits.split} split)\n"
+          + splits.describe())
     enc = encode_splits(cfg, splits)
     s.log(f"model: {cfg.model} ({cfg.init}), max length {enc.max_length} tokens, pad id {enc.backbone.tokenizer.pad_id}, "
           f"padding {cfg.padding}, pooling {cfg.pooling}, device {s.device} ({s.precision})"
@@ -384,7 +409,8 @@ def _log_memory_estimate(model: SequenceClassifier, cfg: TrainConfig, frozen: in
     """Print what the run will need before it starts, and warn when that exceeds what there is."""
     uses_cache = cfg.cache != "off" and frozen > 0
     cache_tokens = sum(len(d) * pad_to if pad_to else int(d.lengths.sum()) for d in datasets) if uses_cache else 0
-    est = estimate_for_model(model.backbone, frozen, cfg.batch_size, pad_to or max_length,
+    longest = max((int(d.lengths.max()) for d in datasets if len(d)), default=max_length)
+    est = estimate_for_model(model.backbone, frozen, cfg.batch_size, pad_to or min(max_length, longest),
                              cfg.grad_checkpointing, cache_tokens)
     log(est.describe())
     available, where = available_memory(device)
@@ -415,6 +441,8 @@ def _fit_and_evaluate(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds,
     if class_weight is not None:
         metrics["class_weights"] = dict(zip(splits.labels, class_weight.tolist()))
     if not interrupted and s.ctx.is_main:
+        s.log("evaluate: every split in full (" + ", ".join(
+            f"{name} {len(enc.datasets[key])}" for key, name in SPLITS) + " texts)")
         metrics.update(evaluate_splits(model, feeds, enc, splits, cfg, s.device, s.precision))
         s.log(f"Training accuracy: {metrics['train_accuracy'] * 100:.2f}% | "
               f"Validation accuracy: {metrics['val_accuracy'] * 100:.2f}% | "

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..progress import PlainProgress
+
 from ..config import TrainConfig
 from ..data.batching import collate, round_up, sorted_batches
 from ..data.download import cache_dir
@@ -57,7 +59,7 @@ class TrunkCache:
     def build(cls, model: SequenceClassifier, ds: EncodedDataset, end: int, pad_id: int,
               pad_to: int | None, device: torch.device, precision: str, batch_size: int,
               where: str, mode: str = "ram", progress: bool = True,
-              spill_root: Path | None = None) -> "TrunkCache":
+              spill_root: Path | None = None, log: Callable[[str], None] | None = None) -> "TrunkCache":
         dim = model.config.emb_dim
         lengths = ds.lengths
         row_lengths = np.full(len(ds), pad_to, dtype=np.int64) if pad_to else lengths
@@ -79,6 +81,9 @@ class TrunkCache:
         batches = sorted_batches(lengths, batch_size)
         bar = tqdm(total=len(ds), desc=f"caching frozen blocks ({where})", unit="text",
                    disable=not progress, leave=False)
+        # Without a terminal (no bar), a log still hears how the cache build goes: it can take minutes.
+        lines = PlainProgress(f"cache: frozen blocks ({where})", len(ds), "texts", log or print,
+                              enabled=not progress and log is not None)
         for idx in batches:
             ids, lens = collate([ds.ids[i] for i in idx], pad_id, pad_to, pad_multiple(device))
             with autocast(device, precision):
@@ -88,6 +93,7 @@ class TrunkCache:
                 n = int(row_lengths[i])
                 storage[offsets[i]: offsets[i] + n] = h[j, :n]
             bar.update(len(idx))
+            lines.update(len(idx), len(idx))
         bar.close()
         return cls(storage, offsets, row_lengths, torch.as_tensor(lengths), spill_dir, fixed_width=bool(pad_to))
 
@@ -221,7 +227,7 @@ def build_feeds(cfg: TrainConfig, model: SequenceClassifier, frozen: int, datase
                 feeds[name] = TokenFeeder(ds, pad_id, pad_to, device)
                 continue
             cache = TrunkCache.build(model, ds, frozen, pad_id, pad_to, device, precision, cfg.eval_batch_size,
-                                     name, mode=mode, progress=cfg.progress)
+                                     name, mode=mode, progress=cfg.progress, log=log)
             caches.append(cache)
             feeds[name] = CachedFeeder(cache, frozen, device)
     except BaseException:

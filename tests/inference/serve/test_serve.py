@@ -74,7 +74,7 @@ def test_classify_returns_label_score_and_scores_per_text(client: TestClient, ti
     assert [x["label"] for x in results[:2]] == ["spam", "ham"]
     expected = tiny_classifier.predict([SPAM, HAM, ""])
     for got, want in zip(results, expected):
-        assert set(got) == {"label", "score", "scores"} and set(got["scores"]) == {"ham", "spam"}
+        assert set(got) == {"label", "score", "scores", "truncated", "empty"} and set(got["scores"]) == {"ham", "spam"}
         assert got["label"] == want["label"] and got["score"] == pytest.approx(want["score"], abs=1e-5)
         assert sum(got["scores"].values()) == pytest.approx(1.0, abs=1e-5)
 
@@ -82,7 +82,7 @@ def test_classify_returns_label_score_and_scores_per_text(client: TestClient, ti
 def test_model_health_page_and_openapi(client: TestClient, tiny_run: Path) -> None:
     m = client.get("/v1/model").json()
     metrics = json.loads((tiny_run / "metrics.json").read_text())
-    assert m["labels"] == ["ham", "spam"] and m["max_length"] == 120 and m["architecture"] == "gpt2"
+    assert m["labels"] == ["ham", "spam"] and m["max_length"] == 256 and m["architecture"] == "gpt2"
     assert m["metrics"]["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     assert set(m["metrics"]["test_per_class"]) == {"ham", "spam"} and m["limits"]["max_texts"] == 8
     assert str(tiny_run.parent) not in json.dumps(m), "the model info leaks a server path"
@@ -332,8 +332,11 @@ def test_web_page_classifies_a_message_in_a_real_browser(live_server: str, tiny_
             page.wait_for_function("document.querySelector('#label') && "
                                    f"document.querySelector('#label').textContent === {json.dumps(want)}",
                                    timeout=15_000)
-            page.click("ul.examples a >> nth=1")  # an example message fills the box and classifies
-            page.wait_for_function("document.querySelector('#text').value.startsWith('Ok lar')", timeout=15_000)
+            # The examples are the run's own (config.json "examples"); one fills the box and classifies.
+            example = json.loads((tiny_run / "config.json").read_text())["examples"][1]["text"]
+            page.click("ul.examples a >> nth=1")
+            page.wait_for_function(f"document.querySelector('#text').value === {json.dumps(example)}",
+                                   timeout=15_000)
             assert page.locator("#result img").count() == 0  # user text is never parsed as HTML
             assert not errors, errors
         finally:

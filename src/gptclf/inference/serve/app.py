@@ -45,12 +45,13 @@ try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
-    from pydantic import BaseModel, ConfigDict
+    from pydantic import BaseModel, ConfigDict, Field
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise GptclfError(f"serving needs FastAPI and uvicorn ({e.name} is missing)",
                       hint="pip install 'gptclf[serve]'") from None
 
+from ..classifier import prediction
 from .batcher import Batcher, TextRejected
 from .http import (ApiError, BodyLimitMiddleware, check_header_protocol, error_response, header_timeout_protocol,
                    is_json_content_type)
@@ -61,10 +62,48 @@ class ClassifyRequest(BaseModel):
     texts: list[str]
 
 
+def request_model(s: ServeSettings) -> type[BaseModel]:
+    """The request body with this server's limits in its schema (minItems, maxItems, maxLength),
+    so a generated client knows them. They are declared, not enforced by pydantic: the handler
+    (:func:`check_texts`) refuses with its own documented codes (422 empty, 413 over a limit)."""
+
+    class ClassifyRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        texts: list[str] = Field(
+            description=f"1 to {s.max_texts} texts of at most {s.max_text_chars} characters each; "
+                        f"the whole body at most {s.max_body_bytes} bytes",
+            json_schema_extra={"minItems": 1, "maxItems": s.max_texts,
+                               "items": {"type": "string", "maxLength": s.max_text_chars}})
+
+    return ClassifyRequest
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+ERRORS = {400: "invalid JSON", 404: "no such route", 405: "method not allowed",
+          408: "the client took too long to send its body",
+          413: "over a size limit: body bytes, texts per request or characters per text",
+          415: "body not sent as application/json",
+          422: "wrong types, unknown keys, an empty list, or a text the model cannot take (code "
+               "unprocessable_text, with its index)",
+          500: "internal error (no details)", 503: "queue full; retry after Retry-After seconds",
+          504: "no answer within the server's timeout"}
+
+
 class Prediction(BaseModel):
     label: str
     score: float
     scores: dict[str, float]
+    truncated: bool = Field(description="the text was longer than the model's max_length tokens; only its "
+                                        "start was read")
+    empty: bool = Field(description="the text is empty or only whitespace: the label is the model's prior")
 
 
 class ClassifyResponse(BaseModel):
@@ -80,6 +119,14 @@ def _finite(x: Any) -> Any:
     if isinstance(x, list):
         return [_finite(v) for v in x]
     return x
+
+
+def _examples(stored: Any, labels: list[str]) -> list[dict[str, str]]:
+    """The web page's examples from the run (config.json ``examples``), only well-formed ones."""
+    if not isinstance(stored, list):
+        return []
+    return [{"label": e["label"], "text": e["text"]} for e in stored[:20]
+            if isinstance(e, dict) and isinstance(e.get("text"), str) and e.get("label") in labels]
 
 
 def model_info(classifier: Any) -> dict[str, Any]:
@@ -111,6 +158,7 @@ def model_info(classifier: Any) -> dict[str, Any]:
         "backend": getattr(classifier, "backend", "torch"),
         "precision": getattr(classifier, "precision", None),
         "temperature": getattr(classifier, "temperature", 1.0),  # the scores are softmax(logits / T)
+        "examples": _examples(cfg.get("examples"), classifier.labels),
         "metrics": metrics,
     })
 
@@ -239,22 +287,18 @@ def _add_routes(app: FastAPI, classifier: Any, s: ServeSettings) -> None:
         limits = {k: v for k, v in asdict(s).items() if k != "cors_origins"}
         return info | {"limits": limits}
 
-    @app.post("/v1/classify", response_model=ClassifyResponse,
-              responses={400: {"description": "invalid JSON"}, 413: {"description": "over a size limit"},
-                         415: {"description": "body not sent as application/json"},
-                         422: {"description": "wrong types, empty list, or a text the model cannot take "
-                                               "(code unprocessable_text, with its index)"},
-                         503: {"description": "queue full; retry after Retry-After seconds"},
-                         504: {"description": "timed out"}})
     async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
         check_texts(body.texts, s)
         probs = await _probabilities(request.app.state.batcher, body.texts, s)
-        results = []
-        for p in probs:
-            k = int(p.argmax())
-            results.append({"label": labels[k], "score": float(p[k]),
-                            "scores": {lab: float(v) for lab, v in zip(labels, p)}})
-        return {"results": results}
+        # Tokenizing again is cheap next to the forward pass, and keeps the batcher's job plain arrays.
+        flags = classifier.truncated(body.texts) if hasattr(classifier, "truncated") else [False] * len(probs)
+        return {"results": [prediction(labels, p, cut, not t.strip()) for p, cut, t in zip(probs, flags, body.texts)]}
+
+    # The body's model carries this server's limits; set here because annotations are strings.
+    classify.__annotations__["body"] = request_model(s)
+    app.post("/v1/classify", response_model=ClassifyResponse,
+             responses={code: {"description": text, "model": ErrorResponse} for code, text in ERRORS.items()}
+             )(classify)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:

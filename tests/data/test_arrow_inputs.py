@@ -1,0 +1,97 @@
+"""Issue 15: Parquet, Arrow/Feather and a folder saved by Hugging Face ``datasets`` read through
+the one table reader, for training data and for ``predict --input``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gptclf import GptclfError
+from gptclf.data.splits import load_splits
+from gptclf.data.tables import Table, read_table
+
+pa = pytest.importorskip("pyarrow")
+import pyarrow.feather  # noqa: E402
+import pyarrow.ipc  # noqa: E402
+import pyarrow.parquet  # noqa: E402
+
+TEXTS = [f"text number {i}" for i in range(30)]
+LABELS = [i % 3 for i in range(30)]  # ClassLabel ints in a datasets folder
+NAMES = ["sports", "cooking", "tech"]
+
+
+def _table():  # noqa: ANN202
+    return pa.table({"text": TEXTS, "label": [NAMES[x] for x in LABELS], "id": list(range(30))})
+
+
+def _hf_folder(root: Path) -> Path:
+    """What ``Dataset.save_to_disk`` writes: Arrow stream files, state.json, dataset_info.json."""
+    root.mkdir(parents=True)
+    table = pa.table({"text": TEXTS, "label": pa.array(LABELS, pa.int64())})
+    for i, part in enumerate((table.slice(0, 16), table.slice(16))):
+        with pa.ipc.new_stream(root / f"data-0000{i}-of-00002.arrow", part.schema) as w:
+            w.write_table(part)
+    (root / "state.json").write_text(json.dumps({"_data_files": [
+        {"filename": "data-00000-of-00002.arrow"}, {"filename": "data-00001-of-00002.arrow"}], "_split": "train"}))
+    (root / "dataset_info.json").write_text(json.dumps({"features": {
+        "text": {"dtype": "string", "_type": "Value"}, "label": {"names": NAMES, "_type": "ClassLabel"}}}))
+    return root
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    out = {"parquet": tmp_path / "d.parquet", "feather": tmp_path / "d.feather", "hf": _hf_folder(tmp_path / "ds")}
+    pa.parquet.write_table(_table(), out["parquet"], row_group_size=7)
+    pa.feather.write_feather(_table(), out["feather"])
+    return out
+
+
+def test_every_arrow_source_reads_the_same_examples(files: dict[str, Path]) -> None:
+    want = [(t, NAMES[lab]) for t, lab in zip(TEXTS, LABELS)]
+    for kind, path in files.items():
+        got = read_table(path)
+        assert [(e.text, e.label) for e in got] == want, kind
+        assert [e.line for e in got] == list(range(1, 31)), kind
+    s = load_splits(str(files["hf"]))
+    assert s.labels == sorted(NAMES) and len(s.train) + len(s.val) + len(s.test) == 30
+
+
+def test_columns_are_known_before_reading(files: dict[str, Path]) -> None:
+    with Table(files["parquet"]) as t:
+        assert t.columns == ["text", "label", "id"] and t.format == "parquet"
+    with pytest.raises(GptclfError, match="no text column 'body'"):
+        read_table(files["feather"], "body")
+
+
+def test_folders_that_are_not_a_dataset_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(GptclfError, match="is a directory"):
+        Table(tmp_path / "plain")
+    dd = tmp_path / "dd"
+    _hf_folder(dd / "train")
+    (dd / "dataset_dict.json").write_text(json.dumps({"splits": ["train"]}))
+    with pytest.raises(GptclfError, match=r"several splits \['train'\]"):
+        Table(dd)
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("not parquet")
+    with pytest.raises(GptclfError, match="cannot read it as parquet"):
+        Table(bad)
+
+
+def test_predict_file_reads_parquet(files: dict[str, Path], tmp_path: Path) -> None:
+    import numpy as np
+
+    from gptclf.inference.batch_files import predict_file
+
+    class Stub:
+        labels = ["a", "b"]
+
+        def predict_proba(self, texts, batch_size):  # noqa: ANN001, ANN201
+            return np.tile([0.25, 0.75], (len(texts), 1))
+
+    res = predict_file(Stub(), files["parquet"], tmp_path / "out.jsonl", chunk_size=8)
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert res.rows == 30 and [r["id"] for r in rows] == list(range(30))
+    assert all(r["predicted_label"] == "b" for r in rows)
