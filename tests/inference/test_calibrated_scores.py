@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import env_with
+from helpers import env_with
 from gptclf.errors import GptclfError
 from gptclf.inference.batch_files import predict_file
 from gptclf.inference.classifier import Classifier

@@ -140,7 +140,7 @@ def test_serve_app_with_onnxruntime_answers_as_torch(tiny_run: Path, tiny_classi
 
 
 def test_gptclf_serve_int8_process(tiny_run: Path, tiny_classifier: Classifier) -> None:
-    from conftest import serve_process
+    from helpers import serve_process
 
     with serve_process(tiny_run, "--int8", "--threads", "1") as (url, _):
         info = json.loads(urllib.request.urlopen(f"{url}/v1/model", timeout=30).read())

@@ -80,7 +80,7 @@ def test_cli_export_gpt2_run_matches_predict(tiny_run: Path, tiny_classifier: Cl
 def _tiny_llama_run(tmp_path: Path, template: str | None) -> Path:
     """A Llama-family run directory (random head, no training: parity needs no accuracy)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from test_llama import make_hf_llama
+    from helpers import make_hf_llama
 
     from gptclf.loading import load_backbone
 

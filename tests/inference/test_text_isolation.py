@@ -32,7 +32,7 @@ from gptclf.models.classifier import SequenceClassifier, replace_head  # noqa: E
 from gptclf.tokenizers.gpt2 import GPT2Tokenizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_llama import make_hf_llama  # noqa: E402
+from helpers import make_hf_llama  # noqa: E402
 
 POISON = "x \ud800 y"
 PANIC_WORD = "kaboom"

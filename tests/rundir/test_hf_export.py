@@ -93,7 +93,7 @@ FAMILY_CHECKPOINTS = ["qwen2", "qwen3", "mistral", "phi3-partial-rotary", "llama
 def tiny_checkpoint(directory: Path, name: str) -> Path:
     if name == "llama":
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from test_llama import make_hf_llama
+        from helpers import make_hf_llama
 
         make_hf_llama(directory, tie=True, n_heads=4, n_kv_heads=2)
     elif name.startswith("gemma"):

@@ -24,7 +24,7 @@ from gptclf.training.loop import Trainer
 from gptclf.training.recipe import resume_training, run_training
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import write_tiny_gpt2  # noqa: E402
+from helpers import tiny_gpt2_dir as write_tiny_gpt2  # noqa: E402
 
 
 class Reached(Exception):

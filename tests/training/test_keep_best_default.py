@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import write_gpt2_config_only
+from helpers import write_gpt2_config_only
 from gptclf.cli import build_parser
 from gptclf.config import TrainConfig
 from gptclf.training.controls import EarlyStopping

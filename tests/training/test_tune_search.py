@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import write_gpt2_config_only
+from helpers import write_gpt2_config_only
 from gptclf.cli import build_parser
 from gptclf.config import TrainConfig, TuneOptions
 from gptclf.errors import GptclfError
