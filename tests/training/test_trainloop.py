@@ -201,8 +201,10 @@ def test_new_options_are_validated() -> None:
 def test_default_path_is_unchanged(tmp_path: Path, small_csv: Path, tiny_gpt2_config: Path) -> None:
     """Regression numbers of the book's loop (random-init tiny GPT-2, 2 epochs), measured on
     the code before the training controls existed; checkpointing must not change them. The
-    book saves the last epoch's raw scores: best-epoch selection and calibration off."""
-    book = dict(init="random", keep_best=False, calibrate=False)
+    book saves the last epoch's raw scores: best-epoch selection and calibration off; it
+    splits by a plain shuffle and reads at most the longest training text (``--padding
+    longest`` fixes that length; padding itself changes no result, as other tests show)."""
+    book = dict(init="random", keep_best=False, calibrate=False, split="random", padding="longest")
     a = _train(tiny_gpt2_config, small_csv, tmp_path / "a", **book)
     b = _train(tiny_gpt2_config, small_csv, tmp_path / "b", checkpoint_every=0, **book)
     _same_run(a, b)
