@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import stat
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
@@ -86,6 +87,45 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp.exists() or tmp.is_symlink():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_directory(out: str | Path, replace: bool = False) -> Iterator[Path]:
+    """Fill the yielded temporary directory; on success it becomes ``out`` (which must be
+    absent or empty, or with ``replace`` an existing directory, swapped by two renames), every
+    file flushed to disk first; on any error it is removed and ``out`` is untouched."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    # The pid in the name lets a later writer tell a dead writer's leftovers from a live one's.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a model directory is not a secret
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            if f.is_file():
+                fsync_path(f)
+        fsync_path(tmp)
+        if replace and out.exists() and any(out.iterdir()):
+            # Two renames: for a moment there is no `out`, but never a half-written one.
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old, out)  # keep the previous directory rather than nothing
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if out.exists():
+                out.rmdir()  # empty: the callers refuse a non-empty one first
+            os.replace(tmp, out)
+        fsync_path(out.parent)  # the rename itself survives a power cut
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -27,10 +27,8 @@ from __future__ import annotations
 import ast
 import contextlib
 import logging
-import os
 import re
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -40,7 +38,7 @@ import torch
 from torch import nn
 
 from ..errors import GptclfError
-from ..files import fsync_path, read_json_object, remove_stale_temporaries, write_json_atomic
+from ..files import atomic_directory, read_json_object, write_json_atomic
 from ..models import registry
 
 MANIFEST = "onnx.json"
@@ -243,23 +241,8 @@ def write_onnx_dir(clf: Any, out: Path, int8: bool = True, source: Path | None =
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise GptclfError(f"{out} already exists and is not empty", hint="choose another output directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a model directory is not a secret
-    try:
+    with atomic_directory(out) as tmp:
         _write_files(clf, tmp, int8, source)
-        for f in tmp.iterdir():
-            fsync_path(f)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-        fsync_path(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

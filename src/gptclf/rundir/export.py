@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..files import read_json_object
-from .load import load_classifier_backbone, read_run_config
+from .load import read_run_config
 from .save import TEST_SPLIT, save_run
 
 

@@ -21,8 +21,6 @@ What has to line up, and why each check exists:
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import GptclfError
-from ..files import fsync_path, remove_stale_temporaries, temporary_name, write_json_atomic
+from ..files import atomic_directory, write_json_atomic
 from ..models import registry
 
 
@@ -128,21 +126,11 @@ def _write_dir(out: Path, tensors: dict[str, torch.Tensor], config: dict[str, An
     """Everything into a temporary directory, renamed into place only when complete."""
     from safetensors.torch import save_file
 
-    remove_stale_temporaries(out)
-    tmp = temporary_name(out)
-    try:
-        tmp.mkdir(parents=True)
+    with atomic_directory(out) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
-        fsync_path(tmp / "model.safetensors")
         write_json_atomic(tmp / "config.json", config)
         _write_tokenizer(tmp, clf, pad_token, src)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_tokenizer(directory: Path, clf: Any, pad_token: str, src: Path) -> None:

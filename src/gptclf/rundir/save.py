@@ -25,8 +25,6 @@ checkpoints live beside it in ``runs/20261125-221500.partial/`` (see
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -37,8 +35,8 @@ from torch import nn
 
 from ..config import RunConfig
 from ..errors import GptclfError
-from ..files import fsync_path, read_json_object, remove_stale_temporaries, temporary_name, write_json_atomic, \
-    write_text_atomic
+from ..files import atomic_directory, read_json_object, remove_stale_temporaries, temporary_name, \
+    write_json_atomic, write_text_atomic
 from .plots import plot_history
 from .report import write_run_report
 
@@ -100,21 +98,14 @@ def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: RunConfig,
     replacing = replace_interrupted and out.exists() and is_interrupted_run(out)
     if out.exists() and any(out.iterdir()) and not replacing:
         raise GptclfError(f"{out} already exists and is not empty", hint="choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
-    # The pid in the name lets a later save tell a dead writer's leftovers from a live one's.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a run directory is not a secret
-    try:
-        config = run_config.to_json()
+    with atomic_directory(out, replace=replacing) as tmp:
         save_file(tensors if tensors is not None else classifier_state_dict(model), str(tmp / "model.safetensors"),
                   metadata={"format": "pt", "producer": "gptclf"})
         os.chmod(tmp / "model.safetensors", 0o666 & ~umask)
-        fsync_path(tmp / "model.safetensors")
         tokenizer.save(tmp)
-        write_json_atomic(tmp / "config.json", config)
+        write_json_atomic(tmp / "config.json", run_config.to_json())
         write_json_atomic(tmp / "metrics.json", metrics)
         hist = asdict(history) if hasattr(history, "__dataclass_fields__") else history
         write_json_atomic(tmp / "history.json", hist)
@@ -128,28 +119,6 @@ def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: RunConfig,
             write_run_report(tmp, out.name)
         except Exception as e:  # nor must the report
             print(f"warning: could not write report.html: {e}")
-        for f in tmp.iterdir():
-            if f.name != "model.safetensors" and f.is_file():
-                fsync_path(f)
-        fsync_path(tmp)
-        if replacing:
-            # Two renames: for a moment there is no `out`, but never a half-written one.
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            try:
-                os.replace(tmp, out)
-            except BaseException:
-                os.replace(old, out)  # keep the interrupted save rather than nothing
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            if out.exists():
-                out.rmdir()
-            os.replace(tmp, out)
-        fsync_path(out.parent)  # the rename itself survives a power cut
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if update_latest_link:
         update_latest(out)
     return out

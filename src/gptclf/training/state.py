@@ -20,8 +20,6 @@ a consistent checkpoint. When the run finishes, ``runs/X`` is written (see
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import shutil
 import signal
 import threading
