@@ -124,3 +124,15 @@ def test_a_bad_temperature_is_refused(hot_run: tuple[Path, Path], tmp_path: Path
         (d / "config.json").write_text(json.dumps(cfg))
         with pytest.raises(GptclfError, match="temperature"):
             Classifier.load(d, device="cpu")
+
+
+def test_a_perfectly_separated_validation_set_keeps_the_raw_scores() -> None:
+    """Every validation text right: the NLL keeps falling as T -> 0, so there is no fitted
+    temperature to trust; the scores stay as they are (T = 1), not pushed to 0 and 1."""
+    from gptclf.training.calibrate import fit_temperature
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    logits = np.zeros((200, 2))
+    logits[np.arange(200), y] = rng.uniform(1.0, 4.0, 200)  # the true class always ahead
+    assert fit_temperature(logits, y) == 1.0

@@ -57,10 +57,15 @@ def fit_temperature(logits: np.ndarray, y: Sequence[int], iters: int = 60) -> fl
             lo, a, fa = a, b, fb
             b = lo + g * (hi - lo)
             fb = nll(logits, y, np.exp(b))
-    t = float(np.exp((lo + hi) / 2))
-    # A fit that does not beat T = 1 (e.g. a perfectly separated set pushes T to the edge
-    # of the range for a negligible gain) is not worth changing the scores for.
-    return t if nll(logits, y, t) < nll(logits, y, 1.0) else 1.0
+    log_t = (lo + hi) / 2
+    t = float(np.exp(log_t))
+    # A minimum at the edge of the range is no minimum: on a validation set the model gets
+    # entirely right (common: 149 SMS texts) the NLL falls forever as T -> 0, and "fitting"
+    # would make every score 0 or 1 (measured on the SMS main job: T 0.05, test ECE 0.014 ->
+    # 0.018). Nor is a fit that does not beat T = 1 worth changing the scores for.
+    if abs(log_t) > LOG_T_RANGE - 0.05 or not nll(logits, y, t) < nll(logits, y, 1.0):
+        return 1.0
+    return t
 
 
 def calibration_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray],
