@@ -14,24 +14,11 @@ import torch
 
 from gptclf import loading
 from gptclf.errors import GptclfError
+from helpers import LLAMA_VOCAB, write_tiny_tokenizer  # noqa: F401  (re-used by the Gemma and export tests)
 
 transformers = pytest.importorskip("transformers")
 
-VOCAB = 300
-
-
-def write_tiny_tokenizer(directory: Path) -> None:
-    """A byte-level BPE tokenizer.json with no merges (id 0 = <|endoftext|>)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models as tk_models, pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {"<|endoftext|>": 0, **{c: i + 1 for i, c in enumerate(alphabet)}}
-    tok = Tokenizer(tk_models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken("<|endoftext|>", special=True, normalized=False)])
-    tok.save(str(directory / "tokenizer.json"))
-
+VOCAB = LLAMA_VOCAB
 
 COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
