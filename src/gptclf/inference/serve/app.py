@@ -30,10 +30,10 @@ import asyncio
 import gc
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_type_hints
 
 import numpy as np
 
@@ -45,7 +45,8 @@ try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field, create_model
+    from pydantic.json_schema import SkipJsonSchema
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise GptclfError(f"serving needs FastAPI and uvicorn ({e.name} is missing)",
@@ -55,6 +56,10 @@ from ..classifier import prediction
 from .batcher import Batcher, TextRejected
 from .http import (ApiError, BodyLimitMiddleware, check_header_protocol, error_response, header_timeout_protocol,
                    is_json_content_type)
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
 
 
 class ClassifyRequest(BaseModel):
@@ -79,22 +84,55 @@ def request_model(s: ServeSettings) -> type[BaseModel]:
 
 
 class ErrorDetail(BaseModel):
-    code: str
-    message: str
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(description="what went wrong, for programs: e.g. too_many_texts, overloaded")
+    message: str = Field(description="what went wrong and what to do, for people")
+    # Present only on the errors they concern (never null): the schema says so, not "integer or null".
+    limit: int | SkipJsonSchema[None] = Field(None, description="the limit exceeded (413)",
+                                              json_schema_extra=_no_default)
+    index: int | SkipJsonSchema[None] = Field(None, description="which text of the request (text_too_long, "
+                                              "unprocessable_text)", json_schema_extra=_no_default)
 
 
 class ErrorResponse(BaseModel):
+    """Every error the server answers, whatever its status."""
     error: ErrorDetail
 
 
-ERRORS = {400: "invalid JSON", 404: "no such route", 405: "method not allowed",
-          408: "the client took too long to send its body",
-          413: "over a size limit: body bytes, texts per request or characters per text",
-          415: "body not sent as application/json",
-          422: "wrong types, unknown keys, an empty list, or a text the model cannot take (code "
-               "unprocessable_text, with its index)",
-          500: "internal error (no details)", 503: "queue full; retry after Retry-After seconds",
-          504: "no answer within the server's timeout"}
+# What every operation can answer: the body limit and deadline (BodyLimitMiddleware) come
+# before routing, so they apply to a GET with a body too.
+COMMON_ERRORS = {408: "the client took too long to send its body (code request_timeout)",
+                 413: "the body is over --max-body-bytes (code body_too_large)",
+                 500: "internal error, no details (code internal_error)"}
+CLASSIFY_ERRORS = {400: "the body is not valid JSON (code invalid_json)",
+                   413: "over a size limit: body bytes (body_too_large), texts per request (too_many_texts) "
+                        "or characters per text (text_too_long, with its index); limit says which",
+                   415: "body not sent as application/json (code unsupported_media_type)",
+                   422: "wrong types or unknown keys (invalid_request), an empty list (empty_texts), or a text "
+                        "the model cannot take (unprocessable_text, with its index)",
+                   503: "queue full (code overloaded); retry after Retry-After seconds",
+                   504: "no answer within the server's --timeout (code timeout)"}
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "required": True,
+                               "schema": {"type": "integer", "minimum": 0}}}
+
+
+def error_responses(errors: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these statuses, all with the one error body."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code, text in (COMMON_ERRORS | errors).items():
+        out[code] = {"description": text, "model": ErrorResponse}
+        if code == 503 and "overloaded" in text:
+            out[code]["headers"] = RETRY_AFTER
+    return out
+
+
+class Health(BaseModel):
+    status: Literal["ok", "stalled", "stopped"] = Field(description="503 unless ok")
+    queued: int = Field(ge=0, description="requests waiting for the model")
+    batches: int = Field(ge=0, description="forward passes so far")
+    texts: int = Field(ge=0, description="texts classified so far")
+    failures: int = Field(ge=0, description="forward passes that raised")
+    restarts: int = Field(ge=0, description="times the model worker was restarted")
 
 
 class Prediction(BaseModel):
@@ -108,6 +146,41 @@ class Prediction(BaseModel):
 
 class ClassifyResponse(BaseModel):
     results: list[Prediction]
+
+
+class Example(BaseModel):
+    label: str
+    text: str
+
+
+def limits_model(s: ServeSettings) -> type[BaseModel]:
+    """``/v1/model``'s ``limits``: every ServeSettings field but the CORS origins, each with
+    this server's value as its ``const``, so the schema and the answer say the same."""
+    hints = get_type_hints(ServeSettings)
+    return create_model("Limits", **{  # type: ignore[call-overload]
+        f.name: (hints[f.name], Field(description=f.metadata.get("help"),
+                                      json_schema_extra={"const": getattr(s, f.name)}))
+        for f in fields(ServeSettings) if f.name != "cors_origins"})
+
+
+def model_info_model(s: ServeSettings) -> type[BaseModel]:
+    """The answer of ``GET /v1/model`` (see :func:`model_info`)."""
+
+    class ModelInfo(BaseModel):
+        model_config = ConfigDict(extra="allow")  # room for what a run adds; never drops it
+        labels: list[str]
+        backbone: str | None = Field(description="the base model's name (not its path)")
+        architecture: str | None
+        max_length: int = Field(ge=1, description="tokens read per text; longer texts are truncated")
+        pooling: str | None
+        backend: str
+        precision: str | None
+        temperature: float | None = Field(description="scores are softmax(logits / temperature)")
+        examples: list[Example]
+        metrics: dict[str, Any] = Field(description="the run's test metrics (metrics.json); NaN is null")
+        limits: limits_model(s)  # type: ignore[valid-type]
+
+    return ModelInfo
 
 
 def _finite(x: Any) -> Any:
@@ -274,7 +347,8 @@ def _add_routes(app: FastAPI, classifier: Any, s: ServeSettings) -> None:
     info = model_info(classifier)
     page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
 
-    @app.get("/healthz", responses={503: {"description": "the model worker is stalled or stopped"}})
+    @app.get("/healthz", response_model=Health, responses={
+        **error_responses({}), 503: {"description": "the model worker is stalled or stopped", "model": Health}})
     async def healthz(request: Request) -> JSONResponse:
         b: Batcher = request.app.state.batcher
         status = b.health()
@@ -282,7 +356,7 @@ def _add_routes(app: FastAPI, classifier: Any, s: ServeSettings) -> None:
                              "texts": b.texts_done, "failures": b.failures, "restarts": b.restarts},
                             status_code=200 if status == "ok" else 503)
 
-    @app.get("/v1/model")
+    @app.get("/v1/model", response_model=model_info_model(s), responses=error_responses({}))
     async def model() -> dict[str, Any]:
         limits = {k: v for k, v in asdict(s).items() if k != "cors_origins"}
         return info | {"limits": limits}
@@ -296,9 +370,9 @@ def _add_routes(app: FastAPI, classifier: Any, s: ServeSettings) -> None:
 
     # The body's model carries this server's limits; set here because annotations are strings.
     classify.__annotations__["body"] = request_model(s)
-    app.post("/v1/classify", response_model=ClassifyResponse,
-             responses={code: {"description": text, "model": ErrorResponse} for code, text in ERRORS.items()}
-             )(classify)
+    # JSON Schema cannot bound a body's bytes: an OpenAPI extension on the body declares it.
+    app.post("/v1/classify", response_model=ClassifyResponse, responses=error_responses(CLASSIFY_ERRORS),
+             openapi_extra={"requestBody": {"x-max-body-bytes": s.max_body_bytes}})(classify)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:

@@ -1,0 +1,101 @@
+"""schemathesis against a real ``gptclf serve``: every generated request (valid ones, and
+ones that break the schema on purpose) gets an answer the OpenAPI schema declares, valid
+requests are accepted, invalid ones refused with a 4xx, and nothing is a 5xx. The limits
+in the schema are this server's own (set by its flags), so a limit the schema leaves out
+shows up as a valid request refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from helpers import serve_process
+
+pytest.importorskip("uvicorn", reason="the serve extra (fastapi, uvicorn) is not installed")
+pytest.importorskip("schemathesis")
+
+# Small limits, so the generated requests reach them (and one over each) cheaply. The
+# body bound stays above the largest request the schema allows (4 texts of 200 characters,
+# each up to 12 bytes as a JSON-escaped surrogate pair): a valid request is never too big.
+FLAGS = ("--max-texts", "4", "--max-text-chars", "200", "--max-body-bytes", "16000")
+
+# schemathesis expects a schema-violating request to be refused with one of a fixed list of
+# statuses that omits 413. This server refuses too many texts, or a text too long, with 413
+# (Content Too Large), as its schema declares: add 413 to the list for that operation only.
+CONFIG = """
+[[operations]]
+include-path = "/v1/classify"
+checks.negative_data_rejection.expected-statuses = [
+    "400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
+"""
+
+
+def run_schemathesis(url: str, tmp_path: Path, max_examples: int = 100) -> dict:
+    """``schemathesis run`` with every check, deterministic, one worker; its JSON report."""
+    (tmp_path / "schemathesis.toml").write_text(CONFIG)
+    report = tmp_path / "report.json"
+    cmd = [sys.executable, "-c", "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())",
+           "--config-file", str(tmp_path / "schemathesis.toml"), "run", f"{url}/openapi.json", "--checks", "all",
+           "--max-examples", str(max_examples), "--generation-deterministic", "--workers", "1",
+           "--request-timeout", "30", "--report", "json", "--report-json-path", str(report)]
+    # subprocess.run kills schemathesis if it overruns; the server is the fixture's to stop.
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert report.exists(), r.stdout[-3000:] + r.stderr[-3000:]
+    out = json.loads(report.read_text())
+    out["output"] = r.stdout[-6000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(random_run: Path) -> Iterator[tuple[str, Any]]:
+    """One real server for the module; serve_process stops it (terminate, then kill) whatever happens."""
+    with serve_process(random_run, *FLAGS) as (url, proc):
+        yield url, proc
+
+
+def test_schema_states_this_servers_limits_and_errors(server: tuple[str, Any]) -> None:
+    url, _ = server
+    with urllib.request.urlopen(f"{url}/openapi.json", timeout=30) as r:
+        schema = json.load(r)
+    components = schema["components"]["schemas"]
+    op = schema["paths"]["/v1/classify"]["post"]
+    body = op["requestBody"]
+    texts = components[body["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]]["properties"]["texts"]
+    assert (texts["minItems"], texts["maxItems"], texts["items"]["maxLength"]) == (1, 4, 200)
+    assert body["x-max-body-bytes"] == 16000
+    assert set(op["responses"]) == {"200", "400", "408", "413", "415", "422", "500", "503", "504"}
+    assert op["responses"]["503"]["headers"]["Retry-After"]["required"] is True
+    for path in ("/healthz", "/v1/model"):
+        assert {"200", "408", "413", "500"} <= set(schema["paths"][path]["get"]["responses"]), path
+    for path, ops in schema["paths"].items():  # every answer has a declared body
+        for method, o in ops.items():
+            for status, resp in o["responses"].items():
+                ref = resp["content"]["application/json"]["schema"].get("$ref", "")
+                if int(status) >= 400 and not (path == "/healthz" and status == "503"):
+                    assert ref.endswith("/ErrorResponse"), (path, method, status)
+                else:
+                    assert ref, (path, method, status)
+    assert components["ErrorDetail"]["additionalProperties"] is False
+    limits = components["Limits"]["properties"]
+    assert (limits["max_texts"]["const"], limits["max_text_chars"]["const"], limits["max_body_bytes"]["const"]) \
+        == (4, 200, 16000)
+
+
+def test_schemathesis_against_a_real_server(server: tuple[str, Any], tmp_path: Path) -> None:
+    url, proc = server
+    report = run_schemathesis(url, tmp_path)
+    assert proc.poll() is None, "the server died"
+    assert not report["failures"] and not report["errors"], report["output"]
+    assert report["exit_code"] == 0 and report["complete"], report["output"]
+    assert report["operations"]["tested"] == 3 and report["operations"]["errored"] == 0, report["operations"]
+    assert report["test_cases"]["generated"] >= 100, report["test_cases"]
+    assert not any(report["warnings"].values()), report["warnings"]
+    # Every operation got requests it accepted (the run reached the model, not only errors).
+    for op, phases in report["valid_rates"].items():
+        assert phases["fuzzing"]["accepted"] > 0 and phases["fuzzing"]["rejected"] == 0, (op, phases)
