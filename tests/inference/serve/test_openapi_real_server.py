@@ -20,10 +20,12 @@ from helpers import serve_process
 pytest.importorskip("uvicorn", reason="the serve extra (fastapi, uvicorn) is not installed")
 pytest.importorskip("schemathesis")
 
-# Small limits, so the generated requests reach them (and one over each) cheaply. The
-# body bound stays above the largest request the schema allows (4 texts of 200 characters,
-# each up to 12 bytes as a JSON-escaped surrogate pair): a valid request is never too big.
-FLAGS = ("--max-texts", "4", "--max-text-chars", "200", "--max-body-bytes", "16000")
+# Small limits, so that generated requests cross them: with a text bound of 8 characters,
+# a schema without maxLength lets schemathesis send a longer text as valid (and the test
+# fails on the 413); likewise without minItems or maxItems. The body bound stays far above
+# the largest request the schema allows (4 texts of 8 characters, each up to 12 bytes as a
+# JSON-escaped surrogate pair), so a valid request is never too big.
+FLAGS = ("--max-texts", "4", "--max-text-chars", "8", "--max-body-bytes", "16000")
 
 # Adds 413 to the statuses schemathesis accepts for a request that breaks the schema (see there).
 CONFIG = Path(__file__).with_name("schemathesis.toml")
@@ -59,7 +61,7 @@ def test_schema_states_this_servers_limits_and_errors(server: tuple[str, Any]) -
     op = schema["paths"]["/v1/classify"]["post"]
     body = op["requestBody"]
     texts = components[body["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]]["properties"]["texts"]
-    assert (texts["minItems"], texts["maxItems"], texts["items"]["maxLength"]) == (1, 4, 200)
+    assert (texts["minItems"], texts["maxItems"], texts["items"]["maxLength"]) == (1, 4, 8)
     assert body["x-max-body-bytes"] == 16000
     assert set(op["responses"]) == {"200", "400", "408", "413", "415", "422", "500", "503", "504"}
     assert op["responses"]["503"]["headers"]["Retry-After"]["required"] is True
@@ -76,7 +78,7 @@ def test_schema_states_this_servers_limits_and_errors(server: tuple[str, Any]) -
     assert components["ErrorDetail"]["additionalProperties"] is False
     limits = components["Limits"]["properties"]
     assert (limits["max_texts"]["const"], limits["max_text_chars"]["const"], limits["max_body_bytes"]["const"]) \
-        == (4, 200, 16000)
+        == (4, 8, 16000)
 
 
 def test_schemathesis_against_a_real_server(server: tuple[str, Any], tmp_path: Path) -> None:
