@@ -3,8 +3,9 @@
 :func:`read_run_config` checks config.json (:class:`gptclf.config.RunConfig`);
 :func:`load_classifier_backbone` rebuilds the backbone with its class head from
 ``model.safetensors`` -- comparing names and shapes on the meta device before any memory
-is allocated -- or, for a LoRA run, rebuilds the base model it names and merges the
-adapters in. Nothing is unpickled.
+is allocated -- or, for a run that stores only its trained tensors (the default) or LoRA
+adapters, rebuilds the base model it names and lays them over it (:mod:`.base`). Nothing
+is unpickled.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..files import file_inside, read_json
 from ..loading.state_dict import state_dict_problems
 from ..models import registry
 from ..models.classifier import replace_head
+from .base import TRAINED_ONLY, load_trained_only
 
 
 def read_run_config(directory: str | Path) -> RunConfig:
@@ -68,6 +70,10 @@ def load_classifier_backbone(directory: Path, cfg: RunConfig, arch: Any) -> nn.M
         from ..peft.lora import load_adapter_backbone
 
         return load_adapter_backbone(directory, cfg, read_safetensors(weights))
+    if cfg.weights == TRAINED_ONLY:
+        # The tensors training changed: rebuild the base it names (checked against its
+        # fingerprint) and lay them over it.
+        return load_trained_only(directory, cfg, read_safetensors(weights))
     # Compare config and file on the meta device first: a config whose sizes disagree
     # with the weights (or are absurd) is refused before any memory is allocated.
     with torch.device("meta"):

@@ -67,6 +67,11 @@ def classifier_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 TEST_SPLIT = "test.jsonl"
 
 
+def directory_bytes(directory: Path) -> int:
+    """What a run directory takes on disk (its files' sizes)."""
+    return sum(f.stat().st_size for f in Path(directory).rglob("*") if f.is_file() and not f.is_symlink())
+
+
 def examples_jsonl(examples: Any) -> str:
     """``{"text", "label"}`` per line: the run's test split, readable by every gptclf command."""
     import json
