@@ -14,8 +14,8 @@ is not a gptclf preset: gptclf never downloads what a model directory names) is 
 whole (``weights: "full"``), as is every run with ``--self-contained``; ``gptclf export``
 writes a self-contained copy of any run.
 
-The fingerprint is a sha256 of every tensor's bytes (names and shapes included): about
-0.4 s for SmolLM2-135M's 540 MB on one core, far less than loading the model. Directories
+The fingerprint is a sha256 of every tensor's bytes (names and shapes included): for
+SmolLM2-135M's 538 MB a few percent of the time loading the model takes. Directories
 and checkpoints written before it record a hash of a strided sample instead
 (``sha256_sample``), which :func:`fingerprint_matches` still checks.
 """
