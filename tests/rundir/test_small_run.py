@@ -144,6 +144,24 @@ def test_a_trained_only_config_without_its_base_is_refused(runs: dict[str, Path]
         Classifier.load(run, device="cpu")
 
 
+@pytest.mark.parametrize("edit", ["unknown name", "wrong shape"])
+def test_saved_tensors_are_checked_before_the_base_loads(runs: dict[str, Path], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch, edit: str) -> None:
+    import gptclf.loading as loading
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["small"], run)
+    saved = load_file(str(run / "model.safetensors"))
+    if edit == "unknown name":
+        saved["trf_blocks.9.att.qkv.weight"] = torch.zeros(2, 2)
+    else:
+        saved["out_head.weight"] = torch.zeros(3, 64)
+    save_file(saved, str(run / "model.safetensors"))
+    monkeypatch.setattr(loading, "load_backbone", lambda *a, **k: pytest.fail("the base was loaded first"))
+    with pytest.raises(GptclfError, match="disagree"):
+        Classifier.load(run, device="cpu")
+
+
 def test_self_contained_and_export_load_with_the_base_gone(runs: dict[str, Path], small_sms: Path,
                                                             tmp_path: Path) -> None:
     base, run = _moved_base(runs, tmp_path)

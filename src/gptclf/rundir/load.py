@@ -70,16 +70,22 @@ def load_classifier_backbone(directory: Path, cfg: RunConfig, arch: Any) -> nn.M
         from ..peft.lora import load_adapter_backbone
 
         return load_adapter_backbone(directory, cfg, read_safetensors(weights))
-    if cfg.weights == TRAINED_ONLY:
-        # The tensors training changed: rebuild the base it names (checked against its
-        # fingerprint) and lay them over it.
-        return load_trained_only(directory, cfg, read_safetensors(weights))
     # Compare config and file on the meta device first: a config whose sizes disagree
     # with the weights (or are absurd) is refused before any memory is allocated.
     with torch.device("meta"):
         skeleton = replace_head(registry.family(arch.arch).model_cls(arch), cfg.num_classes, cfg.head_bias)
-    declared = _with_tied(skeleton.state_dict(), file_shapes(weights))
-    problems = state_dict_problems(skeleton.state_dict(), declared)
+    own = skeleton.state_dict()
+    if cfg.weights == TRAINED_ONLY:
+        # The tensors training changed: each must be one of the model's, then the base it
+        # names is rebuilt (checked against its fingerprint) and they are laid over it.
+        declared = file_shapes(weights)
+        problems = state_dict_problems({k: v for k, v in own.items() if k in declared}, declared)
+        if problems:
+            raise GptclfError(f"{directory}: config.json and model.safetensors disagree: {problems}",
+                              hint="the directory mixes files of different models; retrain or restore it")
+        return load_trained_only(directory, cfg, read_safetensors(weights))
+    declared = _with_tied(own, file_shapes(weights))
+    problems = state_dict_problems(own, declared)
     if problems:
         raise GptclfError(f"{directory}: config.json and model.safetensors disagree: {problems}",
                           hint="the directory mixes files of different models; retrain or restore it")

@@ -3,7 +3,9 @@
 ::
 
     runs/20261125-221500/
-      model.safetensors   classifier weights (backbone with the new head; no vocabulary head)
+      model.safetensors   the tensors training changed (the base model is named in config.json,
+                          see gptclf.rundir.base), or with --self-contained the whole classifier
+                          (backbone with the new head; no vocabulary head)
       config.json         architecture, labels, tokenizer, max length, pad id, pooling, ...
                           (gptclf.config.RunConfig)
       metrics.json        train/val/test accuracy, loss, per-class report, sizes, seconds
