@@ -148,6 +148,11 @@ class TrainConfig:
     grad_checkpointing: bool = opt(False, "recompute each block's activations in the backward pass: much less "
                                    "memory for --trainable all on large models, about a third more compute", SPEED)
     out: str | None = opt(None, "run directory (default runs/<timestamp>; runs/latest links it)", OUTPUT)
+    self_contained: bool = opt(False, "save the whole classifier (the base model's weights too), as a "
+                               "directory that loads without the base. By default the run directory stores "
+                               "only the tensors training changed and refers to the base model by name and a "
+                               "fingerprint of its weights ('gptclf export' makes a self-contained copy later)",
+                               OUTPUT)
     progress: bool = opt(True, "no progress bars", OUTPUT, flag="--quiet")
     overwrite: bool = opt(False, "discard <out>.partial/, the checkpoints a failed or interrupted run to the "
                           "same --out left, and start again (a finished --out is never overwritten)", OUTPUT)
@@ -261,6 +266,8 @@ class RunConfig:
     trainable: str | None = None
     base_model: Any = None              # where the backbone came from (name, hub, file, init)
     lora: dict[str, Any] | None = None  # LoRA runs: adapters' config, base name and fingerprint
+    weights: str = "full"               # "trained-only": model.safetensors holds what training changed
+    base_weights: dict[str, Any] | None = None  # trained-only: the base's name and fingerprint (rundir.base)
     data: dict[str, Any] | None = None  # the splits' sizes and class counts
     train: dict[str, Any] | None = None  # the TrainConfig the run used
     gptclf_version: str | None = None
@@ -290,9 +297,9 @@ class RunConfig:
         values.update(format=self.FORMAT, num_classes=self.num_classes)
         out = {k: values[k] for k in self._HEAD}
         # Written only when they differ from the default, so older config.json files round-trip
-        # (no LoRA, a head bias, temperature 1).
-        out.update({k: v for k, v in values.items() if k not in out and not (k == "lora" and v is None)
-                    and not (k == "head_bias" and v is True) and not (k == "temperature" and v == 1.0)})
+        # (no LoRA, a head bias, temperature 1, full weights).
+        defaults = {"lora": None, "head_bias": True, "temperature": 1.0, "weights": "full", "base_weights": None}
+        out.update({k: v for k, v in values.items() if k not in out and not (k in defaults and v == defaults[k])})
         out.update({k: v for k, v in self.extra.items() if k not in out})
         return out
 
@@ -327,6 +334,11 @@ class RunConfig:
             raise GptclfError(f"{where}: temperature {t!r} is not a positive number")
         if d.get("lora") is not None and not isinstance(d["lora"], dict):
             raise GptclfError(f"{where}: 'lora' must be a JSON object")
+        if d.get("weights", "full") not in ("full", "trained-only"):
+            raise GptclfError(f"{where}: weights {d.get('weights')!r} is not 'full' or 'trained-only'")
+        if d.get("weights") == "trained-only" and not isinstance(d.get("base_weights"), dict):
+            raise GptclfError(f"{where}: trained-only weights need 'base_weights' (the base model's name and "
+                              "fingerprint)", hint="the run directory is damaged or edited; retrain it")
         known = {f.name for f in fields(cls)} - {"extra"}
         kwargs = {k: v for k, v in d.items() if k in known}
         kwargs.setdefault("padding", "dynamic")

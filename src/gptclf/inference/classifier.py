@@ -1,7 +1,8 @@
 """Inference: load a fine-tuned model directory and classify texts.
 
 ``Classifier.load(dir)`` needs nothing but the directory (config.json, model.safetensors
-and, for non-GPT-2 tokenizers, tokenizer.json); it never unpickles anything.
+and, for non-GPT-2 tokenizers, tokenizer.json) and, for a run that stores only its
+trained tensors (the default), the base model it names; it never unpickles anything.
 Texts are batched by length (least padding) under ``torch.inference_mode``; results
 come back in input order.
 

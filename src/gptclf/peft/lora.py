@@ -25,7 +25,6 @@ what the base model costs. ``gptclf export --merge`` writes a self-contained dir
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +34,10 @@ import torch
 from torch import nn
 
 from ..errors import GptclfError
+from ..rundir.base import base_fingerprint, base_reference, can_reload_base, check_base_name, load_base, overlay
+
+__all__ = ["LoRAConfig", "LoRALinear", "apply_lora", "freeze_for_lora", "merge_lora", "trained_state_dict",
+           "load_adapter_backbone", "base_fingerprint", "base_reference", "can_reload_base", "check_base_name"]
 
 DEFAULT_TARGETS = ("att.qkv", "att.out_proj", "ff.fc", "ff.proj")
 
@@ -202,88 +205,9 @@ def trained_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             if p.requires_grad}
 
 
-def base_fingerprint(model: nn.Module) -> dict[str, Any]:
-    """A cheap identity of the base weights: parameter count and a hash of a strided sample.
-
-    Hashing every byte of a 1.5B-parameter model would take many seconds; 4,096 evenly
-    spaced values of every tensor (plus names and shapes) tell different checkpoints apart
-    just as well. Adapters and the class head are left out: they are not the base.
-    """
-    backbone = getattr(model, "backbone", model)
-    h = hashlib.sha256()
-    count = 0
-    for name, t in sorted(backbone.state_dict().items()):
-        if name.startswith("out_head.") or ".lora_" in name:
-            continue
-        flat = t.detach().reshape(-1)
-        step = max(1, flat.numel() // 4096)
-        sample = flat[::step][:4096].to("cpu", torch.float32).contiguous()
-        h.update(f"{name}:{tuple(t.shape)}".encode())
-        h.update(sample.numpy().tobytes())
-        count += t.numel()
-    return {"parameters": count, "sha256_sample": h.hexdigest()}
-
-
-def base_reference(source: dict[str, Any]) -> str:
-    """The name to rebuild the base from: a local path made absolute, so the run directory
-    still finds its base when loaded from another working directory."""
-    name = str(source["name"])
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.exists() else name
-
-
-def can_reload_base(source: dict[str, Any]) -> bool:
-    """A base given by random initialisation cannot be rebuilt from its name."""
-    return source.get("init", "pretrained") == "pretrained" and bool(source.get("name"))
-
-
-def check_base_name(directory: Path, name: str, architecture: dict[str, Any]) -> None:
-    """Before anything is loaded (or downloaded): a LoRA directory's base must be a local
-    path or a gptclf preset (by name or hub repository) of the architecture the adapters
-    were trained on. config.json is the directory author's, so an arbitrary hub id would
-    let it make gptclf fetch anything, multi-GB or attacker-chosen, just by being loaded."""
-    from ..models import registry
-
-    if Path(name).expanduser().exists():
-        return
-    found = registry.find_preset(name) or next(
-        ((k, f, p) for f in registry.FAMILIES.values() for k, p in f.presets.items() if p.hub == name), None)
-    if found is None and (name.startswith((".", "~", "/")) or Path(name).is_absolute()):
-        raise GptclfError(f"{directory} holds LoRA adapters for the base model {name!r}, which could not be "
-                          "loaded: the path does not exist",
-                          hint="make the base model available there, or load a merged directory "
-                               "('gptclf export --merge')")
-    if found is None:
-        raise GptclfError(f"{directory} holds LoRA adapters for the base model {name!r}, which is neither a "
-                          "local path nor a gptclf preset; gptclf does not download a base that a model "
-                          "directory names",
-                          hint="download the base yourself and point lora.base in config.json at its local "
-                               "path, or load a merged directory ('gptclf export --merge')")
-    preset = found[2]
-    try:
-        same = _same_shape(registry.config_from_dict(architecture).to_dict(), preset.config.to_dict())
-    except GptclfError:
-        same = False
-    if not same:
-        raise GptclfError(f"{directory}: the base model {name!r} has a different architecture than the one "
-                          "the adapters were trained on", hint="the run directory is damaged or edited; retrain it")
-
-
-def _same_shape(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    # A GGUF stores eps as float32 (9.99999975e-06 for 1e-05): floats agree to a tolerance.
-    def same(x: Any, y: Any) -> bool:
-        if isinstance(x, float) and isinstance(y, (int, float)) and not isinstance(y, bool):
-            return math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-12)
-        return x == y
-
-    return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-
-
 def load_adapter_backbone(directory: Path, cfg: Any, adapter_sd: dict[str, torch.Tensor]) -> nn.Module:
     """The backbone of a LoRA run directory (``cfg``: its RunConfig): base model + head,
-    adapters merged in."""
-    from ..loading import load_backbone
-    from ..models import registry
+    adapters merged in (the base rebuilt and checked by :func:`gptclf.rundir.base.load_base`)."""
     from ..models.classifier import replace_head
 
     source = cfg.base_model or {}
@@ -291,41 +215,10 @@ def load_adapter_backbone(directory: Path, cfg: Any, adapter_sd: dict[str, torch
         raise GptclfError(f"{directory}: the LoRA adapters' base model cannot be rebuilt ({source})",
                           hint="the run directory is damaged; retrain it")
     name = cfg.lora.get("base") or source["name"]
-    fp = cfg.lora.get("base_fingerprint")
-    if not isinstance(fp, dict) or not fp:
-        # Without it a different base would merge silently; a directory may come from anyone.
-        raise GptclfError(f"{directory}: the LoRA config records no fingerprint of its base model's weights",
-                          hint="the run directory is damaged or edited; retrain it, or load a merged "
-                               "directory ('gptclf export --merge')")
-    check_base_name(directory, str(name), cfg.architecture)
-    try:
-        backbone = load_backbone(name, "pretrained")
-    except GptclfError as e:
-        raise GptclfError(f"{directory} holds LoRA adapters for the base model {name!r}, which "
-                          f"could not be loaded: {e.message}",
-                          hint=e.hint or "make the base model available, or load a merged directory "
-                                         "('gptclf export --merge')") from None
-    model = backbone.model
-    want = registry.config_from_dict(cfg.architecture).to_dict()
-    if model.config.to_dict() != want:
-        raise GptclfError(f"{directory}: the base model {name!r} has a different architecture "
-                          "than the one the adapters were trained on",
-                          hint="point the run at the same base model it was trained from")
-    if base_fingerprint(model) != fp:
-        raise GptclfError(f"{directory}: the base model {name!r} found now has different weights "
-                          "than the one the adapters were trained on (fingerprint mismatch)",
-                          hint="restore the original base model, or retrain the adapters on this one")
+    model = load_base(directory, str(name), cfg.lora.get("base_fingerprint"), cfg.architecture)
     replace_head(model, cfg.num_classes, cfg.head_bias)
-    lcfg = LoRAConfig.from_dict(cfg.lora)
-    apply_lora(model, lcfg)
-    own = dict(model.state_dict())
-    missing = [k for k in own if (".lora_" in k or k.startswith("out_head.")) and k not in adapter_sd]
-    unexpected = [k for k in adapter_sd if k not in own]
-    bad = [k for k in adapter_sd if k in own and tuple(adapter_sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or bad:
-        raise GptclfError(f"{directory}: model.safetensors does not match its LoRA config: "
-                          f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {bad[:3]}",
-                          hint="the directory mixes files of different runs; retrain or restore it")
-    model.load_state_dict(adapter_sd, strict=False)
+    apply_lora(model, LoRAConfig.from_dict(cfg.lora))
+    required = [k for k in model.state_dict() if ".lora_" in k or k.startswith("out_head.")]
+    overlay(directory, model, adapter_sd, required)
     merge_lora(model)
     return model

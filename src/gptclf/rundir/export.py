@@ -1,4 +1,5 @@
-"""``gptclf export``: a self-contained copy of a model directory (LoRA merged), or its ONNX graphs."""
+"""``gptclf export``: a self-contained copy of a model directory (the base model's weights
+copied in, LoRA merged), or its ONNX graphs."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..files import read_json_object
+from .base import FULL
 from .load import read_run_config
 from .save import TEST_SPLIT, save_run
 
 
 def export_merged(src: str | Path, out: str | Path) -> Path:
-    """``gptclf export --merge SRC OUT``: a full directory with any LoRA adapters merged in,
-    which needs no base model to load."""
+    """``gptclf export SRC OUT``: a full directory that needs no base model to load: a run
+    that stores only its trained tensors gets the base's weights copied in, LoRA adapters
+    are merged."""
     from ..inference.classifier import Classifier
 
     src, out = Path(src).expanduser(), Path(out).expanduser()
@@ -23,7 +26,7 @@ def export_merged(src: str | Path, out: str | Path) -> Path:
     if cfg.lora:
         extra["lora_merged"] = {k: v for k, v in cfg.lora.items() if k != "saved"}
     extra["exported_from"] = str(src.resolve())
-    merged = replace(cfg, lora=None, extra=extra)
+    merged = replace(cfg, lora=None, weights=FULL, base_weights=None, extra=extra)
     metrics = read_json_object(src / "metrics.json") if (src / "metrics.json").exists() else {}
     history = read_json_object(src / "history.json") if (src / "history.json").exists() else {}
     test_split = src / TEST_SPLIT  # the copy evaluates on the same data by default

@@ -3,8 +3,9 @@
 :func:`read_run_config` checks config.json (:class:`gptclf.config.RunConfig`);
 :func:`load_classifier_backbone` rebuilds the backbone with its class head from
 ``model.safetensors`` -- comparing names and shapes on the meta device before any memory
-is allocated -- or, for a LoRA run, rebuilds the base model it names and merges the
-adapters in. Nothing is unpickled.
+is allocated -- or, for a run that stores only its trained tensors (the default) or LoRA
+adapters, rebuilds the base model it names and lays them over it (:mod:`.base`). Nothing
+is unpickled.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..files import file_inside, read_json
 from ..loading.state_dict import state_dict_problems
 from ..models import registry
 from ..models.classifier import replace_head
+from .base import TRAINED_ONLY, load_trained_only
 
 
 def read_run_config(directory: str | Path) -> RunConfig:
@@ -72,8 +74,18 @@ def load_classifier_backbone(directory: Path, cfg: RunConfig, arch: Any) -> nn.M
     # with the weights (or are absurd) is refused before any memory is allocated.
     with torch.device("meta"):
         skeleton = replace_head(registry.family(arch.arch).model_cls(arch), cfg.num_classes, cfg.head_bias)
-    declared = _with_tied(skeleton.state_dict(), file_shapes(weights))
-    problems = state_dict_problems(skeleton.state_dict(), declared)
+    own = skeleton.state_dict()
+    if cfg.weights == TRAINED_ONLY:
+        # The tensors training changed: each must be one of the model's, then the base it
+        # names is rebuilt (checked against its fingerprint) and they are laid over it.
+        declared = file_shapes(weights)
+        problems = state_dict_problems({k: v for k, v in own.items() if k in declared}, declared)
+        if problems:
+            raise GptclfError(f"{directory}: config.json and model.safetensors disagree: {problems}",
+                              hint="the directory mixes files of different models; retrain or restore it")
+        return load_trained_only(directory, cfg, read_safetensors(weights))
+    declared = _with_tied(own, file_shapes(weights))
+    problems = state_dict_problems(own, declared)
     if problems:
         raise GptclfError(f"{directory}: config.json and model.safetensors disagree: {problems}",
                           hint="the directory mixes files of different models; retrain or restore it")

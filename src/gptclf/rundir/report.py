@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from ..errors import GptclfError
 from ..files import read_json_object, write_json_atomic, write_text_atomic
+from .base import describe_weights
 from .load import read_run_config
 from .plots import CONFUSION_PNG, RELIABILITY_PNG, plot_confusion_matrix, plot_reliability
 
@@ -156,6 +157,8 @@ def write_run_report(directory: str | Path, name: str | None = None) -> Path:
     base = config.base_model
     headline = {"base model": base.get("name") if isinstance(base, dict) else base, "labels": config.labels,
                 "max length": config.max_length, **headline}
+    if isinstance(metrics.get("weights"), dict):
+        headline["model.safetensors"] = describe_weights(metrics["weights"])
     reports = {name: metrics[f"{key}_report"] for name, key in (("train", "train"), ("validation", "val"),
                                                                 ("test", "test"))
                if f"{key}_report" in metrics}

@@ -3,7 +3,9 @@
 ::
 
     runs/20261125-221500/
-      model.safetensors   classifier weights (backbone with the new head; no vocabulary head)
+      model.safetensors   the tensors training changed (the base model is named in config.json,
+                          see gptclf.rundir.base), or with --self-contained the whole classifier
+                          (backbone with the new head; no vocabulary head)
       config.json         architecture, labels, tokenizer, max length, pad id, pooling, ...
                           (gptclf.config.RunConfig)
       metrics.json        train/val/test accuracy, loss, per-class report, sizes, seconds
@@ -65,6 +67,11 @@ def classifier_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 TEST_SPLIT = "test.jsonl"
+
+
+def directory_bytes(directory: Path) -> int:
+    """What a run directory takes on disk (its files' sizes)."""
+    return sum(f.stat().st_size for f in Path(directory).rglob("*") if f.is_file() and not f.is_symlink())
 
 
 def examples_jsonl(examples: Any) -> str:

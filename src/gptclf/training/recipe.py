@@ -41,7 +41,9 @@ from ..loading import check_model_name, load_backbone
 from ..loading.backbone import Backbone
 from ..models.classifier import SequenceClassifier, freeze_for_finetuning, replace_head
 from ..files import read_json_object
-from ..rundir.save import TEST_SPLIT, default_run_dir, examples_jsonl, save_run
+from ..rundir.base import FULL, TRAINED_ONLY, BaseWeights, base_reference, describe_run_size, fingerprint_matches, \
+    tensor_bytes, trained_tensors, why_not_referable
+from ..rundir.save import TEST_SPLIT, default_run_dir, directory_bytes, examples_jsonl, save_run
 from .controls import EarlyStopping, class_weights, stopper_for
 from .distributed import DistContext, barrier, broadcast_text, init_distributed, shutdown
 from .calibrate import calibration_summary, fit_temperature
@@ -147,18 +149,23 @@ def evaluate_splits(model: SequenceClassifier, feeds: Feeds, enc: Encoded, split
 
 
 def save(out: Path, model: SequenceClassifier, cfg: TrainConfig, splits: DataSplits, enc: Encoded,
-         metrics: dict[str, Any], history: History, lora_state: Any, *, resumed: bool, log: Log) -> None:
-    """Write the run directory: the trained weights, config.json (:class:`RunConfig`), metrics, plots."""
-    tensors, lora_json = None, None
-    if lora_state is not None:
-        tensors, lora_json = _lora_for_saving(model, cfg, enc.backbone, lora_state, log)
+         metrics: dict[str, Any], history: History, base: BaseWeights, *, resumed: bool, log: Log) -> None:
+    """Write the run directory: the weights (only those training changed, with a reference to
+    the base, unless it cannot be rebuilt or ``--self-contained``; see :mod:`gptclf.rundir.base`),
+    config.json (:class:`RunConfig`), metrics, plots."""
+    tensors, lora_json, base_ref = _weights_for_saving(model, cfg, enc.backbone, base, log)
+    metrics["weights"] = {
+        "mode": TRAINED_ONLY if tensors is not None else FULL,
+        "model_bytes": tensor_bytes(tensors if tensors is not None else model.backbone.state_dict()),
+        "full_model_bytes": tensor_bytes(model.backbone.state_dict()),
+        "base": (base_ref or {}).get("name") or (lora_json or {}).get("base")}
     tok = enc.backbone.tokenizer
     run_config = RunConfig.for_model(
         model, tok, labels=splits.labels, max_length=enc.max_length, pooling=cfg.pooling, padding=cfg.padding, pad_id=tok.pad_id,
         template=cfg.template, causal_mask=cfg.causal_mask, head_bias=cfg.head_bias, trainable=cfg.trainable,
         base_model=enc.backbone.source, lora=lora_json, data=splits.summary(), train=asdict(cfg),
         gptclf_version=__version__, temperature=float(metrics.get("temperature", 1.0)),
-        examples=page_examples(splits))
+        examples=page_examples(splits), weights=TRAINED_ONLY if base_ref else FULL, base_weights=base_ref)
     save_run(out, model, tok, run_config, metrics, history, replace_interrupted=resumed, tensors=tensors,
              files={TEST_SPLIT: examples_jsonl(splits.test)})
 
@@ -175,18 +182,34 @@ def page_examples(splits: DataSplits, per_label: int = 2, max_chars: int = 200) 
     return out
 
 
-def _lora_for_saving(model: SequenceClassifier, cfg: TrainConfig, backbone: Backbone, base_fp: dict[str, Any],
-                     log: Log) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
-    """A LoRA run saves only what trained and names its base; a base that cannot be rebuilt
-    from its name (random init) is saved whole, with the adapters merged."""
-    from ..peft.lora import base_reference, can_reload_base, merge_lora, trained_state_dict
+def _weights_for_saving(model: SequenceClassifier, cfg: TrainConfig, backbone: Backbone, base: BaseWeights,
+                        log: Log) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None, dict[str, Any] | None]:
+    """(tensors to save or None for the whole classifier, the LoRA config, the base reference)."""
+    why = "--self-contained" if cfg.self_contained else why_not_referable(backbone.source)
+    if cfg.trainable == "lora":
+        return _lora_for_saving(model, cfg, backbone, base, why, log) + (None,)
+    if why is not None:
+        if not cfg.self_contained:
+            log(f"{why}: saving the whole classifier")
+        return None, None, None
+    tensors = trained_tensors(model, base)
+    if tensors.keys() == model.backbone.state_dict().keys():
+        return None, None, None  # everything trained: nothing to refer to
+    return tensors, None, {"name": base_reference(backbone.source), "fingerprint": base.fingerprint}
 
-    if can_reload_base(backbone.source):
+
+def _lora_for_saving(model: SequenceClassifier, cfg: TrainConfig, backbone: Backbone, base: BaseWeights,
+                     why: str | None, log: Log) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+    """A LoRA run saves only what trained and names its base; a base that cannot be rebuilt
+    from its name (random init), or ``--self-contained``, is saved whole, with the adapters merged."""
+    from ..peft.lora import merge_lora, trained_state_dict
+
+    if why is None:
         return trained_state_dict(model), {**cfg.lora_config().to_dict(), "base": base_reference(backbone.source),
-                                           "base_fingerprint": base_fp}
+                                           "base_fingerprint": base.fingerprint}
     merge_lora(model.backbone)
-    log("the base model was randomly initialised and cannot be rebuilt from its name: "
-        "saving the full model with the LoRA adapters merged")
+    if not cfg.self_contained:
+        log(f"{why}: saving the full model with the LoRA adapters merged")
     return None, None
 
 
@@ -272,8 +295,9 @@ def _run(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch
     s.log(f"model: {cfg.model} ({cfg.init}), max length {enc.max_length} tokens, pad id {enc.backbone.tokenizer.pad_id}, "
           f"padding {cfg.padding}, pooling {cfg.pooling}, device {s.device} ({s.precision})"
           + (f", {ctx.world_size} processes" if ctx.world_size > 1 else ""))
-    resume = _checkpoint_to_resume(cfg, s, enc, options)
-    model, frozen, lora_state = _model(cfg, enc, splits, s)
+    base = BaseWeights.of(enc.backbone.model)  # before the head swap and any training
+    resume = _checkpoint_to_resume(cfg, s, enc, options, base)
+    model, frozen = _model(cfg, enc, splits, s)
     class_weight = _class_weights(cfg, enc, splits, s.log)
     pad_to = enc.max_length if cfg.padding == "longest" else None
     _log_memory_estimate(model, cfg, frozen, enc.max_length, enc.datasets.values(), pad_to, s.device, s.log)
@@ -285,7 +309,7 @@ def _run(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch
         feeds.close()
     if ctx.is_main:
         metrics.update(_run_figures(cfg, model, feeds, enc, history, s, time.perf_counter() - t_start, metrics))
-        save(s.out, model, cfg, splits, enc, metrics, history, lora_state,
+        save(s.out, model, cfg, splits, enc, metrics, history, base,
              resumed=resume_from is not None, log=s.log)
         _report_saved(s, metrics)
     barrier(ctx)
@@ -341,22 +365,20 @@ def _check_out(out: Path, resuming: bool, overwrite: bool = False, is_main: bool
                                f"--overwrite (which deletes {partial})")
 
 
-def _checkpoint_to_resume(cfg: TrainConfig, s: RunSetting, enc: Encoded, options: dict[str, Any]) -> Any:
+def _checkpoint_to_resume(cfg: TrainConfig, s: RunSetting, enc: Encoded, options: dict[str, Any],
+                          base: BaseWeights) -> Any:
     """The checkpoint a resumed run continues from (None: from the start); a new run records
-    its options and a fingerprint of its data, which a resume must match."""
-    from ..peft.lora import base_fingerprint
-
+    its options and fingerprints of its data and base model, which a resume must match."""
     fingerprint = data_fingerprint(*enc.datasets.values())
-    # The checkpoint holds only the trained weights; the frozen ones are loaded again, so a
-    # base changed in between (a re-downloaded hub revision, an edited local directory)
-    # would silently mix two models.
-    base_fp = base_fingerprint(enc.backbone.model)
     if s.resume_from is not None:
         info = read_run_info(s.resume_from)
         if info.get("data_fingerprint") != fingerprint:
             raise GptclfError(f"the data differs from the data the run in {s.resume_from} started with",
                               hint="resume with the same data files (and model), or start a new run")
-        if info.get("base_fingerprint") != base_fp:
+        # The checkpoint holds only the trained weights; the frozen ones are loaded again, so a
+        # base changed in between (a re-downloaded hub revision, an edited local directory)
+        # would silently mix two models.
+        if not fingerprint_matches(enc.backbone.model, info.get("base_fingerprint"), base.fingerprint):
             what = "its base model's weights have changed since the run started" if info.get("base_fingerprint") \
                 else "its run.json records no fingerprint of the base model's weights"
             raise GptclfError(f"cannot resume {s.resume_from}: {what}",
@@ -370,18 +392,14 @@ def _checkpoint_to_resume(cfg: TrainConfig, s: RunSetting, enc: Encoded, options
         where = str(s.out.resolve())  # absolute: --resume may run from another directory
         write_run_info(s.checkpointer.directory, {
             "gptclf_version": __version__, "out": where, "world_size": s.ctx.world_size,
-            "data_fingerprint": fingerprint, "base_fingerprint": base_fp, "train": {**options, "out": where}})
+            "data_fingerprint": fingerprint, "base_fingerprint": base.fingerprint,
+            "train": {**options, "out": where}})
     return None
 
 
-def _model(cfg: TrainConfig, enc: Encoded, splits: DataSplits, s: RunSetting) -> tuple[SequenceClassifier, int, Any]:
-    """The classifier on its device; with LoRA also the base weights' fingerprint (before any change)."""
+def _model(cfg: TrainConfig, enc: Encoded, splits: DataSplits, s: RunSetting) -> tuple[SequenceClassifier, int]:
+    """The classifier on its device."""
     lora_cfg = cfg.lora_config() if cfg.trainable == "lora" else None
-    base_fp = None
-    if lora_cfg is not None:
-        from ..peft.lora import base_fingerprint
-
-        base_fp = base_fingerprint(enc.backbone.model)  # before the head swap and the adapters
     model, frozen = build_classifier(enc.backbone, len(splits.labels), cfg.trainable, cfg.pooling, cfg.seed,
                                      lora=lora_cfg, causal=cfg.causal_mask, grad_checkpointing=cfg.grad_checkpointing,
                                      head_bias=cfg.head_bias)
@@ -392,7 +410,7 @@ def _model(cfg: TrainConfig, enc: Encoded, splits: DataSplits, s: RunSetting) ->
           f"{frozen} of {model.config.n_layers} blocks frozen)")
     if lora_cfg is not None and frozen == 0 and cfg.cache != "off":
         s.log("trunk cache off: LoRA adapters reach block 0, so no block's output is fixed")
-    return model, frozen, base_fp
+    return model, frozen
 
 
 def _class_weights(cfg: TrainConfig, enc: Encoded, splits: DataSplits, log: Log) -> torch.Tensor | None:
@@ -488,10 +506,11 @@ def _run_figures(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds, enc:
 
 
 def _report_saved(s: RunSetting, metrics: dict[str, Any]) -> None:
+    size = describe_run_size(directory_bytes(s.out), metrics["weights"], s.out)
     if metrics["interrupted"]:
-        s.log(f"saved (interrupted) run to {s.out} in {metrics['seconds']:.1f}s"
+        s.log(f"saved (interrupted) run to {s.out} in {metrics['seconds']:.1f}s: {size}"
               + (f"; continue it with: gptclf train --resume {s.out}"
                  if (s.checkpointer.directory / "checkpoint.json").exists() else ""))
     else:
         s.checkpointer.remove()  # the finished run replaces its checkpoints
-        s.log(f"saved run to {s.out} in {metrics['seconds']:.1f}s")
+        s.log(f"saved run to {s.out} in {metrics['seconds']:.1f}s: {size}")

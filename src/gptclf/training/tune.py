@@ -32,6 +32,7 @@ import torch
 from ..config import POOLINGS, TrainConfig, TuneOptions
 from ..errors import GptclfError
 from ..models.classifier import SequenceClassifier, parse_trainable
+from ..rundir.base import BaseWeights
 from .controls import stopper_for
 from .distributed import init_distributed, shutdown
 from .loop import History, Trainer
@@ -291,11 +292,10 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, log: Log | None = None) -> Pat
         s.log(f"data: {splits.source}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test")
         enc = encode_splits(cfg, splits)
         pristine = enc.backbone.model  # never trained: every candidate copies it
-        lora_fp = None
         pad_to = enc.max_length if cfg.padding == "longest" else None
         trials, best, trunk = search(cfg, opts, enc, len(splits.labels), s, pristine, pad_to)
         try:
-            out = _save_winner(cfg, best, trials, enc, splits, s, pristine, trunk, lora_fp, t_start)
+            out = _save_winner(cfg, best, trials, enc, splits, s, pristine, trunk, t_start)
         finally:
             trunk.close()
         s.log("\n" + search_table(trials, best))
@@ -306,14 +306,11 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, log: Log | None = None) -> Pat
 
 
 def _save_winner(cfg: TrainConfig, best: Trial, trials: list[Trial], enc: Encoded, splits: Any, s: Any,
-                 pristine: torch.nn.Module, trunk: SharedTrunk, lora_fp: Any, t_start: float) -> Path:
+                 pristine: torch.nn.Module, trunk: SharedTrunk, t_start: float) -> Path:
     """Rebuild the winner with its best epoch's weights, evaluate (and calibrate) it, save it."""
     c = best.candidate
     wcfg = replace(cfg, trainable=c.trainable, lr=c.lr, pooling=c.pooling)
-    if c.trainable == "lora":
-        from ..peft.lora import base_fingerprint
-
-        lora_fp = base_fingerprint(pristine)
+    base = BaseWeights.of(pristine)
     model, frozen = _classifier(wcfg, enc, pristine, len(splits.labels), s.device)
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -326,6 +323,6 @@ def _save_winner(cfg: TrainConfig, best: Trial, trials: list[Trial], enc: Encode
         "n_train": len(enc.datasets["train"]), "n_val": len(enc.datasets["val"]),
         "n_test": len(enc.datasets["test"]), "device": str(s.device), "precision": s.precision,
         "trunk_cache": trunk.mode, "seconds": time.perf_counter() - t_start})
-    save(s.out, model, wcfg, splits, enc, metrics, best.history or History(), lora_fp, resumed=False, log=s.log)
+    save(s.out, model, wcfg, splits, enc, metrics, best.history or History(), base, resumed=False, log=s.log)
     s.checkpointer.remove()
     return s.out
