@@ -71,7 +71,8 @@ def examples_jsonl(examples: Any) -> str:
     """``{"text", "label"}`` per line: the run's test split, readable by every gptclf command."""
     import json
 
-    return "".join(json.dumps({"text": e.text, "label": e.label}, ensure_ascii=False) + "\n" for e in examples)
+    return "".join(json.dumps({"text": e.text, "label": list(e.labels) if e.labels is not None else e.label},
+                              ensure_ascii=False) + "\n" for e in examples)
 
 
 def is_interrupted_run(path: Path) -> bool:
