@@ -274,7 +274,7 @@ def _warn_missing_classes(labels: list[str], tr: list[Example], va: list[Example
         counts = class_counts(part, labels)
         missing = [k for k, v in counts.items() if v == 0]
         if missing:
-            warn(f"the {name} split ({len(part)} texts) has no example of {missing}: its accuracy "
+            warn(f"the {name} split ({len(part)} texts) has no example of {missing}: its metrics "
                  f"says nothing about them (counts: {counts})")
 
 
