@@ -188,17 +188,7 @@ def load_splits(data: str = "sms-spam", *, val: str | None = None, test: str | N
     ``multi_label``: each row has a set of labels (:func:`gptclf.data.tables.label_list`); the
     vocabulary is every label of the training split in natural order; ``--balance undersample``
     is refused (there is no smallest class to cut every row's label set down to)."""
-    balance = balance or ("none" if multi_label else default_balance(data))
-    if multi_label and balance == "undersample":
-        raise GptclfError("--balance undersample cannot be used with --multi-label: a row has several labels, so "
-                          "no row can be dropped to shrink one label without shrinking others",
-                          hint="use --balance none (default) or --balance weight (each label's positives weighted "
-                               "by its negatives/positives ratio)")
-    split = split or default_split(data)
-    if balance not in ("undersample", "none", "weight"):
-        raise GptclfError(f"--balance must be undersample, none or weight, not {balance!r}")
-    if split not in ("stratified", "random"):
-        raise GptclfError(f"--split must be stratified or random, not {split!r}")
+    balance, split = _choices(data, balance, split, multi_label)
     if examples is not None:
         source = data
     elif is_sms_spam(data):
@@ -218,13 +208,7 @@ def load_splits(data: str = "sms-spam", *, val: str | None = None, test: str | N
                           hint="a classifier needs at least two classes; check --label-column")
     dropped = None
     if balance == "undersample":
-        before = class_counts(examples)
-        examples = create_balanced_dataset(examples, seed)
-        after = class_counts(examples)
-        dropped = {k: before[k] - after[k] for k in before if before[k] != after[k]}
-        if dropped:
-            warn(f"{source}: --balance undersample kept {len(examples)} of {sum(before.values())} rows "
-                 f"(dropped {', '.join(f'{v} {k}' for k, v in dropped.items())}); --balance none keeps them all")
+        examples, dropped = _undersample(examples, seed, source)
     cut = stratified_split if split == "stratified" else random_split
     read = lambda path: read_table(path, text_column, label_column, multi_label=multi_label,  # noqa: E731
                                    delimiter=label_delimiter)
@@ -241,6 +225,34 @@ def load_splits(data: str = "sms-spam", *, val: str | None = None, test: str | N
     _warn_missing_classes(labels, tr, va, te)
     _warn_leakage(tr, va, te)
     return DataSplits(tr, va, te, labels, source, balance, split, dropped, multi_label)
+
+
+def _choices(data: str, balance: str | None, split: str | None, multi_label: bool) -> tuple[str, str]:
+    """--balance and --split, their defaults filled in and checked."""
+    balance = balance or ("none" if multi_label else default_balance(data))
+    if multi_label and balance == "undersample":
+        raise GptclfError("--balance undersample cannot be used with --multi-label: a row has several labels, so "
+                          "no row can be dropped to shrink one label without shrinking others",
+                          hint="use --balance none (default) or --balance weight (each label's positives weighted "
+                               "by its negatives/positives ratio)")
+    split = split or default_split(data)
+    if balance not in ("undersample", "none", "weight"):
+        raise GptclfError(f"--balance must be undersample, none or weight, not {balance!r}")
+    if split not in ("stratified", "random"):
+        raise GptclfError(f"--split must be stratified or random, not {split!r}")
+    return balance, split
+
+
+def _undersample(examples: list[Example], seed: int, source: str) -> tuple[list[Example], dict[str, int]]:
+    """--balance undersample, with a warning that counts what it dropped."""
+    before = class_counts(examples)
+    examples = create_balanced_dataset(examples, seed)
+    after = class_counts(examples)
+    dropped = {k: before[k] - after[k] for k in before if before[k] != after[k]}
+    if dropped:
+        warn(f"{source}: --balance undersample kept {len(examples)} of {sum(before.values())} rows "
+             f"(dropped {', '.join(f'{v} {k}' for k, v in dropped.items())}); --balance none keeps them all")
+    return examples, dropped
 
 
 def _split(examples: list[Example], val: str | None, test: str | None, read, seed: int, train_frac: float,

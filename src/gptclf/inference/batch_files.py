@@ -115,10 +115,8 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
         if out_fmt not in OUTPUT_FORMATS:
             raise GptclfError(f"unknown output format {out_fmt!r}", hint=f"use one of {', '.join(OUTPUT_FORMATS)}")
         tcol = find_column(text_column, table.columns, table.path, "text")
-        multi = bool(getattr(classifier, "multi_label", False))
-        extra = added_columns(labels, multi)
-        thresholds = classifier.thresholds if multi else None
-        delimiter = None if out_fmt == "jsonl" else _label_delimiter(classifier)
+        extra = added_columns(labels, bool(getattr(classifier, "multi_label", False)))
+        thresholds, delimiter = _multi_label(classifier, out_fmt)
         clash = [c for c in extra if c in table.columns]
         if clash:
             raise GptclfError(f"{table.path} already has column(s) {clash} that the output adds",
@@ -165,13 +163,17 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
     return BatchResult(rows, chunks, time.perf_counter() - t0, output_path)
 
 
-def _label_delimiter(classifier: Any) -> str:
-    """The separator the run's labels were read with (``--label-delimiter``), for CSV/TSV output."""
+def _multi_label(classifier: Any, out_fmt: str) -> tuple[Any, str | None]:
+    """A multi-label model's thresholds (None: single-label) and, for CSV/TSV output, the separator
+    its labels were read with (``--label-delimiter``)."""
     from ..data.tables import DEFAULT_LABEL_DELIMITER
 
+    if not getattr(classifier, "multi_label", False):
+        return None, None
     train = getattr(getattr(classifier, "run_config", None), "train", None) or {}
     sep = train.get("label_delimiter") if isinstance(train, dict) else None
-    return sep if isinstance(sep, str) and sep else DEFAULT_LABEL_DELIMITER
+    return classifier.thresholds, None if out_fmt == "jsonl" else (sep if isinstance(sep, str) and sep
+                                                                   else DEFAULT_LABEL_DELIMITER)
 
 
 def _predict_chunk(classifier: Any, texts: list[str], batch_size: int, path: Any, chunk: list[Row]) -> Any:

@@ -113,7 +113,8 @@ def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: RunConfig,
         for name, text in (files or {}).items():
             write_text_atomic(tmp / name, text)
         try:
-            plot_history(hist, tmp, (run_config.train or {}).get("epochs", 1))
+            plot_history(hist, tmp, (run_config.train or {}).get("epochs", 1),
+                         "micro-F1" if run_config.multi_label else "accuracy")
         except Exception as e:  # a plot must never cost the user the model
             print(f"warning: could not draw the plots: {e}")
         try:
