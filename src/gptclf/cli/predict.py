@@ -26,7 +26,8 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
                              "folder in; CSV / TSV / JSONL out; streamed in chunks)")
     f.add_argument("--input", default=None,
                    help="table to classify; every row gets one output row, in order, with its columns "
-                        "kept plus predicted_label, predicted_score and p_<label> per class")
+                        "kept plus predicted_label, predicted_score and p_<label> per class (a multi-label "
+                        "model: predicted_labels, the labels over their thresholds)")
     f.add_argument("--output", default=None, help="where to write it (atomically: no partial file on error)")
     f.add_argument("--text-column", default="text", help="the --input column holding the text")
     f.add_argument("--format", choices=FORMATS, default=None,

@@ -11,7 +11,8 @@ command accepts, every command accepts, and every command reads it the same way:
 * text is decoded line by line (:mod:`gptclf.data.text`): UTF-8, else cp1252 with a warning;
 * a column named twice (a CSV header or a JSON object's keys) is refused, never guessed;
 * rows stream from disk (JSON lists excepted), so a file of any size reads in bounded memory;
-* JSON numbers are cells as they are written (``1``, not ``1.0``); objects and lists are not text.
+* JSON numbers are cells as they are written (``1``, not ``1.0``); objects and lists are not text;
+* with ``multi_label`` a label cell is a set of labels: a list, or a delimited string (:func:`label_list`).
 """
 
 from __future__ import annotations

@@ -232,6 +232,9 @@ class Classifier:
         a label set per text and reports :func:`gptclf.metrics.multilabel_report`."""
         if self.multi_label:
             return self._evaluate_multi_label(texts, labels, batch_size, mistakes)
+        if not all(isinstance(x, str) for x in labels):
+            raise GptclfError("a single-label model is evaluated on one label (a string) per text",
+                              hint="this model was not trained with --multi-label")
         unknown = sorted(set(labels) - set(self.labels))
         if unknown:
             raise GptclfError(f"labels {unknown} are not among the model's labels {self.labels}",
