@@ -372,7 +372,7 @@ def _example(row: Row, tcol: str, lcol: str | None, path: Path) -> Example:
     if lcol is not None:
         value = row.record.get(lcol)
         if isinstance(value, (list, tuple)):
-            raise GptclfError(f"{where}: column {lcol!r} holds a list of labels",
+            raise GptclfError(f"{where}: column {lcol!r} holds a JSON list (a set of labels?)",
                               hint="pass --multi-label to train one yes/no output per label")
         label = cell_text(value, where, lcol).strip() or None
         if label is None:
