@@ -83,6 +83,11 @@ def test_in_memory_lists_and_dataframes() -> None:
     pd = pytest.importorskip("pandas")
     df = pd.DataFrame({"body": ["a", "b"], "tags": [["x"], ["y", "x"]]})
     assert _sets(from_object(df, "body", "tags", multi_label=True)) == [("x",), ("y", "x")]
+    np = pytest.importorskip("numpy")
+    df = pd.DataFrame({"text": ["a", "b", "c"], "label": [np.array(["x", "y"]), np.array([]), np.array([3])]})
+    assert _sets(from_object(df, multi_label=True)) == [("x", "y"), (), ("3",)]  # as pandas reads Parquet lists
+    ints = pd.DataFrame({"text": ["a", "b"], "label": [3, 10]})  # numpy scalars: one label each
+    assert _sets(from_object(ints, multi_label=True)) == [("3",), ("10",)]
 
 
 def _rows(n: int) -> list[Example]:

@@ -162,7 +162,8 @@ class DataSplits:
     def describe(self) -> str:
         """One line per split with its class counts (what ``gptclf train`` prints)."""
         def counts(part: list[Example]) -> str:
-            return ", ".join(f"{k} {v}" for k, v in class_counts(part, self.labels).items())
+            none = [f"no label {sum(1 for e in part if not e.labels)}"] if self.multi_label else []
+            return ", ".join([f"{k} {v}" for k, v in class_counts(part, self.labels).items()] + none)
 
         return "\n".join(f"  {name}: {len(part)} ({counts(part)})"
                          for name, part in (("train", self.train), ("validation", self.val), ("test", self.test)))

@@ -395,8 +395,12 @@ def label_list(v: Any, where: str, column: str, delimiter: str = DEFAULT_LABEL_D
         return ()
     if isinstance(v, str) and v.strip().startswith("[") and v.strip().endswith("]"):
         v = _parse_list_cell(v.strip(), where, column)
-    if isinstance(v, (list, tuple)) or (hasattr(v, "tolist") and not isinstance(v, str)):
-        items = list(v.tolist() if hasattr(v, "tolist") else v)
+    if hasattr(v, "tolist") and getattr(v, "ndim", 0) >= 1:  # a numpy array: pandas' cell of a Parquet list
+        v = v.tolist()
+    elif hasattr(v, "item") and getattr(v, "ndim", None) == 0:  # a numpy scalar: one label
+        v = v.item()
+    if isinstance(v, (list, tuple)):
+        items = list(v)
         if any(isinstance(x, (list, tuple, dict)) for x in items):
             raise GptclfError(f"{where}: column {column!r} holds a nested list or object",
                               hint="each label of a row's list must be a string or a number")
