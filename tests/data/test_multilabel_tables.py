@@ -74,6 +74,8 @@ def test_bad_list_cells() -> None:
         label_list("[a, b]", "f:1", "label")  # brackets, but neither JSON nor a Python literal
     with pytest.raises(GptclfError, match="nested"):
         label_list('[{"a": 1}]', "f:1", "label")
+    with pytest.raises(GptclfError, match="not valid JSON"):
+        label_list("[" * 100_000 + "]" * 100_000, "f:1", "label")  # an untrusted cell: an error, not a crash
 
 
 def test_in_memory_lists_and_dataframes() -> None:

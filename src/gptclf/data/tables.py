@@ -417,7 +417,7 @@ def _parse_list_cell(text: str, where: str, column: str) -> list[Any]:
 
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: [[[[... nested too deep
         try:
             value = ast.literal_eval(text)  # literals only: never runs code
         except (ValueError, SyntaxError, MemoryError, RecursionError):
