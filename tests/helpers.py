@@ -85,14 +85,16 @@ def random_classifier(model_dir: Path, labels: tuple[str, ...] = ("a", "b"), see
     return SequenceClassifier(replace_head(backbone.model, len(labels)), pooling).eval()
 
 
-def write_run(out: Path, model: Any, labels: tuple[str, ...] = ("a", "b"), max_length: int = 32) -> Path:
-    """Save ``model`` (a :func:`random_classifier`) as a gptclf run directory, as training would."""
+def write_run(out: Path, model: Any, labels: tuple[str, ...] = ("a", "b"), max_length: int = 32,
+              **config: Any) -> Path:
+    """Save ``model`` (a :func:`random_classifier`) as a gptclf run directory, as training would
+    (``config``: more config.json fields, e.g. ``multi_label=True, thresholds={...}``)."""
     from gptclf.config import RunConfig
     from gptclf.rundir.save import save_run
     from gptclf.tokenizers.gpt2 import GPT2Tokenizer
 
     run_config = {"labels": list(labels), "max_length": max_length, "pad_id": 50256,
-                  "pooling": model.pooling, "padding": "dynamic", "train": {"epochs": 1}}
+                  "pooling": model.pooling, "padding": "dynamic", "train": {"epochs": 1}, **config}
     return save_run(out, model, GPT2Tokenizer(), RunConfig.for_model(model, GPT2Tokenizer(), **run_config),
                     {"test_accuracy": 0.5},
                     {"steps": [], "epochs": []})

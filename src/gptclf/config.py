@@ -18,6 +18,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from .data.tables import DEFAULT_LABEL_DELIMITER
 from .errors import GptclfError
 
 # The book's chapter-6 recipe; a preset's own recipe (gptclf.models.registry) overrides it.
@@ -89,6 +90,12 @@ class TrainConfig:
     test: str | None = opt(None, "your own test file (else a seeded 20% split)", DATA)
     text_column: str = opt("text", "the column holding the text", DATA)
     label_column: str = opt("label", "the column holding the label", DATA)
+    multi_label: bool = opt(False, "each text has a set of labels (zero, one or several): one yes/no output per "
+                            "label (sigmoid, binary cross-entropy), per-label thresholds chosen on validation. The "
+                            "label column holds a list (JSON/Parquet) or a delimited string (docs/multi-label.md)",
+                            DATA)
+    label_delimiter: str = opt(DEFAULT_LABEL_DELIMITER, "--multi-label: what separates the labels in a string cell ('a|b'); "
+                               "a cell written as a list ['a', 'b'] is read as a list", DATA, metavar="SEP")
     balance: str | None = opt(
         None, "undersample every class to the smallest (the book), keep all data, or keep all data and weight "
         "the training loss by inverse class frequency. Default: undersample for the chapter's SMS data, none "
@@ -171,7 +178,7 @@ class TrainConfig:
                 setattr(c, name, recipe[name])
         from .data.splits import default_balance, default_split
 
-        c.balance = c.balance or default_balance(c.data)
+        c.balance = c.balance or ("none" if c.multi_label else default_balance(c.data))
         c.split = c.split or default_split(c.data)
         c._resolve_padding()
         c._check()
@@ -233,6 +240,12 @@ class TrainConfig:
             raise GptclfError("--checkpoint-every must be >= 0 (0: no checkpoints)")
         if self.max_length is not None and self.max_length < 1:
             raise GptclfError(f"--max-length must be at least 1 token, not {self.max_length}")
+        if self.multi_label and self.balance == "undersample":
+            raise GptclfError("--balance undersample cannot be used with --multi-label: a row has several labels, "
+                              "so no row can be dropped to shrink one label without shrinking others",
+                              hint="use --balance none (default) or --balance weight")
+        if self.multi_label and not self.label_delimiter:
+            raise GptclfError("--label-delimiter must not be empty")
 
 
 def recipe_for(model: str) -> dict[str, Any]:
@@ -272,6 +285,8 @@ class RunConfig:
     train: dict[str, Any] | None = None  # the TrainConfig the run used
     gptclf_version: str | None = None
     temperature: float = 1.0            # divides the logits before the softmax (temperature scaling)
+    multi_label: bool = False           # one sigmoid per label (--multi-label); absent: single-label
+    thresholds: dict[str, float] | None = None  # multi-label: a label is predicted when p >= its threshold
     extra: dict[str, Any] = field(default_factory=dict)
 
     FORMAT = "gptclf/1"
@@ -297,8 +312,9 @@ class RunConfig:
         values.update(format=self.FORMAT, num_classes=self.num_classes)
         out = {k: values[k] for k in self._HEAD}
         # Written only when they differ from the default, so older config.json files round-trip
-        # (no LoRA, a head bias, temperature 1, full weights).
-        defaults = {"lora": None, "head_bias": True, "temperature": 1.0, "weights": "full", "base_weights": None}
+        # (no LoRA, a head bias, temperature 1, full weights, single-label).
+        defaults = {"lora": None, "head_bias": True, "temperature": 1.0, "weights": "full", "base_weights": None,
+                    "multi_label": False, "thresholds": None}
         out.update({k: v for k, v in values.items() if k not in out and not (k in defaults and v == defaults[k])})
         out.update({k: v for k, v in self.extra.items() if k not in out})
         return out
@@ -332,6 +348,7 @@ class RunConfig:
         t = d.get("temperature", 1.0)
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf"):
             raise GptclfError(f"{where}: temperature {t!r} is not a positive number")
+        _check_multi_label(d, labels, where)
         if d.get("lora") is not None and not isinstance(d["lora"], dict):
             raise GptclfError(f"{where}: 'lora' must be a JSON object")
         if d.get("weights", "full") not in ("full", "trained-only"):
@@ -344,6 +361,20 @@ class RunConfig:
         kwargs.setdefault("padding", "dynamic")
         extra = {k: v for k, v in d.items() if k not in known and k not in ("format", "num_classes")}
         return cls(**kwargs, extra=extra)
+
+
+def _check_multi_label(d: dict[str, Any], labels: list[str], where: str) -> None:
+    """``multi_label`` (a bool) and its ``thresholds`` (one in (0, 1) per label, or none: 0.5 each)."""
+    if not isinstance(d.get("multi_label", False), bool):
+        raise GptclfError(f"{where}: 'multi_label' must be true or false, not {d['multi_label']!r}")
+    t = d.get("thresholds")
+    if t is None:
+        return
+    if not d.get("multi_label", False):
+        raise GptclfError(f"{where}: 'thresholds' are for a multi-label model, but 'multi_label' is not true")
+    if not isinstance(t, dict) or set(t) != set(labels) or not all(
+            not isinstance(v, bool) and isinstance(v, (int, float)) and 0 < v < 1 for v in t.values()):
+        raise GptclfError(f"{where}: 'thresholds' must give every label a number between 0 and 1")
 
 
 SEARCH = "search (gptclf tune)"

@@ -17,7 +17,7 @@ class EncodedDataset:
     """Token ids (unpadded, truncated to ``max_length``) and integer labels."""
 
     ids: list[list[int]]
-    labels: torch.Tensor  # int64 [n]; -1 where unlabelled
+    labels: torch.Tensor  # int64 [n]; -1 where unlabelled; --multi-label: float32 0/1 [n, num_labels]
     max_length: int
 
     def __len__(self) -> int:
@@ -106,7 +106,10 @@ def encode_examples(tokenizer, texts: Sequence[str], label_ids: Sequence[int] | 
              f"of {context_length}; truncating to {context_length}")
         max_length = context_length
     ids = fit_to_length(ids, pre, post, max_length, where)
-    labels = torch.tensor(list(label_ids) if label_ids is not None else [-1] * len(ids), dtype=torch.long)
+    if isinstance(label_ids, np.ndarray) and label_ids.ndim == 2:  # --multi-label: 0/1 per label
+        labels = torch.from_numpy(label_ids.astype(np.float32))
+    else:
+        labels = torch.tensor(list(label_ids) if label_ids is not None else [-1] * len(ids), dtype=torch.long)
     return EncodedDataset(ids, labels, max_length)
 
 

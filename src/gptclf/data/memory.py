@@ -12,42 +12,53 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..errors import GptclfError
-from .tables import Example, cell_text, find_column
+from .tables import DEFAULT_LABEL_DELIMITER, Example, cell_text, check_label_kinds, find_column, label_list
 
 WHERE = "in-memory data"
 
 
-def from_texts(texts: Sequence[Any], labels: Sequence[Any]) -> list[Example]:
-    """``texts[i]`` labelled ``labels[i]``."""
+def from_texts(texts: Sequence[Any], labels: Sequence[Any], multi_label: bool = False,
+               delimiter: str = DEFAULT_LABEL_DELIMITER) -> list[Example]:
+    """``texts[i]`` labelled ``labels[i]`` (with ``multi_label``, a list of labels or a delimited string)."""
     if isinstance(texts, str) or isinstance(labels, str):
         raise GptclfError("texts= and labels= take lists (one entry per example), not a single string")
     texts, labels = list(texts), list(labels)
     if len(texts) != len(labels):
         raise GptclfError(f"texts= has {len(texts)} entries but labels= has {len(labels)}",
                           hint="give one label per text")
+    if multi_label:
+        wheres = [f"{WHERE}, row {i}" for i in range(1, len(texts) + 1)]
+        out = [Example(cell_text(None if _missing(t) else t, w, "text"), None, i, label_list(lab, w, "label", delimiter))
+               for i, (t, lab, w) in enumerate(zip(texts, labels, wheres), 1)]
+        check_label_kinds(labels, wheres, "label")
+        return out
     return [_example(t, lab, i) for i, (t, lab) in enumerate(zip(texts, labels), 1)]
 
 
-def from_object(data: Any, text_column: str = "text", label_column: str = "label") -> list[Example]:
+def from_object(data: Any, text_column: str = "text", label_column: str = "label", multi_label: bool = False,
+                delimiter: str = DEFAULT_LABEL_DELIMITER) -> list[Example]:
     """A DataFrame, a dict of columns, or a list of (text, label) pairs or of dicts."""
+    def pairs(texts: Any, labels: Any) -> list[Example]:
+        return from_texts(texts, labels, multi_label, delimiter)
+
     if hasattr(data, "columns") and hasattr(data, "to_dict"):  # a pandas DataFrame
         columns = [str(c) for c in data.columns]
         tcol = find_column(text_column, columns, WHERE, "text")
         lcol = find_column(label_column, columns, WHERE, "label")
-        return from_texts(list(data[tcol]), list(data[lcol]))
+        return pairs(list(data[tcol]), list(data[lcol]))
     if isinstance(data, dict):
         columns = [str(c) for c in data]
         tcol = find_column(text_column, columns, WHERE, "text")
         lcol = find_column(label_column, columns, WHERE, "label")
-        return from_texts(data[tcol], data[lcol])
+        return pairs(data[tcol], data[lcol])
     if isinstance(data, (list, tuple)):
         if data and all(isinstance(r, dict) for r in data):
             columns = sorted({str(k) for r in data for k in r})
             tcol = find_column(text_column, columns, WHERE, "text")
             lcol = find_column(label_column, columns, WHERE, "label")
-            return from_texts([r.get(tcol) for r in data], [r.get(lcol) for r in data])
+            return pairs([r.get(tcol) for r in data], [r.get(lcol) for r in data])
         if all(isinstance(r, (list, tuple)) and len(r) == 2 for r in data):
-            return from_texts([r[0] for r in data], [r[1] for r in data])
+            return pairs([r[0] for r in data], [r[1] for r in data])
         raise GptclfError("data= as a list takes (text, label) pairs or dicts with the text and label columns")
     raise GptclfError(f"data= cannot be a {type(data).__name__}",
                       hint="pass a file path, a pandas DataFrame, a dict of columns, a list of (text, label) "
@@ -58,6 +69,9 @@ def _example(text: Any, label: Any, i: int) -> Example:
     where = f"{WHERE}, row {i}"
     if _missing(text):
         text = None
+    if isinstance(label, (list, tuple)):
+        raise GptclfError(f"{where}: the label is a list", hint="pass multi_label=True to train one yes/no "
+                          "output per label")
     lab = None if _missing(label) else cell_text(label, where, "label").strip() or None
     if lab is None:
         raise GptclfError(f"{where}: empty label", hint="every example needs a label")

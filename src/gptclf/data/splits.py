@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import GptclfError, warn
 from .sms_spam import is_sms_spam, load_sms_spam
-from .tables import Example, read_table
+from .tables import DEFAULT_LABEL_DELIMITER, Example, read_table
 
 
 def drop_empty_texts(examples: list[Example], where: str) -> list[Example]:
@@ -71,12 +71,14 @@ def stratified_split(examples: list[Example], train_frac: float = 0.7, val_frac:
     """70/10/20 within each class (seeded), so every split has every class it can have.
 
     A class of at least 3 examples gets at least one in validation and one in test; each
-    split is then shuffled (seeded) so its classes are interleaved.
+    split is then shuffled (seeded) so its classes are interleaved. Multi-label examples are
+    grouped by their rarest label (:func:`rarest_label_key`).
     """
     rng = np.random.RandomState(seed)
+    key = rarest_label_key(examples) if any(e.labels is not None for e in examples) else (lambda e: e.label)
     parts: tuple[list[Example], list[Example], list[Example]] = ([], [], [])
-    for label in sorted({e.label for e in examples}, key=natural_key):  # type: ignore[arg-type]
-        items = [e for e in examples if e.label == label]
+    for label in sorted({key(e) for e in examples}, key=natural_key):
+        items = [e for e in examples if key(e) == label]
         items = [items[i] for i in rng.permutation(len(items))]
         n = len(items)
         n_val = int(round(n * val_frac))
@@ -90,6 +92,19 @@ def stratified_split(examples: list[Example], train_frac: float = 0.7, val_frac:
         parts[2].extend(items[n_train + n_val:n_train + n_val + n_test])
     out = tuple([p[i] for i in rng.permutation(len(p))] for p in parts)
     return out[0], out[1], out[2]
+
+
+def rarest_label_key(examples: list[Example]):
+    """Multi-label stratification, approximately: each example is stratified by the rarest of
+    its labels ("" for none), so every label of three or more examples reaches validation and
+    test through the examples where it is the rarest. Label sets cannot be stratified exactly
+    (there are too many); :func:`load_splits` warns about any label a split still lacks."""
+    counts = Counter(lab for e in examples for lab in e.label_set())
+
+    def key(e: Example) -> str:
+        return min(e.label_set(), key=lambda lab: (counts[lab], natural_key(lab)), default="")
+
+    return key
 
 
 def natural_key(label: str) -> tuple:
@@ -112,7 +127,7 @@ def sorted_labels(labels: Sequence[str] | set[str]) -> list[str]:
 
 def class_counts(examples: Sequence[Example], labels: Sequence[str] | None = None) -> dict[str, int]:
     """``{label: n}`` in label order (``labels``, else the natural order of those present)."""
-    counts = Counter(e.label for e in examples)
+    counts = Counter(lab for e in examples for lab in e.label_set())
     order = list(labels) if labels is not None else sorted_labels(set(counts))  # type: ignore[arg-type]
     return {lab: counts.get(lab, 0) for lab in order}
 
@@ -127,7 +142,7 @@ class DataSplits:
     balance: str = "none"
     split: str = "random"
     dropped: dict[str, int] | None = None  # rows removed by undersampling, per class
-
+    multi_label: bool = False  # each example has a set of labels (Example.labels)
 
     def summary(self) -> dict:
         return {
@@ -139,12 +154,16 @@ class DataSplits:
             "test_counts": class_counts(self.test, self.labels),
             "balance": self.balance, "split": self.split,
             **({"dropped": self.dropped} if self.dropped else {}),
+            **({"multi_label": True, "no_label_counts": {k: sum(1 for e in part if not e.labels) for k, part in
+                                                         (("train", self.train), ("val", self.val), ("test", self.test))}}
+               if self.multi_label else {}),
         }
 
     def describe(self) -> str:
         """One line per split with its class counts (what ``gptclf train`` prints)."""
         def counts(part: list[Example]) -> str:
-            return ", ".join(f"{k} {v}" for k, v in class_counts(part, self.labels).items())
+            none = [f"no label {sum(1 for e in part if not e.labels)}"] if self.multi_label else []
+            return ", ".join([f"{k} {v}" for k, v in class_counts(part, self.labels).items()] + none)
 
         return "\n".join(f"  {name}: {len(part)} ({counts(part)})"
                          for name, part in (("train", self.train), ("validation", self.val), ("test", self.test)))
@@ -163,59 +182,88 @@ def default_split(data: str) -> str:
 def load_splits(data: str = "sms-spam", *, val: str | None = None, test: str | None = None,
                 text_column: str = "text", label_column: str = "label", balance: str | None = None,
                 seed: int = 123, train_frac: float = 0.7, val_frac: float = 0.1, split: str | None = None,
-                examples: list[Example] | None = None) -> DataSplits:
-    """Read the data (or take ``examples``, in memory), balance it and split it, with the checks a user needs."""
-    balance = balance or default_balance(data)
-    split = split or default_split(data)
-    if balance not in ("undersample", "none", "weight"):
-        raise GptclfError(f"--balance must be undersample, none or weight, not {balance!r}")
-    if split not in ("stratified", "random"):
-        raise GptclfError(f"--split must be stratified or random, not {split!r}")
+                examples: list[Example] | None = None, multi_label: bool = False,
+                label_delimiter: str = DEFAULT_LABEL_DELIMITER) -> DataSplits:
+    """Read the data (or take ``examples``, in memory), balance it and split it, with the checks a user needs.
+
+    ``multi_label``: each row has a set of labels (:func:`gptclf.data.tables.label_list`); the
+    vocabulary is every label of the training split in natural order; ``--balance undersample``
+    is refused (there is no smallest class to cut every row's label set down to)."""
+    balance, split = _choices(data, balance, split, multi_label)
     if examples is not None:
         source = data
     elif is_sms_spam(data):
         examples, source = load_sms_spam(data)
     else:
-        examples, source = read_table(data, text_column, label_column), str(Path(data).expanduser())
+        examples = read_table(data, text_column, label_column, multi_label=multi_label, delimiter=label_delimiter)
+        source = str(Path(data).expanduser())
     examples = drop_empty_texts(examples, source)
     if not examples:
         raise GptclfError(f"{source}: no non-empty texts", hint=f"check --text-column ({text_column!r})")
-    classes = Counter(e.label for e in examples)
+    if multi_label and examples[0].labels is None:
+        raise GptclfError(f"{source}: --multi-label needs a label set per row",
+                          hint="the SMS data has one label per text; drop --multi-label")
+    classes = Counter(lab for e in examples for lab in e.label_set())
     if len(classes) < 2:
         raise GptclfError(f"{source}: only one class ({next(iter(classes), None)!r}) in the labels",
                           hint="a classifier needs at least two classes; check --label-column")
     dropped = None
     if balance == "undersample":
-        before = class_counts(examples)
-        examples = create_balanced_dataset(examples, seed)
-        after = class_counts(examples)
-        dropped = {k: before[k] - after[k] for k in before if before[k] != after[k]}
-        if dropped:
-            warn(f"{source}: --balance undersample kept {len(examples)} of {sum(before.values())} rows "
-                 f"(dropped {', '.join(f'{v} {k}' for k, v in dropped.items())}); --balance none keeps them all")
+        examples, dropped = _undersample(examples, seed, source)
     cut = stratified_split if split == "stratified" else random_split
-    tr, va, te = _split(examples, val, test, text_column, label_column, seed, train_frac, val_frac, cut)
+    read = lambda path: read_table(path, text_column, label_column, multi_label=multi_label,  # noqa: E731
+                                   delimiter=label_delimiter)
+    tr, va, te = _split(examples, val, test, read, seed, train_frac, val_frac, cut)
     for name, part, opt in (("validation", va, "--val"), ("test", te, "--test")):
         if not part:
             raise GptclfError(f"{source}: the {name} split is empty ({len(examples)} examples are too few "
                               "for the split)", hint=f"add data, or pass your own {name} file with {opt}")
-    labels = sorted_labels({e.label for e in tr})  # type: ignore[arg-type]
+    labels = sorted_labels({lab for e in tr for lab in e.label_set()})
     if len(labels) < 2:
         raise GptclfError(f"{source}: the training split has a single class {labels}",
                           hint="add data of the other classes or change the split")
     _check_split_labels(labels, va, te)
     _warn_missing_classes(labels, tr, va, te)
     _warn_leakage(tr, va, te)
-    return DataSplits(tr, va, te, labels, source, balance, split, dropped)
+    return DataSplits(tr, va, te, labels, source, balance, split, dropped, multi_label)
 
 
-def _split(examples: list[Example], val: str | None, test: str | None, text_column: str, label_column: str,
-           seed: int, train_frac: float, val_frac: float, cut) -> tuple[list[Example], list[Example], list[Example]]:
-    """The training data cut 70/10/20, or, with the user's own --val/--test files, cut for the missing one."""
+def _choices(data: str, balance: str | None, split: str | None, multi_label: bool) -> tuple[str, str]:
+    """--balance and --split, their defaults filled in and checked."""
+    balance = balance or ("none" if multi_label else default_balance(data))
+    if multi_label and balance == "undersample":
+        raise GptclfError("--balance undersample cannot be used with --multi-label: a row has several labels, so "
+                          "no row can be dropped to shrink one label without shrinking others",
+                          hint="use --balance none (default) or --balance weight (each label's positives weighted "
+                               "by its negatives/positives ratio)")
+    split = split or default_split(data)
+    if balance not in ("undersample", "none", "weight"):
+        raise GptclfError(f"--balance must be undersample, none or weight, not {balance!r}")
+    if split not in ("stratified", "random"):
+        raise GptclfError(f"--split must be stratified or random, not {split!r}")
+    return balance, split
+
+
+def _undersample(examples: list[Example], seed: int, source: str) -> tuple[list[Example], dict[str, int]]:
+    """--balance undersample, with a warning that counts what it dropped."""
+    before = class_counts(examples)
+    examples = create_balanced_dataset(examples, seed)
+    after = class_counts(examples)
+    dropped = {k: before[k] - after[k] for k in before if before[k] != after[k]}
+    if dropped:
+        warn(f"{source}: --balance undersample kept {len(examples)} of {sum(before.values())} rows "
+             f"(dropped {', '.join(f'{v} {k}' for k, v in dropped.items())}); --balance none keeps them all")
+    return examples, dropped
+
+
+def _split(examples: list[Example], val: str | None, test: str | None, read, seed: int, train_frac: float,
+           val_frac: float, cut) -> tuple[list[Example], list[Example], list[Example]]:
+    """The training data cut 70/10/20, or, with the user's own --val/--test files (``read``), cut for
+    the missing one."""
     if val is None and test is None:
         return cut(examples, train_frac, val_frac, seed)
-    va = drop_empty_texts(read_table(val, text_column, label_column), val) if val else []
-    te = drop_empty_texts(read_table(test, text_column, label_column), test) if test else []
+    va = drop_empty_texts(read(val), val) if val else []
+    te = drop_empty_texts(read(test), test) if test else []
     if val is None or test is None:
         # Only one given: split the rest of the training file for the other, seeded.
         frac = val_frac if val is None else 1 - train_frac - val_frac
@@ -226,9 +274,9 @@ def _split(examples: list[Example], val: str | None, test: str | None, text_colu
 
 def _check_split_labels(labels: list[str], va: list[Example], te: list[Example]) -> None:
     for name, part in (("validation", va), ("test", te)):
-        unseen = sorted_labels({e.label for e in part} - set(labels))  # type: ignore[arg-type]
+        unseen = sorted_labels({lab for e in part for lab in e.label_set()} - set(labels))
         if unseen:
-            ex = next(e for e in part if e.label in unseen)
+            ex = next(e for e in part if set(e.label_set()) & set(unseen))
             raise GptclfError(f"{name} data has label(s) {unseen} never seen in training "
                               f"(first at line {ex.line})",
                               hint=f"training labels are {labels}; fix the label or add training examples")
@@ -239,7 +287,7 @@ def _warn_missing_classes(labels: list[str], tr: list[Example], va: list[Example
         counts = class_counts(part, labels)
         missing = [k for k, v in counts.items() if v == 0]
         if missing:
-            warn(f"the {name} split ({len(part)} texts) has no example of {missing}: its accuracy "
+            warn(f"the {name} split ({len(part)} texts) has no example of {missing}: its metrics "
                  f"says nothing about them (counts: {counts})")
 
 

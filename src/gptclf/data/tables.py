@@ -11,7 +11,8 @@ command accepts, every command accepts, and every command reads it the same way:
 * text is decoded line by line (:mod:`gptclf.data.text`): UTF-8, else cp1252 with a warning;
 * a column named twice (a CSV header or a JSON object's keys) is refused, never guessed;
 * rows stream from disk (JSON lists excepted), so a file of any size reads in bounded memory;
-* JSON numbers are cells as they are written (``1``, not ``1.0``); objects and lists are not text.
+* JSON numbers are cells as they are written (``1``, not ``1.0``); objects and lists are not text;
+* with ``multi_label`` a label cell is a set of labels: a list, or a delimited string (:func:`label_list`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from .text import decoded_lines
 FORMATS = ("csv", "tsv", "jsonl", "json")
 SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
 ARROW_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow"}
+# --multi-label's separator in a label cell: "|" rather than ",", so that a CSV cell "sports|politics"
+# needs no quotes, and label names rarely hold one.
+DEFAULT_LABEL_DELIMITER = "|"
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,13 @@ class Example:
     text: str
     label: str | None
     line: int = 0  # 1-based source line (record number for JSON), for error messages
+    labels: tuple[str, ...] | None = None  # --multi-label: the row's label set (maybe empty); label is None
+
+    def label_set(self) -> tuple[str, ...]:
+        """The labels of this example: its set under --multi-label, else its one label."""
+        if self.labels is not None:
+            return self.labels
+        return (self.label,) if self.label is not None else ()
 
 
 @dataclass
@@ -332,8 +343,10 @@ def find_column(name: str, columns: list[str], path: Path | str, role: str) -> s
 
 
 def read_table(path: Path | str, text_column: str = "text", label_column: str | None = "label",
-               fmt: str | None = None) -> list[Example]:
-    """Every row of a file of labelled (or, with ``label_column=None``, plain) texts."""
+               fmt: str | None = None, multi_label: bool = False, delimiter: str = DEFAULT_LABEL_DELIMITER
+               ) -> list[Example]:
+    """Every row of a file of labelled (or, with ``label_column=None``, plain) texts; with
+    ``multi_label`` each row's label set (:func:`label_list`)."""
     with Table(path, fmt) as table:
         rows = list(table)
         if not rows:
@@ -343,6 +356,12 @@ def read_table(path: Path | str, text_column: str = "text", label_column: str | 
             columns = sorted({k for r in rows for k in r.record})
         tcol = find_column(text_column, columns, table.path, "text")
         lcol = find_column(label_column, columns, table.path, "label") if label_column else None
+        if multi_label and lcol is not None:
+            examples = [Example(cell_text(r.record.get(tcol), f"{table.path}:{r.line}", tcol), None, r.line,
+                                label_list(r.record.get(lcol), f"{table.path}:{r.line}", lcol, delimiter))
+                        for r in rows]
+            check_label_kinds([r.record.get(lcol) for r in rows], [f"{table.path}:{r.line}" for r in rows], lcol)
+            return examples
         return [_example(r, tcol, lcol, table.path) for r in rows]
 
 
@@ -351,8 +370,71 @@ def _example(row: Row, tcol: str, lcol: str | None, path: Path) -> Example:
     text = cell_text(row.record.get(tcol), where, tcol)
     label = None
     if lcol is not None:
-        label = cell_text(row.record.get(lcol), where, lcol).strip() or None
+        value = row.record.get(lcol)
+        if isinstance(value, (list, tuple)):
+            raise GptclfError(f"{where}: column {lcol!r} holds a JSON list (a set of labels?)",
+                              hint="pass --multi-label to train one yes/no output per label")
+        label = cell_text(value, where, lcol).strip() or None
         if label is None:
             raise GptclfError(f"{where}: empty label in column {lcol!r}",
                               hint="every row needs a label; remove the row or fill it in")
     return Example(text, label, row.line)
+
+
+# ------------------------------------------------------------------ multi-label cells
+
+
+def label_list(v: Any, where: str, column: str, delimiter: str = DEFAULT_LABEL_DELIMITER) -> tuple[str, ...]:
+    """A multi-label cell as its label set, in first-seen order, duplicates dropped.
+
+    A JSON/Parquet list (``["a", "b"]``), a string holding one (``'["a", "b"]'``, or the
+    ``['a', 'b']`` pandas writes for a list column), or a string split on ``delimiter``
+    (``"a|b"``). An empty cell, ``[]`` or ``""`` is the empty set: a row with no label.
+    """
+    if v is None or (isinstance(v, float) and v != v):  # None, or pandas' NaN for an empty cell
+        return ()
+    if isinstance(v, str) and v.strip().startswith("[") and v.strip().endswith("]"):
+        v = _parse_list_cell(v.strip(), where, column)
+    if hasattr(v, "tolist") and getattr(v, "ndim", 0) >= 1:  # a numpy array: pandas' cell of a Parquet list
+        v = v.tolist()
+    elif hasattr(v, "item") and getattr(v, "ndim", None) == 0:  # a numpy scalar: one label
+        v = v.item()
+    if isinstance(v, (list, tuple)):
+        items = list(v)
+        if any(isinstance(x, (list, tuple, dict)) for x in items):
+            raise GptclfError(f"{where}: column {column!r} holds a nested list or object",
+                              hint="each label of a row's list must be a string or a number")
+        names = [cell_text(x, where, column).strip() for x in items]
+    else:
+        if not delimiter:
+            raise GptclfError("--label-delimiter must not be empty")
+        names = [x.strip() for x in cell_text(v, where, column).split(delimiter)]
+    return tuple(dict.fromkeys(n for n in names if n))
+
+
+def _parse_list_cell(text: str, where: str, column: str) -> list[Any]:
+    import ast
+
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: [[[[... nested too deep
+        try:
+            value = ast.literal_eval(text)  # literals only: never runs code
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            raise GptclfError(f"{where}: column {column!r} holds {text[:60]!r}, which looks like a list but "
+                              "is not valid JSON", hint='write the labels as ["a", "b"] or as a|b') from None
+    if not isinstance(value, (list, tuple)):
+        raise GptclfError(f"{where}: column {column!r} holds {text[:60]!r}, not a list of labels")
+    return list(value)
+
+
+def check_label_kinds(values: list[Any], wheres: list[str], column: str) -> None:
+    """Refuse a label column that mixes JSON lists with plain strings: one of the two is a mistake
+    (a string "a,b" next to lists would silently be one label named "a,b")."""
+    first_list = next((i for i, v in enumerate(values) if isinstance(v, (list, tuple))), None)
+    first_str = next((i for i, v in enumerate(values) if isinstance(v, str) and v.strip()
+                      and not v.strip().startswith("[")), None)
+    if first_list is not None and first_str is not None:
+        raise GptclfError(f"column {column!r} mixes lists of labels ({wheres[first_list]}) with strings "
+                          f"({wheres[first_str]}: {str(values[first_str])[:60]!r})",
+                          hint="write every row's labels the same way: a list, or one delimited string")

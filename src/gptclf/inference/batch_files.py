@@ -11,6 +11,11 @@ gets one), with every input column kept and these columns added:
 * ``truncated``        whether the text was longer than the model's ``max_length`` tokens
   and only its start was read (``true``/``false``)
 
+A multi-label model writes ``predicted_labels`` in place of ``predicted_label`` and
+``predicted_score``: the labels whose probability reaches their threshold, most probable
+first, as a list in JSONL and joined by the run's ``--label-delimiter`` (``a|b``; empty for
+none) in CSV/TSV, the way ``gptclf train --multi-label`` reads them back.
+
 The output (CSV, TSV or JSONL, from its suffix) is written to a temporary file beside it
 and renamed over it only when every row is written (:func:`gptclf.files.atomic_path`): an
 error or Ctrl-C leaves no partial file behind.
@@ -34,6 +39,7 @@ from ..files import atomic_path
 from ..progress import PlainProgress
 
 LABEL_COLUMN = "predicted_label"
+LABELS_COLUMN = "predicted_labels"  # multi-label
 SCORE_COLUMN = "predicted_score"
 PROB_PREFIX = "p_"
 TRUNCATED_COLUMN = "truncated"
@@ -41,8 +47,20 @@ OUTPUT_FORMATS = ("csv", "tsv", "jsonl")
 OUTPUT_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
-def added_columns(labels: list[str]) -> list[str]:
-    return [LABEL_COLUMN, SCORE_COLUMN] + [f"{PROB_PREFIX}{lab}" for lab in labels] + [TRUNCATED_COLUMN]
+def added_columns(labels: list[str], multi_label: bool = False) -> list[str]:
+    head = [LABELS_COLUMN] if multi_label else [LABEL_COLUMN, SCORE_COLUMN]
+    return head + [f"{PROB_PREFIX}{lab}" for lab in labels] + [TRUNCATED_COLUMN]
+
+
+def _added_values(labels: list[str], p: Any, thresholds: Any, delimiter: str | None) -> list[Any]:
+    """The added cells of one row but ``truncated``: the prediction, then one probability per label.
+    ``thresholds`` (multi-label): the predicted labels, a list (JSONL) or joined by ``delimiter``."""
+    probs = [round(float(v), 6) for v in p]
+    if thresholds is None:
+        k = int(p.argmax())
+        return [labels[k], round(float(p[k]), 6)] + probs
+    on = [labels[i] for i in sorted(range(len(labels)), key=lambda i: -p[i]) if p[i] >= thresholds[i]]
+    return [on if delimiter is None else delimiter.join(on)] + probs
 
 
 def iter_chunks(rows: Iterable[Row], chunk_size: int) -> Iterator[list[Row]]:
@@ -97,7 +115,8 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
         if out_fmt not in OUTPUT_FORMATS:
             raise GptclfError(f"unknown output format {out_fmt!r}", hint=f"use one of {', '.join(OUTPUT_FORMATS)}")
         tcol = find_column(text_column, table.columns, table.path, "text")
-        extra = added_columns(labels)
+        extra = added_columns(labels, bool(getattr(classifier, "multi_label", False)))
+        thresholds, delimiter = _multi_label(classifier, out_fmt)
         clash = [c for c in extra if c in table.columns]
         if clash:
             raise GptclfError(f"{table.path} already has column(s) {clash} that the output adds",
@@ -119,8 +138,7 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
                 truncated_chunks += any(issubclass(w.category, DataWarning) for w in caught)
                 flags = classifier.truncated(texts) if hasattr(classifier, "truncated") else [False] * len(texts)
                 for row, p, cut in zip(chunk, probs, flags):
-                    k = int(p.argmax())
-                    added = [labels[k], round(float(p[k]), 6)] + [round(float(v), 6) for v in p]
+                    added = _added_values(labels, p, thresholds, delimiter)
                     if writer is None:
                         added.append(bool(cut))
                         # Lone surrogates (from JSON escapes) cannot be UTF-8: U+FFFD, as the model saw.
@@ -143,6 +161,19 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
                       f"tokens and were truncated (in {truncated_chunks} of {chunks} chunks)",
                       DataWarning, stacklevel=2)
     return BatchResult(rows, chunks, time.perf_counter() - t0, output_path)
+
+
+def _multi_label(classifier: Any, out_fmt: str) -> tuple[Any, str | None]:
+    """A multi-label model's thresholds (None: single-label) and, for CSV/TSV output, the separator
+    its labels were read with (``--label-delimiter``)."""
+    from ..data.tables import DEFAULT_LABEL_DELIMITER
+
+    if not getattr(classifier, "multi_label", False):
+        return None, None
+    train = getattr(getattr(classifier, "run_config", None), "train", None) or {}
+    sep = train.get("label_delimiter") if isinstance(train, dict) else None
+    return classifier.thresholds, None if out_fmt == "jsonl" else (sep if isinstance(sep, str) and sep
+                                                                   else DEFAULT_LABEL_DELIMITER)
 
 
 def _predict_chunk(classifier: Any, texts: list[str], batch_size: int, path: Any, chunk: list[Row]) -> Any:

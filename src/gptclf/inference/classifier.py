@@ -28,7 +28,7 @@ from ..data.batching import collate, sorted_batches
 from ..data.encoding import fit_to_length, tokenize_texts
 from ..device import autocast, pad_multiple, pick_device, resolve_precision
 from ..errors import GptclfError, TextError, is_interrupt
-from ..metrics import classification_report, most_confident_mistakes
+from ..metrics import classification_report, most_confident_mistakes, multilabel_mistakes, multilabel_report
 from ..models import registry
 from ..models.classifier import SequenceClassifier
 from ..rundir.load import load_classifier_backbone, read_run_config
@@ -38,8 +38,17 @@ from ..tokenizers import tokenizer_from_config
 BACKENDS = ("auto", "torch", "onnxruntime")
 
 
-def prediction(labels: Sequence[str], p: np.ndarray, truncated: bool = False, empty: bool = False) -> dict[str, Any]:
-    """One prediction as every path reports it (Python, ``predict --json``, HTTP)."""
+def prediction(labels: Sequence[str], p: np.ndarray, truncated: bool = False, empty: bool = False,
+               thresholds: np.ndarray | None = None) -> dict[str, Any]:
+    """One prediction as every path reports it (Python, ``predict --json``, HTTP).
+
+    With ``thresholds`` (a multi-label model): ``{"labels", "scores", "truncated", "empty"}``,
+    ``labels`` being those whose probability reaches their threshold, most probable first
+    (possibly none)."""
+    if thresholds is not None:
+        on = [i for i in np.argsort(-p, kind="stable") if p[i] >= thresholds[i]]
+        return {"labels": [labels[i] for i in on], "scores": {lab: float(v) for lab, v in zip(labels, p)},
+                "truncated": bool(truncated), "empty": bool(empty)}
     k = int(p.argmax())
     return {"label": labels[k], "score": float(p[k]), "scores": {lab: float(v) for lab, v in zip(labels, p)},
             "truncated": bool(truncated), "empty": bool(empty)}
@@ -64,6 +73,10 @@ class Classifier:
         self.pad_to: int | None = self.max_length if run_config.padding == "longest" else None
         # Temperature scaling fitted at training (1.0: raw scores); every path goes through predict_proba.
         self.temperature: float = float(run_config.temperature)
+        # Multi-label: a sigmoid per label, each label predicted when p >= its threshold (0.5 if none fitted).
+        self.multi_label: bool = bool(run_config.multi_label)
+        stored = run_config.thresholds or {}
+        self.thresholds: np.ndarray = np.array([float(stored.get(lab, 0.5)) for lab in self.labels])
         self.device = device
         self.precision = precision
         self.directory = directory
@@ -165,7 +178,8 @@ class Classifier:
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Class probabilities ``[len(texts), num_classes]`` in input order: the softmax of the
-        logits divided by the run's fitted temperature (``config.json`` ``temperature``).
+        logits divided by the run's fitted temperature (``config.json`` ``temperature``); for a
+        multi-label model the sigmoid of each logit (rows do not sum to 1).
 
         Raises :class:`~gptclf.errors.TextError` naming the texts the tokenizer fails on
         (any exception, a Rust panic included) or whose scores are not finite, so a caller
@@ -191,7 +205,8 @@ class Classifier:
                 continue
             with autocast(self.device, self.precision):
                 logits = self.model(batch.to(self.device), lens.to(self.device)).float()
-            out[idx] = torch.softmax(logits / self.temperature, -1).cpu().numpy()
+            logits = logits / self.temperature
+            out[idx] = (torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, -1)).cpu().numpy()
         bad = np.flatnonzero(~np.isfinite(out).all(1))
         if len(bad):  # never hand out NaN as a probability (invalid JSON, a silent wrong label)
             raise TextError({int(i): "the model's scores are not finite" for i in bad})
@@ -201,15 +216,26 @@ class Classifier:
         """``[{"label", "score": p(label), "scores": {label: p}, "truncated", "empty"}]``, one per
         text, in order. ``truncated``: the text was longer than ``max_length`` tokens and only its
         start was read. ``empty``: the text has nothing but whitespace, so the label is only the
-        model's prior (every empty text gets the same one): treat it as no answer."""
+        model's prior (every empty text gets the same one): treat it as no answer.
+
+        A multi-label model answers ``{"labels": [...], "scores", "truncated", "empty"}``: the
+        labels whose probability reaches their threshold (config.json ``thresholds``), most
+        probable first, possibly none."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         probs, truncated = self._predict(texts, batch_size)
-        return [prediction(self.labels, p, cut, not t.strip()) for p, cut, t in zip(probs, truncated, texts)]
+        th = self.thresholds if self.multi_label else None
+        return [prediction(self.labels, p, cut, not t.strip(), th) for p, cut, t in zip(probs, truncated, texts)]
 
     def evaluate(self, texts: Sequence[str], labels: Sequence[str], batch_size: int = 32,
                  mistakes: int = 0) -> dict[str, Any]:
         """Accuracy, loss, per-class P/R/F1, confusion matrix, ROC-AUC (binary) and, with
-        ``mistakes=k``, the k wrong predictions the model was surest of."""
+        ``mistakes=k``, the k wrong predictions the model was surest of. A multi-label model takes
+        a label set per text and reports :func:`gptclf.metrics.multilabel_report`."""
+        if self.multi_label:
+            return self._evaluate_multi_label(texts, labels, batch_size, mistakes)
+        if not all(isinstance(x, str) for x in labels):
+            raise GptclfError("a single-label model is evaluated on one label (a string) per text",
+                              hint="this model was not trained with --multi-label")
         unknown = sorted(set(labels) - set(self.labels))
         if unknown:
             raise GptclfError(f"labels {unknown} are not among the model's labels {self.labels}",
@@ -221,6 +247,29 @@ class Classifier:
         report["loss"] = float(-np.log(probs[np.arange(len(y)), y] + 1e-12).mean()) if len(y) else float("nan")
         if mistakes:
             report["mistakes"] = most_confident_mistakes(list(texts), y, probs, self.labels, mistakes)
+        return report
+
+
+    def _evaluate_multi_label(self, texts: Sequence[str], label_sets: Sequence[Sequence[str]], batch_size: int,
+                              mistakes: int) -> dict[str, Any]:
+        if any(isinstance(x, str) for x in label_sets):
+            raise GptclfError("a multi-label model is evaluated on a list of labels per text, not one string",
+                              hint="read the data with multi_label=True (gptclf evaluate does)")
+        unknown = sorted({lab for x in label_sets for lab in x} - set(self.labels))
+        if unknown:
+            raise GptclfError(f"labels {unknown} are not among the model's labels {self.labels}",
+                              hint="check --label-column and --label-delimiter")
+        index = {lab: i for i, lab in enumerate(self.labels)}
+        y = np.zeros((len(label_sets), len(self.labels)), dtype=bool)
+        for i, x in enumerate(label_sets):
+            y[i, [index[lab] for lab in x]] = True
+        probs = self.predict_proba(list(texts), batch_size).astype(np.float64)
+        report = multilabel_report(y, probs >= self.thresholds, self.labels)
+        p = np.clip(probs, 1e-12, 1 - 1e-12)
+        report["loss"] = float(-(y * np.log(p) + ~y * np.log(1 - p)).mean()) if len(y) else float("nan")
+        report["thresholds"] = dict(zip(self.labels, self.thresholds.tolist()))
+        if mistakes:
+            report["mistakes"] = multilabel_mistakes(list(texts), y, probs, self.thresholds, self.labels, mistakes)
         return report
 
 

@@ -38,7 +38,7 @@ def plot_values(epochs_seen: list[float], examples_seen: list[float], train_valu
         ax1.plot(epoch_values[0], epoch_values[1], linestyle=":", marker="s", markersize=4,
                  label=f"Validation {label} (full set, epoch end)")
     ax1.set_xlabel("Epochs")
-    ax1.set_ylabel(label.capitalize())
+    ax1.set_ylabel(label[:1].upper() + label[1:])
     ax1.legend(fontsize="small")
     ax2 = ax1.twiny()
     ax2.plot(examples_seen, train_values, alpha=0)  # invisible: only sets the top axis
@@ -59,7 +59,9 @@ def _epoch_positions(steps: list[dict[str, Any]], eps: list[dict[str, Any]], epo
     return [epochs * (i / (n - 1) if n > 1 else 1.0) for i in range(n)]
 
 
-def plot_history(hist: dict[str, Any], directory: Path, epochs: int) -> None:
+def plot_history(hist: dict[str, Any], directory: Path, epochs: int, score: str = "accuracy") -> None:
+    """loss-plot.png and accuracy-plot.png (``score``: what the epochs' *_accuracy hold; a
+    multi-label run's are micro-F1)."""
     steps, eps = hist.get("steps", []), hist.get("epochs", [])
     full = [(e["epoch"], e.get("full_val_loss", e.get("val_loss"))) for e in eps
             if e.get("full_val_loss", e.get("val_loss")) is not None]
@@ -71,7 +73,7 @@ def plot_history(hist: dict[str, Any], directory: Path, epochs: int) -> None:
     if eps:
         plot_values([e["epoch"] for e in eps], [e["examples_seen"] for e in eps],
                     [e["train_accuracy"] for e in eps], [e["val_accuracy"] for e in eps],
-                    "accuracy", directory / "accuracy-plot.png")
+                    score, directory / "accuracy-plot.png")
 
 
 def plot_confusion_matrix(cm: Sequence[Sequence[int]], labels: Sequence[str], path: Path,

@@ -65,7 +65,28 @@ def _kv_table(d: dict[str, Any]) -> str:
     return f"<table>{rows}</table>"
 
 
+def _multilabel_table(rep: dict[str, Any]) -> str:
+    """A multi-label split: micro/macro F1, exact match, Hamming loss, and one row per label
+    (there is no confusion matrix: each label is its own yes/no decision)."""
+    head = "<tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th><th>predicted</th></tr>"
+    rows = "".join(
+        f"<tr><td>{_e(lab)}</td><td class=num>{_num(m['precision'])}</td><td class=num>{_num(m['recall'])}</td>"
+        f"<td class=num>{_num(m['f1'])}</td><td class=num>{_e(m['support'])}</td>"
+        f"<td class=num>{_e(m.get('predicted', ''))}</td></tr>" for lab, m in rep.get("per_class", {}).items())
+    extra = [f"micro F1 <b>{_num(rep.get('micro_f1', float('nan')))}</b>",
+             f"macro F1 {_num(rep.get('macro_f1', float('nan')))}",
+             f"exact match {_num(rep.get('exact_match', float('nan')) * 100, 2)} %",
+             f"Hamming loss {_num(rep.get('hamming_loss', float('nan')))}", f"n = {_e(rep.get('n', ''))}"]
+    if rep.get("loss") is not None:
+        extra.append(f"loss {_num(rep['loss'])}")
+    return (f"<p>{' &middot; '.join(extra)}</p><table>{head}{rows}</table>"
+            "<p class=muted>Multi-label: each label is predicted when its probability reaches its threshold; "
+            "support counts the texts that have the label, predicted those given it.</p>")
+
+
 def _report_table(rep: dict[str, Any]) -> str:
+    if rep.get("multi_label"):
+        return _multilabel_table(rep)
     head = "<tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"
     rows = "".join(
         f"<tr><td>{_e(lab)}</td><td class=num>{_num(m['precision'])}</td><td class=num>{_num(m['recall'])}</td>"
@@ -147,10 +168,12 @@ def write_run_report(directory: str | Path, name: str | None = None) -> Path:
     if cal and cal.get("test_reliability_after"):
         plot_reliability(cal["test_reliability_before"], cal["test_reliability_after"], directory / RELIABILITY_PNG,
                          (cal["test_ece_before"], cal["test_ece_after"]), cal["temperature"])
-    headline = {k: metrics[k] for k in ("train_accuracy", "val_accuracy", "test_accuracy", "train_loss",
-                                        "val_loss", "test_loss", "best_epoch", "temperature", "seconds", "device",
-                                        "interrupted")
+    headline = {k: metrics[k] for k in ("train_accuracy", "val_accuracy", "test_accuracy", "train_micro_f1",
+                                        "val_micro_f1", "test_micro_f1", "train_loss", "val_loss", "test_loss",
+                                        "best_epoch", "temperature", "thresholds", "seconds", "device", "interrupted")
                 if k in metrics}
+    if config.multi_label:  # *_accuracy of a multi-label run is the exact match (the whole label set right)
+        headline = {k.replace("_accuracy", "_exact_match"): v for k, v in headline.items()}
     if cal:
         headline.update({"test ECE before calibration": cal.get("test_ece_before"),
                          "test ECE after calibration": cal.get("test_ece_after")})
@@ -187,8 +210,9 @@ def write_evaluation_report(directory: str | Path, report: dict[str, Any], *, mo
                           hint=f"pass a new directory, e.g. --report {directory / 'evaluations' / 'NAME'}")
     directory.mkdir(parents=True, exist_ok=True)
     write_json_atomic(directory / "metrics.json", report)
-    plot_confusion_matrix(report["confusion_matrix"], report["labels"], directory / CONFUSION_PNG,
-                          "Confusion matrix")
+    if report.get("confusion_matrix"):  # a multi-label report has none
+        plot_confusion_matrix(report["confusion_matrix"], report["labels"], directory / CONFUSION_PNG,
+                              "Confusion matrix")
     headline = {"model": model, "data": data, "n": report.get("n"), "accuracy": report.get("accuracy"),
                 "loss": report.get("loss")}
     page = render_report(f"gptclf evaluation: {Path(data).name}", headline=headline,

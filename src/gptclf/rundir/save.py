@@ -78,7 +78,8 @@ def examples_jsonl(examples: Any) -> str:
     """``{"text", "label"}`` per line: the run's test split, readable by every gptclf command."""
     import json
 
-    return "".join(json.dumps({"text": e.text, "label": e.label}, ensure_ascii=False) + "\n" for e in examples)
+    return "".join(json.dumps({"text": e.text, "label": list(e.labels) if e.labels is not None else e.label},
+                              ensure_ascii=False) + "\n" for e in examples)
 
 
 def is_interrupted_run(path: Path) -> bool:
@@ -119,7 +120,8 @@ def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: RunConfig,
         for name, text in (files or {}).items():
             write_text_atomic(tmp / name, text)
         try:
-            plot_history(hist, tmp, (run_config.train or {}).get("epochs", 1))
+            plot_history(hist, tmp, (run_config.train or {}).get("epochs", 1),
+                         "micro-F1" if run_config.multi_label else "accuracy")
         except Exception as e:  # a plot must never cost the user the model
             print(f"warning: could not draw the plots: {e}")
         try:

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..data.batching import sorted_batches
 from ..device import autocast
-from ..metrics import classification_report, most_confident_mistakes
+from ..metrics import classification_report, most_confident_mistakes, multilabel_mistakes, multilabel_report
 from ..models.classifier import SequenceClassifier
 from .trunk_cache import Feeder
 
@@ -20,18 +20,34 @@ from .trunk_cache import Feeder
 def calc_loss_and_accuracy(model: SequenceClassifier, feed: Feeder, labels: torch.Tensor,
                            batches: Sequence[Sequence[int]], device: torch.device,
                            precision: str) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over ``batches`` (the book's calc_loss/accuracy_loader)."""
+    """Mean cross-entropy and accuracy over ``batches`` (the book's calc_loss/accuracy_loader).
+
+    ``--multi-label`` (``labels`` a 0/1 matrix): the mean binary cross-entropy per label and,
+    in place of accuracy, the micro-F1 at threshold 0.5. Micro-F1 rather than exact match
+    chooses the best epoch because it moves with every label decision, where exact match on
+    a small validation set moves in coarse steps and ignores a text's partly right label set.
+    """
     was_training = model.training
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
+    tp = fp_fn = 0
     for idx in batches:
         with autocast(device, precision):
             logits = feed(model, idx).float()
         y = labels[list(idx)].to(device)
-        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(-1) == y).sum())
+        if y.dim() == 2:
+            loss_sum += float(nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum")) / y.shape[1]
+            pred, truth = logits >= 0, y > 0.5
+            tp += int((pred & truth).sum())
+            fp_fn += int((pred != truth).sum())
+        else:
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(-1) == y).sum())
         n += len(idx)
     model.train(was_training)
+    if labels.dim() == 2:
+        score = 2 * tp / (2 * tp + fp_fn) if tp + fp_fn else 1.0
+        return (loss_sum / n if n else float("nan")), (score if n else float("nan"))
     return (loss_sum / n if n else float("nan")), (correct / n if n else float("nan"))
 
 
@@ -63,4 +79,26 @@ def split_metrics(logits: np.ndarray, ds: Any, labels: Sequence[str], name: str,
     }
     if texts is not None:
         out[f"{name}_mistakes"] = most_confident_mistakes(list(texts), y, probs, list(labels), k=10)
+    return out
+
+
+def multilabel_split_metrics(logits: np.ndarray, ds: Any, labels: Sequence[str], name: str,
+                             thresholds: np.ndarray, texts: Sequence[str] | None = None) -> dict[str, Any]:
+    """``--multi-label``: one split's ``<name>_accuracy`` (exact match), ``<name>_micro_f1``,
+    ``<name>_loss`` (binary cross-entropy per label) and ``<name>_report``
+    (:func:`gptclf.metrics.multilabel_report`), scored as the saved model scores: a label is
+    predicted when its sigmoid reaches its ``thresholds`` entry."""
+    y = ds.labels.numpy() > 0.5
+    z = torch.from_numpy(logits)
+    probs = torch.sigmoid(z).numpy()
+    report = multilabel_report(y, probs >= thresholds, list(labels))
+    loss = nn.functional.binary_cross_entropy_with_logits(z, torch.from_numpy(y.astype(np.float32)))
+    out: dict[str, Any] = {
+        f"{name}_accuracy": report["exact_match"] if len(y) else float("nan"),
+        f"{name}_micro_f1": report["micro_f1"] if len(y) else float("nan"),
+        f"{name}_loss": float(loss) if len(y) else float("nan"),
+        f"{name}_report": report,
+    }
+    if texts is not None:
+        out[f"{name}_mistakes"] = multilabel_mistakes(list(texts), y, probs, thresholds, list(labels), k=10)
     return out

@@ -59,6 +59,9 @@ class Trainer:
         self.shuffle_gen = torch.Generator().manual_seed(cfg.seed)
         self.eval_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.train_y = train_ds.labels.to(device)
+        # --multi-label: the loop's "accuracy" (history, best epoch, early stopping) is the micro-F1 at
+        # threshold 0.5 (training/evaluate.py), what the history's *_accuracy keys then hold.
+        self.score_name = "micro-F1" if train_ds.labels.dim() == 2 else "accuracy"
         self.weight = class_weight.to(device) if class_weight is not None else None
         # One micro-batch is batch_size examples on each process; an optimizer step takes
         # grad_accum of them. Leftover micro-batches of an epoch are dropped, as the book's
@@ -239,7 +242,7 @@ class Trainer:
         """One optimizer step over ``group`` (its micro-batches); returns the step's loss."""
         flat = [i for g in group for i in g]
         # The whole step's example count (or class weight) divides each micro-batch's loss.
-        total = float(len(flat)) if self.weight is None else \
+        total = float(len(flat)) if self.weight is None or self.train_y.dim() == 2 else \
             float(self.class_weight[self.train_ds.labels[flat]].double().sum())
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.device)
@@ -303,7 +306,7 @@ class Trainer:
         rate = (self.examples_seen - self._seen0) / seconds
         entry = {"epoch": epoch + 1, "examples_seen": self.examples_seen, "train_accuracy": train_acc,
                  "val_accuracy": val_acc, "seconds": seconds, "examples_per_second": rate}
-        self.log(f"Training accuracy: {train_acc * 100:.2f}% | Validation accuracy: {val_acc * 100:.2f}% "
+        self.log(f"Training {self.score_name}: {train_acc * 100:.2f}% | Validation {self.score_name}: {val_acc * 100:.2f}% "
                  f"| {rate:.1f} examples/s")
         stopped = False
         if self.stopper is not None:
@@ -321,7 +324,7 @@ class Trainer:
         value = broadcast_float(full_loss if stopper.metric == "val_loss" else full_acc, self.dist)
         tie = broadcast_float(full_loss, self.dist) if stopper.metric == "val_accuracy" else None
         stopped = stopper.update(epoch + 1, value, self.bare, tie)
-        self.log(f"full validation set: loss {full_loss:.4f}, accuracy {full_acc * 100:.2f}% | best "
+        self.log(f"full validation set: loss {full_loss:.4f}, {self.score_name} {full_acc * 100:.2f}% | best "
                  f"{stopper.metric} {stopper.best_value:.4f} at epoch {stopper.best_epoch}"
                  + (f" | stopping early: no gain for {stopper.patience} epoch(s)" if stopped else ""))
         return stopped

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -44,10 +45,10 @@ from ..files import read_json_object
 from ..rundir.base import FULL, TRAINED_ONLY, BaseWeights, base_reference, describe_run_size, fingerprint_matches, \
     tensor_bytes, trained_tensors, why_not_referable
 from ..rundir.save import TEST_SPLIT, default_run_dir, directory_bytes, examples_jsonl, save_run
-from .controls import EarlyStopping, class_weights, stopper_for
+from .controls import EarlyStopping, class_weights, label_pos_weights, stopper_for
 from .distributed import DistContext, barrier, broadcast_text, init_distributed, shutdown
-from .calibrate import calibration_summary, fit_temperature
-from .evaluate import predict_logits, split_metrics
+from .calibrate import calibration_summary, fit_temperature, fit_thresholds, sigmoid
+from .evaluate import multilabel_split_metrics, predict_logits, split_metrics
 from .loop import History, Trainer
 from .memory import available_memory, estimate_for_model, memory_warning
 from .state import Checkpointer, data_fingerprint, discard_partial, find_partial, load_checkpoint, partial_dir, \
@@ -66,7 +67,7 @@ def prepare_data(cfg: TrainConfig, examples: list[Example] | None = None) -> Dat
     split 70/10/20 (``--split``; or the given files)."""
     return load_splits(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
                        label_column=cfg.label_column, balance=cfg.balance, seed=cfg.seed, split=cfg.split,
-                       examples=examples)
+                       examples=examples, multi_label=cfg.multi_label, label_delimiter=cfg.label_delimiter)
 
 
 @dataclass
@@ -91,10 +92,20 @@ def encode_splits(cfg: TrainConfig, splits: DataSplits, backbone: Backbone | Non
         max_length = min(ctx_len, MAX_LENGTH_CAP)
     for key, name in SPLITS:
         examples = getattr(splits, key)
-        datasets[key] = encode_examples(tok, [e.text for e in examples], [index[e.label] for e in examples],
+        datasets[key] = encode_examples(tok, [e.text for e in examples], label_targets(examples, index, splits.multi_label),
                                         max_length, ctx_len, name, cfg.template)
         max_length = datasets["train"].max_length
     return Encoded(backbone, datasets, max_length)
+
+
+def label_targets(examples: list[Example], index: dict[str, int], multi_label: bool) -> Any:
+    """Each example's class index, or with ``--multi-label`` its 0/1 row over the labels (multi-hot)."""
+    if not multi_label:
+        return [index[e.label] for e in examples]
+    y = np.zeros((len(examples), len(index)), dtype=np.float32)
+    for i, e in enumerate(examples):
+        y[i, [index[lab] for lab in e.label_set()]] = 1.0
+    return y
 
 
 def build_classifier(backbone: Backbone, num_classes: int, trainable: str, pooling: str,
@@ -135,6 +146,8 @@ def evaluate_splits(model: SequenceClassifier, feeds: Feeds, enc: Encoded, split
     t0 = time.perf_counter()
     logits = {key: predict_logits(model, feeds[key], len(enc.datasets[key]), cfg.eval_batch_size,
                                   enc.datasets[key].lengths, device, precision) for key, _ in SPLITS}
+    if splits.multi_label:
+        return _evaluate_multi_label(logits, enc, splits, cfg, t0)
     temperature = 1.0
     if cfg.calibrate:
         temperature = fit_temperature(logits["val"], enc.datasets["val"].labels.numpy())
@@ -144,6 +157,22 @@ def evaluate_splits(model: SequenceClassifier, feeds: Feeds, enc: Encoded, split
     for key, _ in SPLITS:
         texts = [e.text for e in splits.test] if key == "test" else None
         metrics.update(split_metrics(logits[key], enc.datasets[key], splits.labels, key, texts, temperature))
+    metrics["eval_seconds"] = time.perf_counter() - t0
+    return metrics
+
+
+def _evaluate_multi_label(logits: dict[str, np.ndarray], enc: Encoded, splits: DataSplits, cfg: TrainConfig,
+                          t0: float) -> dict[str, Any]:
+    """``--multi-label``: per-label thresholds fitted on validation (``--calibrate``, the default;
+    else 0.5 each) instead of a temperature, then every split scored with them."""
+    thresholds = np.full(len(splits.labels), 0.5)
+    if cfg.calibrate:
+        thresholds = fit_thresholds(sigmoid(logits["val"]), enc.datasets["val"].labels.numpy() > 0.5)
+    metrics: dict[str, Any] = {"thresholds": dict(zip(splits.labels, thresholds.tolist()))}
+    for key, _ in SPLITS:
+        texts = [e.text for e in splits.test] if key == "test" else None
+        metrics.update(multilabel_split_metrics(logits[key], enc.datasets[key], splits.labels, key,
+                                                thresholds, texts))
     metrics["eval_seconds"] = time.perf_counter() - t0
     return metrics
 
@@ -165,7 +194,8 @@ def save(out: Path, model: SequenceClassifier, cfg: TrainConfig, splits: DataSpl
         template=cfg.template, causal_mask=cfg.causal_mask, head_bias=cfg.head_bias, trainable=cfg.trainable,
         base_model=enc.backbone.source, lora=lora_json, data=splits.summary(), train=asdict(cfg),
         gptclf_version=__version__, temperature=float(metrics.get("temperature", 1.0)),
-        examples=page_examples(splits), weights=TRAINED_ONLY if base_ref else FULL, base_weights=base_ref)
+        examples=page_examples(splits), weights=TRAINED_ONLY if base_ref else FULL, base_weights=base_ref,
+        multi_label=splits.multi_label, thresholds=metrics.get("thresholds"))
     save_run(out, model, tok, run_config, metrics, history, replace_interrupted=resumed, tensors=tensors,
              files={TEST_SPLIT: examples_jsonl(splits.test)})
 
@@ -175,7 +205,7 @@ def page_examples(splits: DataSplits, per_label: int = 2, max_chars: int = 200) 
     ``examples``): the model's own kind of text rather than someone else's."""
     out: list[dict[str, str]] = []
     for label in splits.labels:
-        texts = sorted({e.text.strip() for e in splits.train if e.label == label and e.text.strip()}, key=len)
+        texts = sorted({e.text.strip() for e in splits.train if label in e.label_set() and e.text.strip()}, key=len)
         short = [t for t in texts if len(t) <= max_chars] or [t[:max_chars] for t in texts]
         picks = short[len(short) // 2:][:per_label]  # middling length: neither a one-word nor a wall of text
         out += [{"label": label, "text": t} for t in picks]
@@ -416,6 +446,11 @@ def _model(cfg: TrainConfig, enc: Encoded, splits: DataSplits, s: RunSetting) ->
 def _class_weights(cfg: TrainConfig, enc: Encoded, splits: DataSplits, log: Log) -> torch.Tensor | None:
     if cfg.balance != "weight":
         return None
+    if splits.multi_label:
+        weight = label_pos_weights(enc.datasets["train"].labels)
+        log("label positive weights (negatives/positives): " + ", ".join(
+            f"{lab} {w:.3f}" for lab, w in zip(splits.labels, weight.tolist())))
+        return weight
     weight = class_weights(enc.datasets["train"].labels, len(splits.labels))
     log("class weights (inverse frequency): " + ", ".join(
         f"{lab} {w:.3f}" for lab, w in zip(splits.labels, weight.tolist())))
@@ -462,9 +497,13 @@ def _fit_and_evaluate(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds,
         s.log("evaluate: every split in full (" + ", ".join(
             f"{name} {len(enc.datasets[key])}" for key, name in SPLITS) + " texts)")
         metrics.update(evaluate_splits(model, feeds, enc, splits, cfg, s.device, s.precision))
-        s.log(f"Training accuracy: {metrics['train_accuracy'] * 100:.2f}% | "
-              f"Validation accuracy: {metrics['val_accuracy'] * 100:.2f}% | "
-              f"Test accuracy: {metrics['test_accuracy'] * 100:.2f}%")
+        if splits.multi_label:
+            s.log(" | ".join(f"{name} micro-F1 {metrics[f'{key}_micro_f1'] * 100:.2f}%, exact match "
+                             f"{metrics[f'{key}_accuracy'] * 100:.2f}%" for key, name in SPLITS))
+        else:
+            s.log(f"Training accuracy: {metrics['train_accuracy'] * 100:.2f}% | "
+                  f"Validation accuracy: {metrics['val_accuracy'] * 100:.2f}% | "
+                  f"Test accuracy: {metrics['test_accuracy'] * 100:.2f}%")
         if "calibration" in metrics:
             c = metrics["calibration"]
             s.log(f"temperature {c['temperature']:.3f} (fitted on validation): expected calibration error "

@@ -183,6 +183,20 @@ def model_info_model(s: ServeSettings) -> type[BaseModel]:
     return ModelInfo
 
 
+class MultiLabelPrediction(BaseModel):
+    labels: list[str] = Field(description="every label whose probability reaches its threshold (chosen on the "
+                                          "validation split at training), most probable first; may be empty")
+    scores: dict[str, float] = Field(description="each label's own probability (a sigmoid per label: they do "
+                                                 "not sum to 1)")
+    truncated: bool = Field(description="the text was longer than the model's max_length tokens; only its "
+                                        "start was read")
+    empty: bool = Field(description="the text is empty or only whitespace: the labels are the model's prior")
+
+
+class MultiLabelClassifyResponse(BaseModel):
+    results: list[MultiLabelPrediction]
+
+
 def _finite(x: Any) -> Any:
     """JSON has no NaN: metrics that are NaN become null."""
     if isinstance(x, float) and not math.isfinite(x):
@@ -210,11 +224,11 @@ def model_info(classifier: Any) -> dict[str, Any]:
         try:
             m = read_json_object(file_inside(Path(directory), "metrics.json"))
             metrics = {k: m[k] for k in ("train_accuracy", "val_accuracy", "test_accuracy", "test_loss",
-                                         "n_train", "n_val", "n_test", "best_epoch") if k in m}
+                                         "test_micro_f1", "n_train", "n_val", "n_test", "best_epoch") if k in m}
             if isinstance(m.get("calibration"), dict):
                 metrics["test_ece"] = m["calibration"].get("test_ece_after")
             rep = m.get("test_report") or {}
-            for k in ("per_class", "macro_f1", "roc_auc", "confusion_matrix"):
+            for k in ("per_class", "macro_f1", "roc_auc", "confusion_matrix", "exact_match", "hamming_loss"):
                 if k in rep:
                     metrics[f"test_{k}"] = rep[k]
         except GptclfError:
@@ -231,6 +245,8 @@ def model_info(classifier: Any) -> dict[str, Any]:
         "backend": getattr(classifier, "backend", "torch"),
         "precision": getattr(classifier, "precision", None),
         "temperature": getattr(classifier, "temperature", 1.0),  # the scores are softmax(logits / T)
+        **({"multi_label": True, "thresholds": dict(zip(classifier.labels, classifier.thresholds.tolist()))}
+           if getattr(classifier, "multi_label", False) else {}),
         "examples": _examples(cfg.get("examples"), classifier.labels),
         "metrics": metrics,
     })
@@ -344,6 +360,8 @@ async def _probabilities(batcher: Batcher, texts: list[str], s: ServeSettings) -
 
 def _add_routes(app: FastAPI, classifier: Any, s: ServeSettings) -> None:
     labels = list(classifier.labels)
+    # A multi-label model answers {"labels": [...], "scores"} per text (MultiLabelPrediction).
+    thresholds = classifier.thresholds if getattr(classifier, "multi_label", False) else None
     info = model_info(classifier)
     page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
 
@@ -366,12 +384,14 @@ def _add_routes(app: FastAPI, classifier: Any, s: ServeSettings) -> None:
         probs = await _probabilities(request.app.state.batcher, body.texts, s)
         # Tokenizing again is cheap next to the forward pass, and keeps the batcher's job plain arrays.
         flags = classifier.truncated(body.texts) if hasattr(classifier, "truncated") else [False] * len(probs)
-        return {"results": [prediction(labels, p, cut, not t.strip()) for p, cut, t in zip(probs, flags, body.texts)]}
+        return {"results": [prediction(labels, p, cut, not t.strip(), thresholds)
+                            for p, cut, t in zip(probs, flags, body.texts)]}
 
     # The body's model carries this server's limits; set here because annotations are strings.
     classify.__annotations__["body"] = request_model(s)
     # JSON Schema cannot bound a body's bytes: an OpenAPI extension on the body declares it.
-    app.post("/v1/classify", response_model=ClassifyResponse, responses=error_responses(CLASSIFY_ERRORS),
+    app.post("/v1/classify", response_model=ClassifyResponse if thresholds is None else MultiLabelClassifyResponse,
+             responses=error_responses(CLASSIFY_ERRORS),
              openapi_extra={"requestBody": {"x-max-body-bytes": s.max_body_bytes}})(classify)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -1,0 +1,135 @@
+"""--multi-label data: label sets read from lists (JSONL, JSON, Parquet, in memory) or delimited
+strings (CSV, TSV), the empty set, clear errors, the approximate stratified split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gptclf.data.memory import from_object, from_texts
+from gptclf.data.splits import load_splits, stratified_split
+from gptclf.data.tables import Example, label_list, read_table
+from gptclf.errors import DataWarning, GptclfError
+
+
+def _sets(examples: list[Example]) -> list[tuple[str, ...]]:
+    return [e.labels for e in examples]  # type: ignore[misc]
+
+
+def test_jsonl_lists_and_the_empty_set(tmp_path: Path) -> None:
+    p = tmp_path / "d.jsonl"
+    rows = [{"text": "a", "label": ["x", "y"]}, {"text": "b", "label": []}, {"text": "c", "label": [10, "x", "x"]},
+            {"text": "d", "label": None}]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ex = read_table(p, multi_label=True)
+    assert _sets(ex) == [("x", "y"), (), ("10", "x"), ()]  # numbers as written, duplicates dropped
+    assert all(e.label is None for e in ex) and ex[0].label_set() == ("x", "y")
+
+
+def test_csv_delimited_strings_with_and_without_quotes(tmp_path: Path) -> None:
+    p = tmp_path / "d.csv"
+    p.write_text('text,tags\nhello,sports|politics\nbye,\n"x, y","a, b|c"\nz,"[""q"", ""r""]"\nw,"[\'s\', \'t\']"\n')
+    ex = read_table(p, label_column="tags", multi_label=True)
+    # '|' needs no quoting; a cell holding a JSON list, or the Python repr pandas writes, is a list
+    assert _sets(ex) == [("sports", "politics"), (), ("a, b", "c"), ("q", "r"), ("s", "t")]
+    ex = read_table(p, label_column="tags", multi_label=True, delimiter=",")
+    assert ex[2].labels == ("a", "b|c")
+
+
+def test_tsv_and_parquet_lists(tmp_path: Path) -> None:
+    (tmp_path / "d.tsv").write_text("text\tlabel\none\tb;a\n")
+    assert read_table(tmp_path / "d.tsv", multi_label=True, delimiter=";")[0].labels == ("b", "a")
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["u", "v"], "label": [["k", "m"], []]}), tmp_path / "d.parquet")
+    assert _sets(read_table(tmp_path / "d.parquet", multi_label=True)) == [("k", "m"), ()]
+
+
+def test_mixed_lists_and_strings_are_refused(tmp_path: Path) -> None:
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"text": "a", "label": ["x"]}\n{"text": "b", "label": "x,y"}\n')
+    with pytest.raises(GptclfError, match=r"mixes lists of labels \(.*d.jsonl:1\) with strings \(.*d.jsonl:2"):
+        read_table(p, multi_label=True)
+    with pytest.raises(GptclfError, match="mixes lists"):
+        from_texts(["a", "b"], [["x"], "y"], multi_label=True)
+
+
+def test_a_list_without_multi_label_says_what_to_pass(tmp_path: Path) -> None:
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"text": "a", "label": ["x", "y"]}\n')
+    with pytest.raises(GptclfError) as e:
+        read_table(p)
+    assert "--multi-label" in e.value.hint
+    with pytest.raises(GptclfError, match="the label is a list"):
+        from_texts(["a"], [["x"]])
+
+
+def test_bad_list_cells() -> None:
+    with pytest.raises(GptclfError, match="nested"):
+        label_list([["a"]], "f:1", "label")
+    with pytest.raises(GptclfError, match="not valid JSON"):
+        label_list("[a, b]", "f:1", "label")  # brackets, but neither JSON nor a Python literal
+    with pytest.raises(GptclfError, match="nested"):
+        label_list('[{"a": 1}]', "f:1", "label")
+    with pytest.raises(GptclfError, match="not valid JSON"):
+        label_list("[" * 100_000 + "]" * 100_000, "f:1", "label")  # an untrusted cell: an error, not a crash
+
+
+def test_in_memory_lists_and_dataframes() -> None:
+    ex = from_texts(["a", "b"], [["x", "y"], []], multi_label=True)
+    assert _sets(ex) == [("x", "y"), ()]
+    assert _sets(from_texts(["a"], ["x;y"], multi_label=True, delimiter=";")) == [("x", "y")]
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"body": ["a", "b"], "tags": [["x"], ["y", "x"]]})
+    assert _sets(from_object(df, "body", "tags", multi_label=True)) == [("x",), ("y", "x")]
+    np = pytest.importorskip("numpy")
+    df = pd.DataFrame({"text": ["a", "b", "c"], "label": [np.array(["x", "y"]), np.array([]), np.array([3])]})
+    assert _sets(from_object(df, multi_label=True)) == [("x", "y"), (), ("3",)]  # as pandas reads Parquet lists
+    ints = pd.DataFrame({"text": ["a", "b"], "label": [3, 10]})  # numpy scalars: one label each
+    assert _sets(from_object(ints, multi_label=True)) == [("3",), ("10",)]
+
+
+def _rows(n: int) -> list[Example]:
+    # 'rare' on every 10th text, 'common' on most, some texts with none
+    return [Example(f"text {i}", None, i, tuple(lab for lab, on in (("common", i % 3 != 0), ("rare", i % 10 == 0),
+                                                                   ("mid", i % 4 == 0)) if on)) for i in range(n)]
+
+
+def test_the_split_reaches_every_label_through_its_rarest_examples() -> None:
+    tr, va, te = stratified_split(_rows(100), seed=1)
+    assert len(tr) + len(va) + len(te) == 100
+    for part in (va, te):
+        assert {lab for e in part for lab in e.label_set()} == {"common", "rare", "mid"}
+
+
+def test_load_splits_multi_label(tmp_path: Path) -> None:
+    p = tmp_path / "d.jsonl"
+    rows = _rows(60)
+    p.write_text("".join(json.dumps({"text": e.text, "label": list(e.labels)}) + "\n" for e in rows))
+    s = load_splits(str(p), multi_label=True, seed=3)
+    assert s.multi_label and s.labels == ["common", "mid", "rare"] and s.balance == "none"
+    summary = s.summary()
+    assert summary["multi_label"] and sum(summary["no_label_counts"].values()) == sum(not e.labels for e in rows) > 0
+    assert summary["train_counts"]["rare"] + summary["val_counts"]["rare"] + summary["test_counts"]["rare"] == 6
+    with pytest.raises(GptclfError, match="undersample cannot be used with --multi-label"):
+        load_splits(str(p), multi_label=True, balance="undersample")
+
+
+def test_a_label_missing_from_a_split_is_a_warning(tmp_path: Path) -> None:
+    p = tmp_path / "d.jsonl"
+    rows = [{"text": f"t{i}", "label": ["a"] if i % 2 else ["b"]} for i in range(30)]
+    rows.append({"text": "only", "label": ["c", "a"]})  # 'c' once: training only
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.warns(DataWarning, match=r"validation split .* has no example of \['c'\]"):
+        s = load_splits(str(p), multi_label=True)
+    assert s.labels == ["a", "b", "c"]
+
+
+def test_one_label_in_all_the_data_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "d.jsonl"
+    p.write_text("".join(json.dumps({"text": f"t{i}", "label": ["a"] if i % 2 else []}) + "\n" for i in range(20)))
+    with pytest.raises(GptclfError, match="only one class"):
+        load_splits(str(p), multi_label=True)
