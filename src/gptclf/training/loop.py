@@ -250,7 +250,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.static_step is not None:  # one process, one micro-batch (static_shapes_for checked)
             idx = group[0]
-            loss_sum = self.static_step(*self.train_feed.inputs(idx), self.train_y[idx],  # type: ignore[attr-defined]
+            loss_sum = self.static_step(*self.train_feed.inputs(idx), self.train_ds.labels[idx],  # type: ignore[attr-defined]
                                         torch.tensor(1.0 / total, dtype=torch.float32))
         else:
             loss_sum = self._forward_backward(group, total)

@@ -122,8 +122,10 @@ class TrunkCache:
         """Rows ``idx`` padded with zeros to one width: the longest rounded up to the device's pad
         multiple, or ``width_of(longest)`` (a static-shape bucket, :mod:`gptclf.graphs`)."""
         width = int(self.row_lengths[list(idx)].max())
+        if width_of is not None:
+            return self._gather(idx, width if self.fixed_width else width_of(width), device)
         if not self.fixed_width:  # position -1 must stay where --padding longest put it
-            width = width_of(width) if width_of is not None else round_up(width, pad_multiple(device))
+            width = round_up(width, pad_multiple(device))
         out = torch.zeros((len(idx), width, self.storage.shape[1]), dtype=torch.float32,
                           device=self.storage.device)
         for j, i in enumerate(idx):
@@ -137,6 +139,23 @@ class TrunkCache:
         elif out.device.type != device.type:
             out = out.to(device)
         return out, lengths.to(device)
+
+    def _gather(self, idx: Sequence[int], width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`batch` in three kernels (gather, zero the padding, copy) instead of one copy per
+        row: the static-shape path, where the GPU should not wait on per-row launches."""
+        rows = np.asarray(idx, dtype=np.int64)
+        pos = np.arange(width, dtype=np.int64)
+        valid = pos[None, :] < self.row_lengths[rows][:, None]
+        index = torch.from_numpy(np.where(valid, self.offsets[rows][:, None] + pos[None, :], 0).reshape(-1))
+        keep = torch.from_numpy(valid)
+        if self.storage.device.type == "cuda":
+            index, keep = (t.pin_memory().to(self.storage.device, non_blocking=True) for t in (index, keep))
+        out = self.storage.index_select(0, index).view(len(rows), width, -1)
+        out = out.masked_fill(~keep[..., None], 0.0)
+        lengths = self.lengths[rows]
+        if out.device.type == "cpu" and device.type == "cuda":
+            out, lengths = out.pin_memory(), lengths.pin_memory()
+        return out.to(device, non_blocking=True), lengths.to(device, non_blocking=True)
 
     def close(self) -> None:
         self.storage = torch.empty(0)
