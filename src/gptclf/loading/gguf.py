@@ -112,7 +112,7 @@ def load_gguf(path: Path, init: str = "pretrained", name: str | None = None) -> 
     fam = family_of(meta)
     cfg = fam.config_from_gguf(meta, names)
     tokenizer = tokenizer_from_gguf(meta, name or path.stem)
-    model = registry.build_model(cfg)
+    model = registry.build_model(cfg, initialise=init != "pretrained")  # the file fills every weight
     if init == "pretrained":
         load_converted_state_dict(model, state_dict_from_gguf(reader, fam, cfg, str(path)), str(path))
     source = {"name": name or str(path), "format": "gguf", "file": str(path), "init": init,
