@@ -19,6 +19,7 @@
 # Without the GGUF (no .m2, or a fresh machine) the SmolLM2 steps are skipped, the rest runs.
 #
 # What each step measures (the targets of the GPU work, one H200):
+#   tests      CUDA graphs vs the eager path (tests/training/test_static_shapes_cuda.py)
 #   benchmark  whole 5-epoch job >= 3x --reference; steady-state training at batch 8 >= 10,000 ex/s;
 #              predictions >= 3x --reference; static shapes vs eager agree (bf16 noise); batch 32 too
 #   startup    where the seconds before the first step go (gpt2-small shape, and SmolLM2's GGUF)
@@ -58,21 +59,18 @@ python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())
 W=/tmp/gpt2-small-random
 python3 -c "import sys; sys.path.insert(0, 'scripts'); from benchmark import write_weights; from pathlib import Path; \
 write_weights(Path('$W'), 'gpt2-small')" > /dev/null 2>&1
-# 1. All paths in one process: ours (static shapes + CUDA graphs), eager, --reference, HF; ours at batch 32.
-step benchmark 240 python3 scripts/benchmark.py --data "$GPTCLF_SMS_SPAM" --device cuda --weights $W \
+# Steps in order of priority (a step cut by its limit leaves the next ones their time).
+# 1. CUDA graphs against the eager path: losses, accuracies and predictions (tiny GPT-2, fp32).
+step tests-cuda 90 python3 -m pytest -q -x -p no:cacheprovider tests/training/test_static_shapes_cuda.py
+# 2. All paths in one process: ours (static shapes + CUDA graphs), eager, --reference, HF; ours at batch 32.
+step benchmark 200 python3 scripts/benchmark.py --data "$GPTCLF_SMS_SPAM" --device cuda --weights $W \
     --batch-sizes 32 --predict-repeats 5 --json "$OUT/benchmark.json"
-# 2. Start-up phases (fresh processes).
-step startup-gpt2 45 python3 scripts/benchmark.py --startup --model $W --data "$GPTCLF_SMS_SPAM" --device cuda
-[ -n "$SMOL" ] && step startup-smollm2 60 python3 scripts/benchmark.py --startup --model smollm2-135m \
-    --data "$GPTCLF_SMS_SPAM" --device cuda
-# 3. --trainable all throughput (tokens/s, MFU).
-step tput-small 60 python3 scripts/throughput.py --model gpt2-small --batch-size 32 --seq-len 512 --steps 20
 if [ -n "$SMOL" ]; then
-    # 4. The SmolLM2 job on every SMS text; `time` gives the wall clock, the log the phases.
-    step smollm2-train 90 bash -c "time python3 -m gptclf train --model smollm2-135m --device cuda --balance none \
+    # 3. The SmolLM2 job on every SMS text; `time` gives the wall clock, the log the phases.
+    step smollm2-train 75 bash -c "time python3 -m gptclf train --model smollm2-135m --device cuda --balance none \
         --quiet --out /tmp/r-smol"
-    # 5. predict --input on SMS-length rows: 200k, then 1M (the collection repeated).
-    python3 - <<'EOF'
+    # 4. predict --input on SMS-length rows (the collection repeated): 200k now, 1M below.
+    python3 - <<'PY'
 import csv, os
 rows = [ln.split("\t", 1)[1].rstrip("\n") for ln in open(os.environ["GPTCLF_SMS_SPAM"], encoding="utf-8") if "\t" in ln]
 for n in (200_000, 1_000_000):
@@ -80,11 +78,18 @@ for n in (200_000, 1_000_000):
         w = csv.writer(f); w.writerow(["text"])
         for i in range(n):
             w.writerow([rows[i % len(rows)]])
-EOF
-    for n in 200000 1000000; do
-        step predict-$n $(( n == 200000 ? 60 : 150 )) bash -c "time python3 -m gptclf predict --model /tmp/r-smol \
-            --device cuda --input /tmp/sms-$n.csv --output /tmp/out-$n.csv --chunk-size 50000 --quiet \
-            && wc -l /tmp/out-$n.csv"
-    done
+PY
+    predict() { step predict-$1 $2 bash -c "time python3 -m gptclf predict --model /tmp/r-smol --device cuda \
+        --input /tmp/sms-$1.csv --output /tmp/out-$1.csv --chunk-size 50000 --quiet && wc -l /tmp/out-$1.csv"; }
+    predict 200000 45
 fi
+# 5. Start-up phases, each in a fresh process.
+step startup-gpt2 40 python3 scripts/benchmark.py --startup --model $W --data "$GPTCLF_SMS_SPAM" --device cuda
+if [ -n "$SMOL" ]; then
+    step startup-smollm2 40 python3 scripts/benchmark.py --startup --model smollm2-135m \
+        --data "$GPTCLF_SMS_SPAM" --device cuda
+    predict 1000000 100
+fi
+# 6. --trainable all throughput (tokens/s, MFU).
+step tput-small 50 python3 scripts/throughput.py --model gpt2-small --batch-size 32 --seq-len 512 --steps 20
 echo "done in $(( $(date +%s) - T0 )) s"

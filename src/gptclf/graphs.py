@@ -146,6 +146,8 @@ class StaticForward:
         """Logits [n, classes] (a fresh tensor, not a buffer)."""
         n = x.shape[0]
         x, lengths = pad_rows(x, lengths, row_bucket(n), self.fill)
+        if x.device.type == "cpu" and self.device.type == "cuda":  # the copy into the buffers then overlaps
+            x, lengths = x.pin_memory(), lengths.pin_memory()
         held = self.runners.get(id(model))
         if held is None:
             held = self.runners[id(model)] = (model, StaticRunner(self._fn(model), self.device, self.capture))

@@ -230,10 +230,10 @@ class Classifier:
 
     def _logits(self, batch: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         """fp32 logits of one padded batch, on the model's device."""
+        if self.static is not None:  # pads the rows, pins, copies into its buffers, replays
+            return self.static(self.model, batch, lens)
         if self.device.type == "cuda":
             batch, lens = batch.pin_memory(), lens.pin_memory()
-        if self.static is not None:  # copies the (pinned) inputs into its buffers, replays
-            return self.static(self.model, batch, lens)
         with autocast(self.device, self.precision):
             return self.model(batch.to(self.device, non_blocking=True),
                               lens.to(self.device, non_blocking=True)).float()
