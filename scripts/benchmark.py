@@ -271,7 +271,7 @@ cfg = TrainConfig(model=model, data=data, device=device, epochs=1, progress=Fals
                   out=tempfile.mkdtemp() + "/r").resolved()
 precision = resolve_precision(cfg.precision, dev)
 backbone = load_backbone(cfg.model, cfg.init)
-t["weights: read, dequantize, build"] = time.perf_counter() - t0; t0 = time.perf_counter()
+t["backbone: weights (GGUF: dequantized), tokenizer"] = time.perf_counter() - t0; t0 = time.perf_counter()
 splits = recipe.prepare_data(cfg)
 enc = recipe.encode_splits(cfg, splits, backbone)
 t["data: read, split, tokenize"] = time.perf_counter() - t0; t0 = time.perf_counter()
