@@ -152,6 +152,12 @@ class TrainConfig:
     precision: str = opt("auto", "auto = bf16 autocast on GPUs that support it, else fp32", SPEED,
                          choices=("auto", "fp32", "bf16"))
     compile: bool = opt(False, "torch.compile the model (GPU)", SPEED)
+    static_shapes: str = opt(
+        "auto", "pad batches to a few fixed widths (multiples of 16 up to 128 tokens, then 192, 256, 384, "
+        "512, ...) and replay one CUDA graph per width for the training step and evaluation: the GPU no "
+        "longer waits on Python and kernel launches. Results are those of the eager path. auto: on for "
+        "CUDA, off elsewhere; on: also on the CPU (same buffers, no graphs); off: the eager path", SPEED,
+        choices=("auto", "on", "off"))
     grad_checkpointing: bool = opt(False, "recompute each block's activations in the backward pass: much less "
                                    "memory for --trainable all on large models, about a third more compute", SPEED)
     out: str | None = opt(None, "run directory (default runs/<timestamp>; runs/latest links it)", OUTPUT)
@@ -191,6 +197,7 @@ class TrainConfig:
             self.pooling = self.pooling or "last"
             self.padding = self.padding or "longest"
             self.cache = "off"
+            self.static_shapes = "off"
             self.group_by_length = 0
             self.eval_batch_size = self.batch_size
             self.keep_best = False  # the book saves the last epoch's weights

@@ -68,9 +68,11 @@ def pad_multiple(device: torch.device) -> int:
     return 16 if device.type == "cuda" else 1
 
 
-def autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str, cache: bool = True):
+    """bf16 autocast for ``precision == 'bf16'``; ``cache=False`` for a CUDA graph capture
+    (gptclf.graphs), which must record the weights' casts rather than reuse cached ones."""
     if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
 
 

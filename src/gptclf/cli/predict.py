@@ -73,6 +73,9 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8", action="store_true", help=INT8_HELP)
     p.add_argument("--threads", type=int, default=0,
                    help="onnxruntime intra-op threads (0: one per physical core)")
+    p.add_argument("--static-shapes", choices=("auto", "on", "off"), default="auto",
+                   help="torch backend: pad batches to a few fixed widths and replay one CUDA graph per "
+                        "shape (auto: on for CUDA; off: the eager path; results are the same)")
 
 
 def load_classifier(args: argparse.Namespace):
@@ -82,7 +85,7 @@ def load_classifier(args: argparse.Namespace):
     if args.threads < 0:
         raise GptclfError(f"--threads must be 0 (automatic) or more, not {args.threads}")
     return Classifier.load(args.model, device=args.device, quantize="int8" if args.int8 else None,
-                           backend=args.backend, threads=args.threads)
+                           backend=args.backend, threads=args.threads, static_shapes=args.static_shapes)
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:

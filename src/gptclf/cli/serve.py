@@ -32,5 +32,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     warnings.filterwarnings("once", category=DataWarning)  # truncation: say it once, not per request
     serve(args.model, args.host, args.port, settings, device=args.device,
-          quantize="int8" if args.int8 else None, backend=args.backend, threads=args.threads, log_level=args.log_level, access_log=args.access_log)
+          quantize="int8" if args.int8 else None, backend=args.backend, threads=args.threads, static_shapes=args.static_shapes, log_level=args.log_level, access_log=args.access_log)
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -52,3 +52,19 @@ def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:
     """Evaluation batches over every example, longest first (least padding, no shuffling)."""
     order = np.argsort(-lengths, kind="stable").tolist()
     return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def budget_batches(lengths: np.ndarray, min_rows: int, tokens: int,
+                   width_of: Callable[[int], int] | None = None) -> list[list[int]]:
+    """Like :func:`sorted_batches`, longest first, but each batch holds ``tokens`` padded tokens
+    (at least ``min_rows`` texts): big batches of short texts, smaller ones of long texts.
+    ``width_of`` gives a batch's padded width from its longest text (default: that length)."""
+    order = np.argsort(-lengths, kind="stable").tolist()
+    batches, i = [], 0
+    while i < len(order):
+        longest = int(lengths[order[i]])
+        width = width_of(longest) if width_of is not None else longest
+        rows = max(min_rows, tokens // max(width, 1))
+        batches.append(order[i: i + rows])
+        i += rows
+    return batches

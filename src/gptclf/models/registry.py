@@ -8,9 +8,10 @@ gptclf uses the shared backbone interface documented in :mod:`gptclf.models.gpt2
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Iterator
 
 from torch import nn
 
@@ -140,8 +141,28 @@ def parameter_bytes(cfg: Any) -> int:
     return 4 * (sum(p.numel() for p in m.parameters()) + sum(b.numel() for b in m.buffers()))
 
 
-def build_model(cfg: Any) -> nn.Module:
-    """Instantiate the backbone for a config object (randomly initialised).
+@contextlib.contextmanager
+def _no_weight_init() -> Iterator[None]:
+    """torch.nn.init's random fills made no-ops: the weights stay as allocated (uninitialised).
+    For a model whose every parameter is loaded next (strictly) from a file: drawing 135M
+    random numbers first took seconds of the start-up."""
+    from torch.nn import init
+
+    names = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "trunc_normal_", "xavier_uniform_",
+             "xavier_normal_", "zeros_", "ones_", "constant_")
+    saved = {n: getattr(init, n) for n in names}
+    try:
+        for n in names:
+            setattr(init, n, lambda tensor, *a, **k: tensor)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(init, n, f)
+
+
+def build_model(cfg: Any, initialise: bool = True) -> nn.Module:
+    """Instantiate the backbone for a config object (randomly initialised; ``initialise=False``
+    leaves the weights uninitialised, for a caller that loads all of them strictly next).
 
     The size is counted first on the meta device: a config that would need more memory
     than the machine has is refused with a message instead of being killed by the OOM killer.
@@ -152,4 +173,7 @@ def build_model(cfg: Any) -> nn.Module:
         raise GptclfError(f"the architecture needs {need / 2**30:.1f} GiB for its weights, more than the "
                           f"{free / 2**30:.1f} GiB of free memory",
                           hint="check the model's config.json (sizes) or use a smaller model")
-    return family(cfg.arch).model_cls(cfg)
+    if initialise:
+        return family(cfg.arch).model_cls(cfg)
+    with _no_weight_init():
+        return family(cfg.arch).model_cls(cfg)

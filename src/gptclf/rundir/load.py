@@ -89,7 +89,7 @@ def load_classifier_backbone(directory: Path, cfg: RunConfig, arch: Any) -> nn.M
     if problems:
         raise GptclfError(f"{directory}: config.json and model.safetensors disagree: {problems}",
                           hint="the directory mixes files of different models; retrain or restore it")
-    backbone = registry.build_model(arch)
+    backbone = registry.build_model(arch, initialise=False)  # every weight comes from the file (strict)
     replace_head(backbone, cfg.num_classes, cfg.head_bias)
     backbone.load_state_dict(_with_tied(backbone.state_dict(), read_safetensors(weights)), strict=True)
     return backbone

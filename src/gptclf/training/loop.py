@@ -25,6 +25,7 @@ from ..data.batching import shuffled_batches, sorted_batches
 from ..data.encoding import EncodedDataset
 from ..device import autocast
 from ..errors import GptclfError
+from ..graphs import Shapes
 from ..models.classifier import SequenceClassifier
 from .controls import EarlyStopping, step_loss
 from .distributed import DistContext, any_rank, broadcast_float, no_sync, wrap_ddp
@@ -32,6 +33,7 @@ from .evaluate import calc_loss_and_accuracy
 from .schedule import lr_factor, warmup_steps
 from .state import (Checkpointer, DeferredInterrupt, flatten_optimizer_state, iter_state_tensors, restore_rng,
                     rng_tensors, unflatten_optimizer_state)
+from .static_step import StaticTrainStep
 from .trunk_cache import Feeder
 
 
@@ -48,7 +50,8 @@ class Trainer:
                  val_feed: Feeder, train_ds: EncodedDataset, val_ds: EncodedDataset, cfg: TrainConfig,
                  device: torch.device, precision: str, log: Callable[[str], None], *,
                  dist: DistContext | None = None, checkpointer: Checkpointer | None = None,
-                 stopper: EarlyStopping | None = None, class_weight: torch.Tensor | None = None) -> None:
+                 stopper: EarlyStopping | None = None, class_weight: torch.Tensor | None = None,
+                 shapes: Shapes | None = None) -> None:
         self.model, self.optimizer, self.cfg, self.device, self.precision, self.log = (
             model, optimizer, cfg, device, precision, log)
         self.train_feed, self.val_feed, self.train_ds, self.val_ds = train_feed, val_feed, train_ds, val_ds
@@ -86,6 +89,9 @@ class Trainer:
         self.start_epoch, self.start_batch = 0, 0
         self.last_saved: tuple[int, int] | None = None
         self.ddp: Any = None
+        # --static-shapes: the step's forward and backward on fixed buffers (CUDA graphs on a GPU).
+        self.static_step = None if shapes is None else StaticTrainStep(
+            model, train_feed.forward, self.trainable, self.weight, device, shapes)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ resume
 
@@ -245,16 +251,12 @@ class Trainer:
         total = float(len(flat)) if self.weight is None or self.train_y.dim() == 2 else \
             float(self.class_weight[self.train_ds.labels[flat]].double().sum())
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros((), device=self.device)
-        for j, global_idx in enumerate(group):
-            idx = self.dist.shard(global_idx) if self.dist.world_size > 1 else global_idx
-            with no_sync(self.ddp, j < len(group) - 1):
-                with autocast(self.device, self.precision):
-                    logits = self.ddp(self.train_feed, idx) if self.ddp is not None else \
-                        self.train_feed(self.model, idx)
-                loss = step_loss(logits.float(), self.train_y[idx], self.weight, total, self.dist.world_size)
-                loss.backward()
-            loss_sum += loss.detach()
+        if self.static_step is not None:  # one process, one micro-batch (static_shapes_for checked)
+            idx = group[0]
+            loss_sum = self.static_step(*self.train_feed.inputs(idx), self.train_ds.labels[idx],  # type: ignore[attr-defined]
+                                        torch.tensor(1.0 / total, dtype=torch.float32))
+        else:
+            loss_sum = self._forward_backward(group, total)
         value = loss_sum.item()
         if any_rank(not math.isfinite(value), self.dist):
             # Stop before the step spoils the weights; the last checkpoint stays as it was.
@@ -269,6 +271,20 @@ class Trainer:
         self.examples_seen += len(flat)
         self.global_step += 1
         return value
+
+    def _forward_backward(self, group: list[list[int]], total: float) -> torch.Tensor:
+        """The eager step's forward and backward over its micro-batches; returns the summed loss."""
+        loss_sum = torch.zeros((), device=self.device)
+        for j, global_idx in enumerate(group):
+            idx = self.dist.shard(global_idx) if self.dist.world_size > 1 else global_idx
+            with no_sync(self.ddp, j < len(group) - 1):
+                with autocast(self.device, self.precision):
+                    logits = self.ddp(self.train_feed, idx) if self.ddp is not None else \
+                        self.train_feed(self.model, idx)
+                loss = step_loss(logits.float(), self.train_y[idx], self.weight, total, self.dist.world_size)
+                loss.backward()
+            loss_sum += loss.detach()
+        return loss_sum
 
     def _diverged(self, what: str) -> GptclfError:
         return GptclfError(f"training diverged at step {self.global_step + 1}: {what}; no model was saved "
@@ -336,10 +352,11 @@ def train_classifier(model: SequenceClassifier, optimizer: torch.optim.Optimizer
                      dist: DistContext | None = None, checkpointer: Checkpointer | None = None,
                      stopper: EarlyStopping | None = None, class_weight: torch.Tensor | None = None,
                      resume: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None,
-                     ) -> tuple[History, bool]:
+                     shapes: Shapes | None = None) -> tuple[History, bool]:
     """The book's ``train_classifier_simple``: returns the history and whether it was interrupted."""
     trainer = Trainer(model, optimizer, train_feed, val_feed, train_ds, val_ds, cfg, device, precision, log,
-                      dist=dist, checkpointer=checkpointer, stopper=stopper, class_weight=class_weight)
+                      dist=dist, checkpointer=checkpointer, stopper=stopper, class_weight=class_weight,
+                      shapes=shapes)
     if resume is not None:
         trainer.restore(*resume)
     return trainer.fit()

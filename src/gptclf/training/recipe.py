@@ -42,6 +42,7 @@ from ..loading import check_model_name, load_backbone
 from ..loading.backbone import Backbone
 from ..models.classifier import SequenceClassifier, freeze_for_finetuning, replace_head
 from ..files import read_json_object
+from ..graphs import Shapes
 from ..rundir.base import FULL, TRAINED_ONLY, BaseWeights, base_reference, describe_run_size, fingerprint_matches, \
     tensor_bytes, trained_tensors, why_not_referable
 from ..rundir.save import TEST_SPLIT, default_run_dir, directory_bytes, examples_jsonl, save_run
@@ -53,6 +54,7 @@ from .loop import History, Trainer
 from .memory import available_memory, estimate_for_model, memory_warning
 from .state import Checkpointer, data_fingerprint, discard_partial, find_partial, load_checkpoint, partial_dir, \
     read_run_info, write_run_info
+from .static_step import static_shapes_for
 from .trunk_cache import Feeds, build_feeds
 
 Log = Callable[[str], None]
@@ -331,10 +333,11 @@ def _run(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch
     class_weight = _class_weights(cfg, enc, splits, s.log)
     pad_to = enc.max_length if cfg.padding == "longest" else None
     _log_memory_estimate(model, cfg, frozen, enc.max_length, enc.datasets.values(), pad_to, s.device, s.log)
+    shapes = static_shapes_for(cfg, model, s.device, s.precision, enc.max_length, ctx.world_size, s.log)
     feeds = build_feeds(cfg, model, frozen, enc.datasets, enc.backbone.tokenizer.pad_id, pad_to, s.device,
-                        s.precision, s.log)
+                        s.precision, s.log, shapes)
     try:
-        history, metrics = _fit_and_evaluate(cfg, model, feeds, enc, splits, s, class_weight, resume)
+        history, metrics = _fit_and_evaluate(cfg, model, feeds, enc, splits, s, class_weight, resume, shapes)
     finally:
         feeds.close()
     if ctx.is_main:
@@ -473,14 +476,16 @@ def _log_memory_estimate(model: SequenceClassifier, cfg: TrainConfig, frozen: in
 
 
 def _fit_and_evaluate(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds, enc: Encoded, splits: DataSplits,
-                      s: RunSetting, class_weight: torch.Tensor | None, resume: Any) -> tuple[History, dict[str, Any]]:
+                      s: RunSetting, class_weight: torch.Tensor | None, resume: Any,
+                      shapes: Shapes | None = None) -> tuple[History, dict[str, Any]]:
     """Train (the book's loop), keep the best epoch if asked, evaluate every split (rank 0)."""
     if cfg.compile:
         model = torch.compile(model, dynamic=True)  # type: ignore[assignment]
     stopper = stopper_for(cfg)
     trainer = Trainer(model, make_optimizer(model, cfg, s.device), feeds["train"], feeds["val"],
                       enc.datasets["train"], enc.datasets["val"], cfg, s.device, s.precision, s.log,
-                      dist=s.ctx, checkpointer=s.checkpointer, stopper=stopper, class_weight=class_weight)
+                      dist=s.ctx, checkpointer=s.checkpointer, stopper=stopper, class_weight=class_weight,
+                      shapes=shapes)
     if resume is not None:
         trainer.restore(*resume)
     t0 = time.perf_counter()

@@ -27,6 +27,7 @@ from ..data.batching import collate, round_up, sorted_batches
 from ..data.download import cache_dir
 from ..data.encoding import EncodedDataset
 from ..device import autocast, available_ram, pad_multiple
+from ..graphs import Shapes, StaticForward
 from ..models.classifier import SequenceClassifier
 
 
@@ -116,8 +117,13 @@ class TrunkCache:
                 storage[self.offsets[i]: self.offsets[i] + n] = h[j, :n]
         return TrunkCache(storage, self.offsets, self.row_lengths, self.lengths, fixed_width=self.fixed_width)
 
-    def batch(self, idx: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, idx: Sequence[int], device: torch.device,
+              width_of: Callable[[int], int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``idx`` padded with zeros to one width: the longest rounded up to the device's pad
+        multiple, or ``width_of(longest)`` (a static-shape bucket, :mod:`gptclf.graphs`)."""
         width = int(self.row_lengths[list(idx)].max())
+        if width_of is not None:
+            return self._gather(idx, width if self.fixed_width else width_of(width), device)
         if not self.fixed_width:  # position -1 must stay where --padding longest put it
             width = round_up(width, pad_multiple(device))
         out = torch.zeros((len(idx), width, self.storage.shape[1]), dtype=torch.float32,
@@ -134,6 +140,23 @@ class TrunkCache:
             out = out.to(device)
         return out, lengths.to(device)
 
+    def _gather(self, idx: Sequence[int], width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`batch` in three kernels (gather, zero the padding, copy) instead of one copy per
+        row: the static-shape path, where the GPU should not wait on per-row launches."""
+        rows = np.asarray(idx, dtype=np.int64)
+        pos = np.arange(width, dtype=np.int64)
+        valid = pos[None, :] < self.row_lengths[rows][:, None]
+        index = torch.from_numpy(np.where(valid, self.offsets[rows][:, None] + pos[None, :], 0).reshape(-1))
+        keep = torch.from_numpy(valid)
+        if self.storage.device.type == "cuda":
+            index, keep = (t.pin_memory().to(self.storage.device, non_blocking=True) for t in (index, keep))
+        out = self.storage.index_select(0, index).view(len(rows), width, -1)
+        out = out.masked_fill(~keep[..., None], 0.0)
+        lengths = self.lengths[rows]
+        if out.device.type == "cpu" and device.type == "cuda":
+            out, lengths = out.pin_memory(), lengths.pin_memory()
+        return out.to(device, non_blocking=True), lengths.to(device, non_blocking=True)
+
     def close(self) -> None:
         self.storage = torch.empty(0)
         if self.spill_dir:
@@ -143,32 +166,72 @@ class TrunkCache:
 # -------------------------------------------------------------------------- feeders
 
 
-class TokenFeeder:
+class _Feeder:
+    """What both feeders share: ``feeder(model, idx) -> logits``, from :meth:`inputs` (the batch
+    on the device) and :meth:`forward`. With ``static`` (a :class:`gptclf.graphs.StaticForward`)
+    passes without gradients (evaluation) run on fixed shapes, replayed as CUDA graphs on a GPU;
+    ``width_of`` pads each batch to its bucket. :meth:`_static` sets both from a
+    :class:`gptclf.graphs.Shapes`."""
+
+    static: StaticForward | None = None
+    width_of: Callable[[int], int] | None = None
+
+    def _static(self, shapes: Shapes | None, device: torch.device, fill: float | int) -> None:
+        if shapes is not None:
+            self.static = StaticForward(self.forward, device, shapes.precision, shapes.capture, fill)
+            self.width_of = shapes.width
+
+    def inputs(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, model: SequenceClassifier, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, model: SequenceClassifier, idx: Sequence[int]) -> torch.Tensor:
+        x, lengths = self.inputs(idx)
+        if self.static is not None and not torch.is_grad_enabled():
+            return self.static(model, x, lengths)
+        return self.forward(model, x, lengths)
+
+
+class TokenFeeder(_Feeder):
     """Runs whole texts through the whole model (no cache)."""
 
-    def __init__(self, ds: EncodedDataset, pad_id: int, pad_to: int | None, device: torch.device) -> None:
+    def __init__(self, ds: EncodedDataset, pad_id: int, pad_to: int | None, device: torch.device,
+                 shapes: Shapes | None = None) -> None:
         self.ds, self.pad_id, self.pad_to, self.device = ds, pad_id, pad_to, device
         self.multiple = pad_multiple(device)
+        self._static(shapes, device, pad_id)
 
-    def __call__(self, model: SequenceClassifier, idx: Sequence[int]) -> torch.Tensor:
-        ids, lengths = collate([self.ds.ids[i] for i in idx], self.pad_id, self.pad_to, self.multiple)
+    def inputs(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self.ds.ids[i] for i in idx]
+        width = self.pad_to
+        if width is None and self.width_of is not None:
+            width = self.width_of(max(len(r) for r in rows))
+        ids, lengths = collate(rows, self.pad_id, width, self.multiple)
         if self.device.type == "cuda":
             ids, lengths = ids.pin_memory(), lengths.pin_memory()
-        return model(ids.to(self.device, non_blocking=True), lengths.to(self.device, non_blocking=True))
+        return ids.to(self.device, non_blocking=True), lengths.to(self.device, non_blocking=True)
+
+    def forward(self, model: SequenceClassifier, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return model(x, lengths)
 
 
-class CachedFeeder:
+class CachedFeeder(_Feeder):
     """Runs cached trunk outputs through the trainable tail only."""
 
-    def __init__(self, cache: TrunkCache, start: int, device: torch.device) -> None:
+    def __init__(self, cache: TrunkCache, start: int, device: torch.device, shapes: Shapes | None = None) -> None:
         self.cache, self.start, self.device = cache, start, device
+        self._static(shapes, device, 0.0)
 
-    def __call__(self, model: SequenceClassifier, idx: Sequence[int]) -> torch.Tensor:
-        hidden, lengths = self.cache.batch(idx, self.device)
-        return model.tail(hidden, lengths, self.start)
+    def inputs(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cache.batch(idx, self.device, self.width_of)
+
+    def forward(self, model: SequenceClassifier, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return model.tail(x, lengths, self.start)
 
 
-Feeder = Callable[[SequenceClassifier, Sequence[int]], torch.Tensor]
+Feeder = Callable[[SequenceClassifier, Sequence[int]], torch.Tensor]  # TokenFeeder or CachedFeeder
 
 
 def cache_mode(cfg: TrainConfig, model: SequenceClassifier, frozen: int, datasets: Sequence[EncodedDataset],
@@ -215,8 +278,9 @@ class Feeds:
 
 def build_feeds(cfg: TrainConfig, model: SequenceClassifier, frozen: int, datasets: dict[str, EncodedDataset],
                 pad_id: int, pad_to: int | None, device: torch.device, precision: str,
-                log: Callable[[str], None]) -> Feeds:
-    """Decide on the cache, build it for every split (or not) and return the feeders."""
+                log: Callable[[str], None], shapes: Shapes | None = None) -> Feeds:
+    """Decide on the cache, build it for every split (or not) and return the feeders (on the
+    static ``shapes``, if given: :mod:`gptclf.graphs`)."""
     mode = cache_mode(cfg, model, frozen, list(datasets.values()), pad_to, device, log)
     t0 = time.perf_counter()
     feeds: dict[str, Feeder] = {}
@@ -224,12 +288,12 @@ def build_feeds(cfg: TrainConfig, model: SequenceClassifier, frozen: int, datase
     try:
         for name, ds in datasets.items():
             if mode == "off":
-                feeds[name] = TokenFeeder(ds, pad_id, pad_to, device)
+                feeds[name] = TokenFeeder(ds, pad_id, pad_to, device, shapes)
                 continue
             cache = TrunkCache.build(model, ds, frozen, pad_id, pad_to, device, precision, cfg.eval_batch_size,
                                      name, mode=mode, progress=cfg.progress, log=log)
             caches.append(cache)
-            feeds[name] = CachedFeeder(cache, frozen, device)
+            feeds[name] = CachedFeeder(cache, frozen, device, shapes)
     except BaseException:
         for c in caches:
             c.close()

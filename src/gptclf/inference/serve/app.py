@@ -401,7 +401,8 @@ def _add_routes(app: FastAPI, classifier: Any, s: ServeSettings) -> None:
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
           settings: ServeSettings | None = None, device: str = "auto", quantize: str | None = None,
-          backend: str = "auto", threads: int = 0, log_level: str = "info", access_log: bool = False) -> None:
+          backend: str = "auto", threads: int = 0, log_level: str = "info", access_log: bool = False,
+          static_shapes: str = "auto") -> None:
     import socket
 
     import uvicorn
@@ -423,7 +424,8 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
         except (TypeError, ValueError, UnicodeError) as e:  # a --host that is no host name at all
             raise GptclfError(f"--host {host!r} is not an address or host name ({e})") from None
     t0 = time.perf_counter()
-    clf = Classifier.load(model_dir, device=device, quantize=quantize, backend=backend, threads=threads)
+    clf = Classifier.load(model_dir, device=device, quantize=quantize, backend=backend, threads=threads,
+                          static_shapes=static_shapes)
     app = create_app(clf, settings)
     # torch and its imports leave ~10^6 long-lived objects; every full (gen-2) collection
     # walked them all, stalling the event loop and the model for 0.2-0.3 s under load (the

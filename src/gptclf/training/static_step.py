@@ -1,0 +1,98 @@
+"""The training step on static shapes: forward, loss and backward on fixed buffers, one
+CUDA graph per width bucket (:mod:`gptclf.graphs`).
+
+``--static-shapes`` (auto: on for CUDA) pads each training batch to its width bucket and
+runs the step through a :class:`gptclf.graphs.StaticRunner`. On a GPU the forward and
+backward of each bucket are captured once and replayed; every other part of the step
+stays as :class:`gptclf.training.loop.Trainer` does it eagerly (the finite-loss check,
+clipping, the learning-rate schedule and the fused AdamW step, one multi-tensor kernel),
+so the two paths compute the same step. On the CPU the same buffers run without capture,
+which is what the tests compare with the eager path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from ..graphs import Shapes, StaticRunner, capture_available, graph_autocast
+from ..models.classifier import SequenceClassifier
+
+
+def static_shapes_for(cfg: TrainConfig, model: nn.Module, device: torch.device, precision: str, cap: int,
+                      world_size: int, log: Callable[[str], None]) -> Shapes | None:
+    """``--static-shapes`` resolved for this run: the shapes, or None (the eager path), saying why
+    when ``on`` was asked for but cannot apply."""
+    if cfg.static_shapes == "off" or (cfg.static_shapes == "auto" and device.type != "cuda"):
+        return None
+    why = None
+    if cfg.compile:
+        why = "--compile brings its own graphs"
+    elif world_size > 1 or cfg.grad_accum > 1:
+        why = "it needs one process and one micro-batch per step (no --grad-accum, no torchrun)"
+    elif cfg.grad_checkpointing:
+        why = "--grad-checkpointing recomputes blocks inside the backward pass"
+    elif any(getattr(m, "p", 0.0) > 0 for m in model.modules() if isinstance(m, nn.Dropout)) or any(
+            getattr(m, "drop_rate", 0.0) > 0 for m in model.modules()):
+        why = "dropout is on (padding would change its random masks)"
+    if why:
+        if cfg.static_shapes == "on":
+            log(f"static shapes off: {why}")
+        return None
+    capture = capture_available(device)
+    log(f"static shapes: batches padded to width buckets up to {cap} tokens"
+        + (", one CUDA graph per bucket" if capture else " (no CUDA: run without graphs)"))
+    return Shapes(cap, precision, capture)
+
+
+class StaticTrainStep:
+    """Forward + loss + backward of one batch on static buffers (a CUDA graph per shape).
+
+    ``step(x, lengths, y, scale)`` leaves the gradients in the trainable parameters'
+    ``.grad`` (the caller has set them to None first, as the eager step does) and returns
+    the loss (a 0-d tensor). ``x``/``lengths`` come from the feeder's ``inputs`` (already
+    bucketed); ``scale`` is ``1 / step_total`` for class-weighted losses, unused otherwise.
+    """
+
+    def __init__(self, model: SequenceClassifier, forward: Callable[..., torch.Tensor], params: Sequence[nn.Parameter],
+                 weight: torch.Tensor | None, device: torch.device, shapes: Shapes) -> None:
+        self.model, self.forward, self.params, self.weight = model, forward, list(params), weight
+        self.device, self.shapes = device, shapes
+        self.runner = StaticRunner(self._fn, device, shapes.capture, before_capture=self._clear_grads,
+                                   after_capture=lambda key: [p.grad for p in self.params])
+
+    def _clear_grads(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def _fn(self, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        with graph_autocast(self.device, self.shapes.precision, self.shapes.capture):
+            logits = self.forward(self.model, x, lengths)
+        loss = static_loss(logits.float(), y, self.weight, scale)
+        loss.backward()
+        return loss.detach()
+
+    def __call__(self, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        e: dict[str, Any] = self.runner(x, lengths, y, scale)
+        if e["graph"] is not None:
+            # The graph wrote this bucket's gradients into the tensors captured with it.
+            for p, g in zip(self.params, e["extra"]):
+                p.grad = g
+        return e["outputs"]
+
+
+def static_loss(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None,
+                scale: torch.Tensor) -> torch.Tensor:
+    """:func:`gptclf.training.controls.step_loss` for one process and one micro-batch, with the
+    class-weighted step's ``1 / total`` as a tensor (a graph replays it with each step's value).
+    ``--multi-label`` (2-D 0/1 targets): binary cross-entropy per label, ``weight`` the labels'
+    ``pos_weight``, ``scale`` ``1 / examples``."""
+    if targets.dim() == 2:
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight, reduction="sum")
+        return loss * scale / targets.shape[1]
+    if weight is None:
+        return nn.functional.cross_entropy(logits, targets)
+    return nn.functional.cross_entropy(logits, targets, weight=weight, reduction="sum") * scale

@@ -1,0 +1,117 @@
+"""--static-shapes: fixed width buckets and static buffers (CUDA graphs on a GPU) give the
+eager path's losses, weights and predictions. On the CPU the same buffer code runs
+without capture, so these tests check the bucketing, the padded rows and the loss."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gptclf.config import TrainConfig
+from gptclf.graphs import StaticRunner, bucket_width, pad_rows, row_bucket
+from gptclf.training.recipe import run_training
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ATOL = 2e-6
+
+
+@pytest.fixture(scope="module")
+def mixed_csv(sms_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """150 SMS messages, short and long (several width buckets), both classes."""
+    path = tmp_path_factory.mktemp("data") / "mixed.csv"
+    with open(sms_file, encoding="utf-8") as f, open(path, "w", newline="", encoding="utf-8") as out:
+        w = csv.writer(out)
+        w.writerow(["text", "label"])
+        for line in list(f)[:150]:
+            label, text = line.rstrip("\n").split("\t", 1)
+            w.writerow([text, label])
+    return path
+
+
+def test_width_buckets() -> None:
+    widths = {bucket_width(n) for n in range(1, 129)}
+    assert widths == set(range(16, 129, 16))  # SMS-length texts: 8 shapes
+    assert [bucket_width(n) for n in (129, 192, 193, 256, 257, 385, 600)] == [192, 192, 256, 256, 384, 512, 768]
+    for n in range(1, 2000, 7):
+        w = bucket_width(n)
+        assert n <= w <= max(16, 1.5 * n + 16)
+        assert bucket_width(n, cap=120) == max(min(w, 120), n)
+    assert [row_bucket(n) for n in (1, 2, 3, 8, 9, 64, 65)] == [1, 2, 4, 8, 16, 64, 128]
+
+
+def test_padded_rows_are_cut_and_buffers_are_reused() -> None:
+    x, lengths = pad_rows(torch.ones(3, 5), torch.tensor([5, 2, 1]), 4, 0.0)
+    assert x.shape == (4, 5) and x[3].abs().sum() == 0 and lengths.tolist() == [5, 2, 1, 1]
+    calls = []
+    runner = StaticRunner(lambda a: calls.append(a.data_ptr()) or a * 2, torch.device("cpu"), capture=False)
+    out1 = runner(torch.ones(2, 16))["outputs"]
+    out2 = runner(torch.full((2, 16), 3.0))["outputs"]
+    runner(torch.ones(2, 32))
+    assert len(runner) == 2 and calls[0] == calls[1] != calls[2]  # one buffer per shape
+    assert out1.eq(2).all() and out2.eq(6).all()
+
+
+def _run(model: Path, data: Path, out: Path, static: str, **kw) -> Path:
+    opts = dict(model=str(model), data=str(data), balance="none", epochs=2, eval_freq=3, lr=1e-3,
+                out=str(out), progress=False, device="cpu", static_shapes=static, eval_batch_size=16)
+    opts.update(kw)
+    logs: list[str] = []
+    run = run_training(TrainConfig(**opts), log=logs.append)
+    assert any("static shapes:" in s for s in logs) == (static == "on"), logs
+    return run
+
+
+def _same(a: Path, b: Path) -> None:
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
+    for k in ("train_accuracy", "val_accuracy", "test_accuracy", "train_loss", "val_loss", "test_loss"):
+        assert ma[k] == pytest.approx(mb[k], abs=ATOL), k
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    for k in wa:
+        x, y = wa[k], wb[k]
+        if k.endswith("att.qkv.bias"):  # the key bias's true gradient is 0: AdamW scales its rounding noise
+            d = x.numel() // 3
+            x, y = torch.cat([x[:d], x[2 * d:]]), torch.cat([y[:d], y[2 * d:]])
+        assert torch.allclose(x, y, atol=ATOL, rtol=0), (k, (x - y).abs().max())
+    ha, hb = (json.loads((r / "history.json").read_text()) for r in (a, b))
+    assert len(ha["steps"]) == len(hb["steps"]) > 3
+    for sa, sb in zip(ha["steps"], hb["steps"]):
+        assert sa["train_loss"] == pytest.approx(sb["train_loss"], abs=ATOL)
+        assert sa["val_loss"] == pytest.approx(sb["val_loss"], abs=ATOL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kw", [{}, {"trainable": "all"}, {"balance": "weight", "trainable": "last_layer"}],
+                         ids=["trunk-cache", "no-cache", "class-weights"])
+def test_static_shapes_equal_the_eager_path(tmp_path: Path, mixed_csv: Path, tiny_gpt2: Path, kw: dict) -> None:
+    """Cached tail, whole model, and a class-weighted loss: same losses, weights and metrics."""
+    eager = _run(tiny_gpt2, mixed_csv, tmp_path / "eager", "off", **kw)
+    static = _run(tiny_gpt2, mixed_csv, tmp_path / "static", "on", **kw)
+    _same(eager, static)
+
+
+def test_auto_is_the_eager_path_on_cpu(tmp_path: Path, mixed_csv: Path, tiny_gpt2: Path, monkeypatch) -> None:
+    """auto on a CPU (and off anywhere) builds no static step and no static feeders."""
+    from gptclf.training import loop
+
+    seen = []
+    original = loop.Trainer.fit
+
+    def spy(self, *a, **k):  # noqa: ANN001
+        seen.append((self.static_step, getattr(self.train_feed, "static", None), self.train_feed.width_of))
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(loop.Trainer, "fit", spy)
+    _run(tiny_gpt2, mixed_csv, tmp_path / "auto", "auto", epochs=1)
+    assert seen == [(None, None, None)]
+
+
+def test_incompatible_options_fall_back_with_a_reason(tmp_path: Path, mixed_csv: Path, tiny_gpt2: Path) -> None:
+    logs: list[str] = []
+    run_training(TrainConfig(model=str(tiny_gpt2), data=str(mixed_csv), balance="none", epochs=1, out=str(tmp_path / "r"),
+                             progress=False, device="cpu", static_shapes="on", grad_accum=2), log=logs.append)
+    assert any("static shapes off: it needs one process and one micro-batch" in s for s in logs), logs
