@@ -158,7 +158,11 @@ def test_export_refuses_a_non_empty_target_and_leaves_no_temporaries(tiny_run: P
     assert [p.name for p in tmp_path.iterdir()] == ["taken"]
 
 
-def test_export_cli_needs_a_format_or_merge(tiny_run: Path, tmp_path: Path) -> None:
+def test_export_cli_defaults_to_a_self_contained_gptclf_copy(tiny_run: Path, tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "gptclf", "export", str(tiny_run), str(tmp_path / "x")],
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode != 0 and "--format onnx" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 0 and json.loads(r.stdout)["format"] == "gptclf", r.stderr
+    texts = ["win a free prize now", "see you at lunch"]
+    a, b = Classifier.load(tiny_run).predict_proba(texts), Classifier.load(tmp_path / "x").predict_proba(texts)
+    assert np.array_equal(a, b)
+    assert json.loads((tmp_path / "x" / "config.json").read_text()).get("weights", "full") == "full"

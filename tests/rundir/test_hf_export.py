@@ -159,8 +159,8 @@ def test_an_ordinary_pad_token_is_refused(tmp_path: Path) -> None:
         _pad_token(ordinary, tmp_path)
 
 
-def test_export_without_a_format_or_merge_is_one_clear_message(tmp_path: Path) -> None:
+def test_export_of_a_missing_run_is_one_clear_message(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "gptclf", "export", str(tmp_path / "run"), str(tmp_path / "out")],
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "--merge" in r.stderr and "--format hf" in r.stderr
-    assert "Traceback" not in r.stderr
+    assert r.returncode == 2 and str(tmp_path / "run") in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
