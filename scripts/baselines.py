@@ -91,21 +91,18 @@ def _full_proba(clf: Any, x: Any, n_classes: int) -> np.ndarray:
     return p
 
 
-def hf_finetune(cfg: Any, splits: DataSplits, args: argparse.Namespace, log=print) -> dict[str, Any]:
-    """The bounded Hugging Face fine-tune of the same GGUF backbone (see the module docstring)."""
+def _hf_model(n_classes: int, args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """transformers' classifier on the offline SmolLM2-135M GGUF, the last blocks trainable, and its AdamW."""
     import torch
-    import torch.nn.functional as F
     import transformers
 
     from gptclf.loading.packaged import packaged_file
     from gptclf.models import registry
 
-    t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
     gguf = packaged_file(*registry.find_preset("smollm2-135m")[2].package_file)
     tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, num_labels=len(splits.labels), dtype=torch.float32)
+        gguf.parent, gguf_file=gguf.name, num_labels=n_classes, dtype=torch.float32)
     tok.pad_token = tok.pad_token or tok.eos_token
     model.config.pad_token_id = tok.pad_token_id
     tok.padding_side = "right"
@@ -115,6 +112,17 @@ def hf_finetune(cfg: Any, splits: DataSplits, args: argparse.Namespace, log=prin
         for p in mod.parameters():
             p.requires_grad = True
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.hf_lr, weight_decay=0.1)
+    return tok, model, opt
+
+
+def hf_finetune(cfg: Any, splits: DataSplits, args: argparse.Namespace, log=print) -> dict[str, Any]:
+    """The bounded Hugging Face fine-tune of the same GGUF backbone (see the module docstring)."""
+    import torch
+    import torch.nn.functional as F
+
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    tok, model, opt = _hf_model(len(splits.labels), args)
     train = list(zip([e.text for e in splits.train], _labels(splits, "train")))
     random.Random(cfg.seed).shuffle(train)
     train = train[: args.hf_max_train] if args.hf_max_train else train
