@@ -85,13 +85,29 @@ def write_splits(rows: list[dict[str, str]], directory: Path, seed: int = 123) -
     return {name: len(part) for name, part in cuts.items()}
 
 
+def write_sample(source: Path, directory: Path, sizes: dict[str, int], seed: int = 123) -> None:
+    """A seeded sample of each split's lines (a set too slow to train in full on a small CPU)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, n in sizes.items():
+        lines = (source / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+        lines = random.Random(seed).sample(lines, min(n, len(lines)))
+        (directory / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="dev-sets")
+    ap.add_argument("--tweets-sample", metavar="TRAIN,VAL,TEST",
+                    help="also write tweets-small/: a seeded sample of that many rows of each split "
+                         "(docs/accuracy.md used 800,400,1000)")
     args = ap.parse_args()
     for name, rows in (("tweets-sentiment", tweets()), ("news-topics", news())):
         sizes = write_splits(rows, Path(args.out) / name)
         print(name, sizes, dict(Counter(r["label"] for r in rows).most_common()))
+    if args.tweets_sample:
+        n = dict(zip(("train", "val", "test"), (int(x) for x in args.tweets_sample.split(","))))
+        write_sample(Path(args.out) / "tweets-sentiment", Path(args.out) / "tweets-small", n)
+        print("tweets-small", n)
 
 
 if __name__ == "__main__":
