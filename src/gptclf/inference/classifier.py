@@ -2,8 +2,9 @@
 
 ``Classifier.load(dir)`` needs nothing but the directory (config.json, model.safetensors
 and, for non-GPT-2 tokenizers, tokenizer.json); it never unpickles anything.
-Texts are batched by length (least padding) under ``torch.inference_mode``; results
-come back in input order.
+Texts are batched by length (least padding), at most ``batch_size`` texts and
+``max_batch_tokens`` padded tokens a batch, under ``torch.inference_mode``; results come
+back in input order.
 
 Two backends compute the same probabilities from the same token ids:
 
@@ -35,6 +36,9 @@ from ..tokenizers import tokenizer_from_config
 
 
 BACKENDS = ("auto", "torch", "onnxruntime")
+# Padded tokens per forward pass (rows x the batch's longest text), on top of the batch size:
+# long texts go a few at a time instead of padding 31 shorter ones to their width.
+MAX_BATCH_TOKENS = 2048
 
 
 def prediction(labels: Sequence[str], p: np.ndarray, truncated: bool = False, empty: bool = False) -> dict[str, Any]:
@@ -61,6 +65,7 @@ class Classifier:
         self.labels: list[str] = list(run_config.labels)
         self.max_length: int = int(run_config.max_length)
         self.pad_to: int | None = self.max_length if run_config.padding == "longest" else None
+        self.max_batch_tokens: int | None = MAX_BATCH_TOKENS  # None: batches of batch_size texts only
         # Temperature scaling fitted at training (1.0: raw scores); every path goes through predict_proba.
         self.temperature: float = float(run_config.temperature)
         self.device = device
@@ -73,8 +78,9 @@ class Classifier:
         """A model directory written by ``gptclf train`` (or ``gptclf export``), ready to predict.
 
         ``backend='auto'`` is onnxruntime for ``quantize='int8'`` or a directory holding only
-        ONNX graphs, else torch. ``threads`` (onnxruntime only): intra-op threads, 0 = one per
-        physical core.
+        ONNX graphs, else torch. ``threads``: intra-op threads; onnxruntime's own for its session
+        (0: one per physical core), and for torch on the CPU ``torch.set_num_threads``, which is
+        process-wide (0: leave torch's setting alone).
         """
         directory = Path(directory).expanduser()
         backend = resolve_backend(directory, backend, quantize)
@@ -95,6 +101,8 @@ class Classifier:
                               f"of {arch.vocab_size} tokens")
         dev = pick_device(device)
         prec = resolve_precision(precision, dev)
+        if threads > 0 and dev.type == "cpu":
+            torch.set_num_threads(threads)
         model = SequenceClassifier(backbone, cfg.pooling, causal=cfg.causal_mask)
         for p in model.parameters():
             p.requires_grad = False
@@ -182,7 +190,8 @@ class Classifier:
         if not ids:
             return out, truncated
         lengths = np.fromiter((len(t) for t in ids), dtype=np.int64, count=len(ids))
-        for idx in sorted_batches(lengths, batch_size):
+        budget = None if self.pad_to else self.max_batch_tokens  # padded to max_length: nothing to save
+        for idx in sorted_batches(lengths, batch_size, budget):
             batch, lens = collate([ids[i] for i in idx], self.tokenizer.pad_id, self.pad_to,
                                   pad_multiple(self.device))
             if self.session is not None:
