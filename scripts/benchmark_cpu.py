@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from gptclf.inference.classifier import Classifier  # noqa: E402
+from gptclf.inference.classifier import MAX_BATCH_TOKENS, Classifier  # noqa: E402
 
 PATHS = {  # name: Classifier.load / gptclf serve arguments
     "torch fp32": {"backend": "torch"},
@@ -64,6 +64,8 @@ def read_texts(args: argparse.Namespace, clf: Classifier) -> tuple[list[str], li
 def time_path(args: argparse.Namespace, kwargs: dict, texts: list[str]) -> tuple[float, np.ndarray]:
     """Best-of-``repeats`` texts/s of ``Classifier.predict_proba`` after one warm-up pass."""
     clf = Classifier.load(args.model, device="cpu", threads=args.threads, **kwargs)
+    if args.max_batch_tokens >= 0:
+        clf.max_batch_tokens = args.max_batch_tokens or None
     clf.predict_proba(texts[: args.batch_size], args.batch_size)
     best = float("inf")
     for _ in range(args.repeats):
@@ -132,7 +134,10 @@ def main() -> None:
     p.add_argument("--label-column", default="label")
     p.add_argument("--n", type=int, default=300, help="texts to time")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: physical cores)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="intra-op threads (0: onnxruntime's one per physical core, torch's default)")
+    p.add_argument("--max-batch-tokens", type=int, default=-1,
+                   help="padded tokens per forward pass (0: no budget; default: the Classifier's)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes per path (the best counts)")
     p.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of: {', '.join(PATHS)}")
     p.add_argument("--serve", action="store_true", help="also load-test 'gptclf serve' for each path")
@@ -148,8 +153,9 @@ def main() -> None:
     y = None if labels is None else np.array([torch_clf.labels.index(x) for x in labels])
     del torch_clf
     Classifier.load(args.model, backend="onnxruntime")  # export into the cache before timing
-    print(f"{len(texts)} texts, batch {args.batch_size}, torch threads {torch.get_num_threads()}, "
-          f"cpu count {os.cpu_count()}", flush=True)
+    budget = MAX_BATCH_TOKENS if args.max_batch_tokens < 0 else (args.max_batch_tokens or None)
+    print(f"{len(texts)} texts, batch {args.batch_size}, max batch tokens {budget}, torch threads "
+          f"{torch.get_num_threads()}, cpu count {os.cpu_count()}, load average {_load()}", flush=True)
     rows, ref = [], None
     for name in names:
         tps, probs = time_path(args, PATHS[name], texts)
@@ -162,6 +168,12 @@ def main() -> None:
         rows.append(row)
         print(f"  {name}: {tps:.1f} texts/s", flush=True)
     print_table(rows, args.serve)
+    print(f"load average at the end: {_load()} (anything above ~0.1 on an idle machine means the CPU was shared)")
+
+
+def _load() -> str:
+    """The 1/5/15-minute load averages: a busy machine makes every figure above meaningless."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
 if __name__ == "__main__":

@@ -72,7 +72,8 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     p.add_argument("--int8", action="store_true", help=INT8_HELP)
     p.add_argument("--threads", type=int, default=0,
-                   help="onnxruntime intra-op threads (0: one per physical core)")
+                   help="intra-op threads: onnxruntime's (0: one per physical core), or torch's on the CPU "
+                        "(0: torch's default)")
     p.add_argument("--static-shapes", choices=("auto", "on", "off"), default="auto",
                    help="torch backend: pad batches to a few fixed widths and replay one CUDA graph per "
                         "shape (auto: on for CUDA; off: the eager path; results are the same)")

@@ -3,8 +3,9 @@
 ``Classifier.load(dir)`` needs nothing but the directory (config.json, model.safetensors
 and, for non-GPT-2 tokenizers, tokenizer.json) and, for a run that stores only its
 trained tensors (the default), the base model it names; it never unpickles anything.
-Texts are batched by length (least padding) under ``torch.inference_mode``; results
-come back in input order.
+Texts are batched by length (least padding), at most ``batch_size`` texts and
+``max_batch_tokens`` padded tokens a batch (on CUDA: at least ``GPU_BATCH_TOKENS``),
+under ``torch.inference_mode``; results come back in input order.
 
 Two backends compute the same probabilities from the same token ids:
 
@@ -41,6 +42,9 @@ STATIC_SHAPES = ("auto", "on", "off")
 # On CUDA a prediction batch holds at least this many padded tokens (2,048 SMS-length texts):
 # small batches leave the GPU waiting on the host.
 GPU_BATCH_TOKENS = 65536
+# Padded tokens per forward pass (rows x the batch's longest text), on top of the batch size:
+# long texts go a few at a time instead of padding 31 shorter ones to their width.
+MAX_BATCH_TOKENS = 2048
 
 
 def prediction(labels: Sequence[str], p: np.ndarray, truncated: bool = False, empty: bool = False,
@@ -76,6 +80,7 @@ class Classifier:
         self.labels: list[str] = list(run_config.labels)
         self.max_length: int = int(run_config.max_length)
         self.pad_to: int | None = self.max_length if run_config.padding == "longest" else None
+        self.max_batch_tokens: int | None = MAX_BATCH_TOKENS  # None: batches of batch_size texts only
         # Temperature scaling fitted at training (1.0: raw scores); every path goes through predict_proba.
         self.temperature: float = float(run_config.temperature)
         # Multi-label: a sigmoid per label, each label predicted when p >= its threshold (0.5 if none fitted).
@@ -97,9 +102,11 @@ class Classifier:
         """A model directory written by ``gptclf train`` (or ``gptclf export``), ready to predict.
 
         ``backend='auto'`` is onnxruntime for ``quantize='int8'`` or a directory holding only
-        ONNX graphs, else torch. ``threads`` (onnxruntime only): intra-op threads, 0 = one per
-        physical core. ``static_shapes`` (torch only): batches padded to fixed widths and
-        rows, one CUDA graph per shape (:mod:`gptclf.graphs`); auto: on for CUDA.
+        ONNX graphs, else torch. ``threads``: intra-op threads; onnxruntime's own for its session
+        (0: one per physical core), and for torch on the CPU ``torch.set_num_threads``, which is
+        process-wide (0: leave torch's setting alone). ``static_shapes`` (torch only): batches
+        padded to fixed widths and rows, one CUDA graph per shape (:mod:`gptclf.graphs`); auto:
+        on for CUDA.
         """
         directory = Path(directory).expanduser()
         backend = resolve_backend(directory, backend, quantize)
@@ -120,6 +127,8 @@ class Classifier:
                               f"of {arch.vocab_size} tokens")
         dev = pick_device(device)
         prec = resolve_precision(precision, dev)
+        if threads > 0 and dev.type == "cpu":
+            torch.set_num_threads(threads)
         model = SequenceClassifier(backbone, cfg.pooling, causal=cfg.causal_mask)
         for p in model.parameters():
             p.requires_grad = False
@@ -224,7 +233,8 @@ class Classifier:
             return out
         lengths = np.fromiter((len(t) for t in ids), dtype=np.int64, count=len(ids))
         width_of = self.shapes.width if self.shapes is not None else None
-        batches = sorted_batches(lengths, batch_size) if self.device.type != "cuda" else \
+        budget = None if self.pad_to else self.max_batch_tokens  # padded to max_length: nothing to save
+        batches = sorted_batches(lengths, batch_size, budget) if self.device.type != "cuda" else \
             budget_batches(lengths, batch_size, GPU_BATCH_TOKENS, width_of)
         order, parts = [], []
         for idx in batches:

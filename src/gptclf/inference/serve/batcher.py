@@ -1,8 +1,9 @@
 """Server-side batching: requests that wait while the model runs go through it together.
 
 The first waiting request opens a short collection window (``batch_wait_ms``, only under
-load), every request that arrives in it (up to ``max_batch_size`` texts) joins the same
-forward pass, run in a single worker thread so the event loop keeps answering.
+load: when fewer requests wait than shared the previous batch), every request that
+arrives in it (up to ``max_batch_size`` texts) joins the same forward pass, run in a single
+worker thread so the event loop keeps answering.
 
 One bad text never fails anyone else's request. When a forward pass fails, the
 requests in it are answered one by one: a text the model cannot take (the classifier
@@ -107,10 +108,13 @@ class Batcher:
         jobs, n = [first], len(first.texts)
         if not s.batching:
             return jobs
-        if self.queue.empty() and s.batch_wait_ms > 0 and self._last_jobs > 1:
-            # Nobody else waiting yet, but the last batch was shared: under load, hold the
-            # window open briefly for concurrent requests. A lone client (last batch of one)
-            # never pays the window; under load requests pile up while the model runs anyway.
+        if s.batch_wait_ms > 0 and 1 + self.queue.qsize() < self._last_jobs and n < s.max_batch_size:
+            # Fewer requests waiting than shared the last batch: under load, the clients just
+            # answered are sending their next requests, so hold the window open briefly for
+            # them. Without it, one request that arrived during the last forward pass would go
+            # alone (a whole forward pass for one text) while the others queue behind it, and
+            # the batches would alternate big, one, big, one. A lone client (last batch of one)
+            # never pays the window.
             await asyncio.sleep(s.batch_wait_ms / 1000)
         while n < s.max_batch_size and not self.queue.empty():
             job = self.queue.get_nowait()

@@ -17,8 +17,8 @@ class ServeSettings:
     """Every limit of the service; those with help text are ``gptclf serve`` options."""
 
     max_batch_size: int = opt(64, "texts per forward pass", BATCHING)
-    batch_wait_ms: float = opt(5.0, "under load (the previous batch was shared), how long a lone waiting "
-                               "request holds the batch open for others", BATCHING)
+    batch_wait_ms: float = opt(5.0, "under load (fewer requests waiting than shared the previous batch), how "
+                               "long a batch is held open for the others", BATCHING)
     batching: bool = opt(True, "one request per forward pass", BATCHING, flag="--no-batching")
     max_queue: int = opt(256, "requests waiting for the model before new ones get 503 + Retry-After", LIMITS)
     timeout_s: float = opt(10.0, "seconds per request before 504", LIMITS, flag="--timeout")
