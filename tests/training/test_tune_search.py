@@ -88,6 +88,9 @@ def test_the_winner_is_a_normal_run(tuned: tuple[Path, Path, list[str]]) -> None
     assert len(clf.predict(["free prize call now", "see you later"])) == 2
     assert "search" in (out / "report.html").read_text()
     assert any("val acc" in line for line in lines)  # the terminal table
+    # The last line states the winner's size and what it holds (this base is randomly
+    # initialised from a config, so it cannot be rebuilt by name: saved whole).
+    assert m["weights"]["mode"] == "full" and lines[-1].endswith(" MB (self-contained)"), lines[-1]
 
 
 def test_search_space_and_options() -> None:

@@ -32,7 +32,9 @@ import torch
 from ..config import POOLINGS, TrainConfig, TuneOptions
 from ..errors import GptclfError
 from ..models.classifier import SequenceClassifier, parse_trainable
-from ..rundir.base import BaseWeights
+from ..files import read_json_object
+from ..rundir.base import BaseWeights, describe_run_size
+from ..rundir.save import directory_bytes
 from .controls import stopper_for
 from .distributed import init_distributed, shutdown
 from .loop import History, Trainer
@@ -299,7 +301,9 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, log: Log | None = None) -> Pat
         finally:
             trunk.close()
         s.log("\n" + search_table(trials, best))
-        s.log(f"best: {best.candidate.describe()} -> saved run to {out}")
+        weights = read_json_object(Path(out) / "metrics.json").get("weights") or {}
+        s.log(f"best: {best.candidate.describe()} -> saved run to {out}: "
+              f"{describe_run_size(directory_bytes(Path(out)), weights, Path(out))}")
         return out
     finally:
         shutdown(ctx)
