@@ -9,6 +9,7 @@ SmolLM2 helpers, and the hypothesis profiles. Importable from every test folder:
 from __future__ import annotations
 
 import contextlib
+import csv
 import importlib.util
 import json
 import os
@@ -63,6 +64,17 @@ def tiny_gpt2_dir(directory: Path, *, weights: bool = True, n_embd: int = 64, n_
 
 # The sizes of a config-only GPT-2 for --init random: a 32-dim, 2-block model, 128 tokens.
 RANDOM_INIT_SIZES = dict(n_positions=128, n_embd=32, n_layer=2, n_head=2)
+
+
+def sms_head_csv(sms_file: Path, path: Path, n: int) -> Path:
+    """The first ``n`` messages of the SMS Spam Collection as a ``text,label`` CSV at ``path``."""
+    with open(sms_file, encoding="utf-8") as f, open(path, "w", newline="", encoding="utf-8") as out:
+        w = csv.writer(out)
+        w.writerow(["text", "label"])
+        for line in list(f)[:n]:
+            label, text = line.rstrip("\n").split("\t", 1)
+            w.writerow([text, label])
+    return path
 
 
 def write_gpt2_config_only(directory: Path, **overrides: Any) -> Path:

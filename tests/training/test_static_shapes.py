@@ -4,12 +4,12 @@ without capture, so these tests check the bucketing, the padded rows and the los
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import sms_head_csv
 from safetensors.torch import load_file
 
 from gptclf.config import TrainConfig
@@ -23,14 +23,7 @@ ATOL = 2e-6
 @pytest.fixture(scope="module")
 def mixed_csv(sms_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """150 SMS messages, short and long (several width buckets), both classes."""
-    path = tmp_path_factory.mktemp("data") / "mixed.csv"
-    with open(sms_file, encoding="utf-8") as f, open(path, "w", newline="", encoding="utf-8") as out:
-        w = csv.writer(out)
-        w.writerow(["text", "label"])
-        for line in list(f)[:150]:
-            label, text = line.rstrip("\n").split("\t", 1)
-            w.writerow([text, label])
-    return path
+    return sms_head_csv(sms_file, tmp_path_factory.mktemp("data") / "mixed.csv", 150)
 
 
 def test_width_buckets() -> None:

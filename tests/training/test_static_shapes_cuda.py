@@ -16,7 +16,7 @@ from gptclf.config import TrainConfig
 from gptclf.inference.classifier import Classifier
 from gptclf.training.recipe import run_training
 
-from helpers import ROOT
+from helpers import ROOT, sms_head_csv
 
 SMS_FILE = ROOT.parent / "shared" / "data" / "sms_spam_collection" / "SMSSpamCollection"
 
@@ -28,14 +28,7 @@ def sms_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = Path(os.environ.get("GPTCLF_SMS_SPAM", SMS_FILE))
     if not source.exists():
         pytest.skip("no SMS Spam Collection (set GPTCLF_SMS_SPAM)")
-    path = tmp_path_factory.mktemp("data") / "sms.csv"
-    with open(source, encoding="utf-8") as f, open(path, "w", newline="", encoding="utf-8") as out:
-        w = csv.writer(out)
-        w.writerow(["text", "label"])
-        for line in list(f)[:400]:
-            label, text = line.rstrip("\n").split("\t", 1)
-            w.writerow([text, label])
-    return path
+    return sms_head_csv(source, tmp_path_factory.mktemp("data") / "sms.csv", 400)
 
 
 def _run(model: Path, data: Path, out: Path, static: str, **kw) -> tuple[Path, list[str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 import signal
@@ -22,7 +21,7 @@ from gptclf.training.schedule import lr_factor, warmup_steps
 from gptclf.config import TrainConfig
 from gptclf.training.recipe import run_training
 
-from helpers import env_with
+from helpers import env_with, sms_head_csv
 
 QUALITY = ("train_accuracy", "val_accuracy", "test_accuracy", "train_loss", "val_loss", "test_loss")
 
@@ -36,14 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def small_csv(sms_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first 200 SMS messages as a CSV: 140 train / 20 val / 40 test, both classes."""
-    path = tmp_path_factory.mktemp("data") / "small.csv"
-    with open(sms_file, encoding="utf-8") as f, open(path, "w", newline="", encoding="utf-8") as out:
-        w = csv.writer(out)
-        w.writerow(["text", "label"])
-        for line in list(f)[:200]:
-            label, text = line.rstrip("\n").split("\t", 1)
-            w.writerow([text, label])
-    return path
+    return sms_head_csv(sms_file, tmp_path_factory.mktemp("data") / "small.csv", 200)
 
 
 def _opts(model: Path, data: Path, out: Path, **kw) -> dict:
