@@ -117,8 +117,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="dev-sets")
     ap.add_argument("--tweets-sample", metavar="TRAIN,VAL,TEST",
-                    help="also write tweets-small/: a seeded sample of that many rows of each split "
-                         "(docs/accuracy.md used 800,400,1000)")
+                    help="also write --sample-name/: a seeded sample of that many rows of each split "
+                         "(docs/accuracy.md used 800,400,1000 and 2000,1000,2000)")
+    ap.add_argument("--sample-name", default="tweets-small", help="the sample's folder name")
     args = ap.parse_args()
     sets = (("tweets-sentiment", tweets()), ("news-topics", news()), ("questions-trec", questions()))
     for name, rows in sets:
@@ -126,8 +127,8 @@ def main() -> None:
         print(name, sizes, dict(Counter(r["label"] for r in rows).most_common()))
     if args.tweets_sample:
         n = dict(zip(("train", "val", "test"), (int(x) for x in args.tweets_sample.split(","))))
-        write_sample(Path(args.out) / "tweets-sentiment", Path(args.out) / "tweets-small", n)
-        print("tweets-small", n)
+        write_sample(Path(args.out) / "tweets-sentiment", Path(args.out) / args.sample_name, n)
+        print(args.sample_name, n)
 
 
 if __name__ == "__main__":
