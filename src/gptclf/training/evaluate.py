@@ -16,21 +16,32 @@ from ..models.classifier import SequenceClassifier
 from .trunk_cache import Feeder
 
 
-@torch.inference_mode()
 def calc_loss_and_accuracy(model: SequenceClassifier, feed: Feeder, labels: torch.Tensor,
                            batches: Sequence[Sequence[int]], device: torch.device,
                            precision: str) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over ``batches`` (the book's calc_loss/accuracy_loader).
+    """Mean cross-entropy and accuracy over ``batches`` (the book's calc_loss/accuracy_loader);
+    see :func:`loss_accuracy_and_right`."""
+    loss, score, _ = loss_accuracy_and_right(model, feed, labels, batches, device, precision)
+    return loss, score
+
+
+@torch.inference_mode()
+def loss_accuracy_and_right(model: SequenceClassifier, feed: Feeder, labels: torch.Tensor,
+                            batches: Sequence[Sequence[int]], device: torch.device,
+                            precision: str) -> tuple[float, float, torch.Tensor | None]:
+    """Mean cross-entropy, accuracy, and which examples (by index into ``labels``) were right.
 
     ``--multi-label`` (``labels`` a 0/1 matrix): the mean binary cross-entropy per label and,
     in place of accuracy, the micro-F1 at threshold 0.5. Micro-F1 rather than exact match
     chooses the best epoch because it moves with every label decision, where exact match on
-    a small validation set moves in coarse steps and ignores a text's partly right label set.
+    a small validation set moves in coarse steps and ignores a text's partly right label set;
+    there is then no per-example "right" (``None``).
     """
     was_training = model.training
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
     tp = fp_fn = 0
+    right = torch.zeros(len(labels), dtype=torch.bool)
     for idx in batches:
         with autocast(device, precision):
             logits = feed(model, idx).float()
@@ -42,13 +53,15 @@ def calc_loss_and_accuracy(model: SequenceClassifier, feed: Feeder, labels: torc
             fp_fn += int((pred != truth).sum())
         else:
             loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(-1) == y).sum())
+            hit = (logits.argmax(-1) == y).cpu()
+            right[list(idx)] = hit
+            correct += int(hit.sum())
         n += len(idx)
     model.train(was_training)
     if labels.dim() == 2:
         score = 2 * tp / (2 * tp + fp_fn) if tp + fp_fn else 1.0
-        return (loss_sum / n if n else float("nan")), (score if n else float("nan"))
-    return (loss_sum / n if n else float("nan")), (correct / n if n else float("nan"))
+        return (loss_sum / n if n else float("nan")), (score if n else float("nan")), None
+    return (loss_sum / n if n else float("nan")), (correct / n if n else float("nan")), right
 
 
 @torch.inference_mode()

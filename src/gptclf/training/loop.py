@@ -29,7 +29,7 @@ from ..graphs import Shapes
 from ..models.classifier import SequenceClassifier
 from .controls import EarlyStopping, step_loss
 from .distributed import DistContext, any_rank, broadcast_float, no_sync, wrap_ddp
-from .evaluate import calc_loss_and_accuracy
+from .evaluate import calc_loss_and_accuracy, loss_accuracy_and_right
 from .schedule import lr_factor, warmup_steps
 from .state import (Checkpointer, DeferredInterrupt, flatten_optimizer_state, iter_state_tensors, restore_rng,
                     rng_tensors, unflatten_optimizer_state)
@@ -335,13 +335,16 @@ class Trainer:
         # deserves the whole validation set.
         stopper = self.stopper
         assert stopper is not None
-        full_loss, full_acc = self._loss_and_accuracy(self.val_feed, self.val_ds.labels, self.full_val_batches)
+        # Every process evaluates the whole validation set with the same weights, so ``right``
+        # (which texts were right) agrees across processes as the broadcast values do.
+        full_loss, full_acc, right = loss_accuracy_and_right(self.model, self.val_feed, self.val_ds.labels,
+                                                             self.full_val_batches, self.device, self.precision)
         entry.update(full_val_loss=full_loss, full_val_accuracy=full_acc)
         value = broadcast_float(full_loss if stopper.metric == "val_loss" else full_acc, self.dist)
         tie = broadcast_float(full_loss, self.dist) if stopper.metric == "val_accuracy" else None
-        stopped = stopper.update(epoch + 1, value, self.bare, tie)
-        self.log(f"full validation set: loss {full_loss:.4f}, {self.score_name} {full_acc * 100:.2f}% | best "
-                 f"{stopper.metric} {stopper.best_value:.4f} at epoch {stopper.best_epoch}"
+        stopped = stopper.update(epoch + 1, value, self.bare, tie, right)
+        self.log(f"full validation set: loss {full_loss:.4f}, {self.score_name} {full_acc * 100:.2f}% | kept "
+                 f"epoch {stopper.best_epoch} ({stopper.metric} {stopper.best_value:.4f})"
                  + (f" | stopping early: no gain for {stopper.patience} epoch(s)" if stopped else ""))
         return stopped
 

@@ -521,8 +521,12 @@ def _keep_best(stopper: EarlyStopping | None, model: nn.Module, interrupted: boo
         return {}
     if not interrupted:
         stopper.restore_best(model)
-        log(f"keeping the weights of epoch {stopper.best_epoch} (best {stopper.metric} {stopper.best_value:.4f})")
-    return {"best_epoch": stopper.best_epoch, "early_stopping": stopper.state()}
+        top = "" if stopper.top_epoch in (None, stopper.best_epoch) else \
+            f"; epoch {stopper.top_epoch}'s {stopper.top_value:.4f} is within noise of it"
+        log(f"keeping the weights of epoch {stopper.best_epoch} ({stopper.metric} {stopper.best_value:.4f}{top})")
+    # Which validation texts the top epoch got right is resume state, not a metric.
+    state = {k: v for k, v in stopper.state().items() if k != "top_right"}
+    return {"best_epoch": stopper.best_epoch, "early_stopping": state}
 
 
 def _val_curve(history: History) -> list[dict[str, float]]:
