@@ -22,7 +22,7 @@ from .data.tables import DEFAULT_LABEL_DELIMITER
 from .errors import GptclfError
 
 # The book's chapter-6 recipe; a preset's own recipe (gptclf.models.registry) overrides it.
-BOOK_RECIPE: dict[str, Any] = {"trainable": "last_block", "lr": 5e-5}
+BOOK_RECIPE: dict[str, Any] = {"trainable": "last_block", "lr": 5e-5, "lr_schedule": "constant", "warmup_ratio": 0.0}
 DEFAULT_PATIENCE = 3
 POOLINGS = ("last", "last-nonpad", "mean", "first")
 TRAINABLE_CHOICES = ("last_layer", "last_block", "last_two_blocks", "all", "lora")
@@ -65,7 +65,7 @@ class TrainConfig:
         None, "last_layer (head only), last_block (the book), last_two_blocks, all, a number N of last "
         "blocks (with the final norm and the head), or lora (low-rank adapters in every block + final norm "
         "+ head; the book's appendix E). Default: the backbone's recipe (the book's last_block for GPT-2, "
-        "last_two_blocks for smollm2-135m)", MODEL)
+        "the last 4 for smollm2-135m)", MODEL)
     pooling: str | None = opt(
         None, "which position classifies: last real token (default), position -1 (the book's; needs "
         "--padding longest), the mean over real tokens, or the first token (a bonus experiment of the "
@@ -123,10 +123,12 @@ class TrainConfig:
     seed: int = opt(123, "seed of the split, the head's initialisation and the batch order", TRAINING)
     grad_accum: int = opt(1, "accumulate N batches per optimizer step (effective batch: batch size x N x "
                           "processes; the loss is that of one big batch)", CONTROLS, metavar="N")
-    lr_schedule: str = opt("constant", "after warmup: keep --lr, or decay it to 0 by the last step", CONTROLS,
-                           choices=SCHEDULES)
+    lr_schedule: str | None = opt(None, "after warmup: keep --lr, or decay it to 0 by the last step (default: "
+                                  "the backbone's recipe; the book's constant for GPT-2, cosine for smollm2-135m)",
+                                  CONTROLS, choices=SCHEDULES)
     warmup_steps: int = opt(0, "raise the lr linearly over this many optimizer steps", CONTROLS)
-    warmup_ratio: float = opt(0.0, "... or over this fraction of all optimizer steps", CONTROLS)
+    warmup_ratio: float | None = opt(None, "... or over this fraction of all optimizer steps (default: the "
+                                     "backbone's recipe; 0 for GPT-2, 0.1 for smollm2-135m)", CONTROLS)
     clip_grad_norm: float | None = opt(None, "clip the gradients' global L2 norm to MAX", CONTROLS, metavar="MAX")
     early_stopping_metric: str | None = opt(
         None, "stop when this metric, on the full validation set at each epoch end, has not improved for "
@@ -179,9 +181,13 @@ class TrainConfig:
         """Fill in the backbone's recipe and the choices that depend on ``--reference``; check everything."""
         c = TrainConfig(**asdict(self))
         recipe = recipe_for(c.model)
-        for name in ("trainable", "lr"):
+        if c.reference:  # the book's loop: a constant lr, whatever the backbone's recipe
+            recipe.update(lr_schedule=BOOK_RECIPE["lr_schedule"], warmup_ratio=BOOK_RECIPE["warmup_ratio"])
+        for name in ("trainable", "lr", "lr_schedule"):
             if getattr(c, name) is None:
                 setattr(c, name, recipe[name])
+        if c.warmup_ratio is None:  # the recipe's warmup, unless --warmup-steps sets one
+            c.warmup_ratio = 0.0 if c.warmup_steps else recipe["warmup_ratio"]
         from .data.splits import default_balance, default_split
 
         c.balance = c.balance or ("none" if c.multi_label else default_balance(c.data))
