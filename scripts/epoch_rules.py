@@ -4,7 +4,7 @@
         --model smollm2-135m --data ../shared/data/sms_spam_collection/SMSSpamCollection
 
 Trains the recipe once per seed exactly as ``gptclf train`` does (one model load, the frozen
-blocks cached once), records the validation and test logits after every epoch in
+blocks cached once: ``seed_spread.seeded_models``), records the validation and test logits after every epoch in
 ``OUT/seed-S.npz``, then applies each rule for the kept epoch to the same epochs and prints
 the test accuracy it would have given: the last epoch (the book), the top validation accuracy
 with ties to the lower loss (gptclf's rule before the current one), the lowest validation
@@ -16,7 +16,6 @@ noise of the top, :class:`gptclf.training.controls.EarlyStopping`). Seeds alread
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from collections.abc import Callable
@@ -28,19 +27,13 @@ import torch
 
 from gptclf.cli import build_parser
 from gptclf.cli.train import train_config
-from gptclf.device import configure_backends, pick_device, resolve_precision
-from gptclf.loading import load_backbone
-from gptclf.loading.backbone import Backbone
 from gptclf.training.controls import KEEP_BEST_NOISE_Z, EarlyStopping
 from gptclf.training.evaluate import predict_logits
 from gptclf.training.loop import Trainer
-from gptclf.training.recipe import (
-    build_classifier,
-    encode_splits,
-    make_optimizer,
-    prepare_data,
-)
-from gptclf.training.trunk_cache import build_feeds
+from gptclf.training.recipe import make_optimizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from seed_spread import seeded_models  # noqa: E402  (the same per-seed models as seed_spread.py)
 
 Rule = Callable[[np.ndarray, np.ndarray], int]  # (epoch x text x class logits, labels) -> epoch index
 
@@ -51,25 +44,9 @@ def record(train_opts: list[str], seeds: list[int], out: Path) -> None:
     if not todo:
         return
     cfg = train_config(build_parser().parse_args(["train", *train_opts])).resolved()
-    device = pick_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    configure_backends(device)
-    splits = prepare_data(cfg)
-    torch.manual_seed(cfg.seed)
-    backbone = load_backbone(cfg.model, cfg.init)
-    enc = encode_splits(cfg, splits, backbone)
-    feeds = None
     out.mkdir(parents=True, exist_ok=True)
-    for seed in todo:
+    for seed, model, feeds, enc, _, device, precision in seeded_models(cfg, todo):
         t0 = time.perf_counter()
-        fresh = Backbone(copy.deepcopy(backbone.model), backbone.tokenizer, backbone.source)
-        model, frozen = build_classifier(fresh, len(splits.labels), cfg.trainable, cfg.pooling, seed,
-                                         lora=cfg.lora_config() if cfg.trainable == "lora" else None,
-                                         causal=cfg.causal_mask)
-        model.to(device)
-        if feeds is None:  # the frozen blocks are the same for every seed
-            feeds = build_feeds(cfg, model, frozen, enc.datasets, backbone.tokenizer.pad_id, None, device,
-                                precision, print)
         run_cfg = replace(cfg, seed=seed, progress=False)
         trainer = Trainer(model, make_optimizer(model, run_cfg, device), feeds["train"], feeds["val"],
                           enc.datasets["train"], enc.datasets["val"], run_cfg, device, precision, lambda s: None)
@@ -83,8 +60,6 @@ def record(train_opts: list[str], seeds: list[int], out: Path) -> None:
         np.savez(out / f"seed-{seed}.npz", **{k: np.stack(v) for k, v in logits.items()},
                  **{f"y_{k}": enc.datasets[k].labels.numpy() for k in logits})
         print(f"seed {seed}: recorded {cfg.epochs} epochs in {time.perf_counter() - t0:.0f}s", flush=True)
-    if feeds is not None:
-        feeds.close()
 
 
 def _nll(logits: np.ndarray, y: np.ndarray, t: float = 1.0) -> float:

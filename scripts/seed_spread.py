@@ -53,13 +53,14 @@ from gptclf.training.recipe import Encoded, build_classifier, encode_splits, mak
 from gptclf.training.trunk_cache import Feeds, build_feeds
 
 
-def spread(cfg, seeds: list[int], log=print, backbone: Backbone | None = None) -> dict:
-    """Train ``cfg`` once per seed in ``seeds``; per-seed accuracies and test mistakes.
+def seeded_models(cfg, seeds: list[int], log=print, backbone: Backbone | None = None):
+    """For each seed: a fresh classifier as ``gptclf train`` builds it with that seed, on one
+    model load and one frozen-trunk cache. Yields ``(seed, model, feeds, enc, splits, device,
+    precision)``; ``cfg`` must be resolved.
 
     ``backbone`` (as :func:`load_backbone` returns it) saves the load when a sweep runs many
     recipes on one model; it is never modified: every seed trains its own copy.
     """
-    cfg = cfg.resolved()
     if cfg.reference:
         raise GptclfError("--reference runs the book's own loop; seed_spread runs gptclf's",
                           hint="loop over 'gptclf train --reference --seed S' instead")
@@ -72,10 +73,8 @@ def spread(cfg, seeds: list[int], log=print, backbone: Backbone | None = None) -
         backbone = load_backbone(cfg.model, cfg.init)
     enc = encode_splits(cfg, splits, backbone)
     feeds: Feeds | None = None
-    runs = []
     try:
         for seed in seeds:
-            t0 = time.perf_counter()
             # A fresh copy per seed: full fine-tuning and LoRA change the blocks themselves. The
             # head swap and freezing are build_classifier's, seeded the same way as gptclf train's.
             fresh = Backbone(copy.deepcopy(backbone.model), backbone.tokenizer, backbone.source)
@@ -86,16 +85,26 @@ def spread(cfg, seeds: list[int], log=print, backbone: Backbone | None = None) -
             if feeds is None:  # the frozen blocks are the same for every seed: cache them once
                 feeds = build_feeds(cfg, model, frozen, enc.datasets, backbone.tokenizer.pad_id,
                                     enc.max_length if cfg.padding == "longest" else None, device, precision, log)
-            result = _train_one(cfg, seed, model, feeds, enc, device, precision)
-            result["seconds"] = time.perf_counter() - t0
-            runs.append(result)
+            yield seed, model, feeds, enc, splits, device, precision
             del model, fresh
-            log(f"seed {seed:>6}: train {result['train_accuracy'] * 100:6.2f}  val "
-                f"{result['val_accuracy'] * 100:6.2f}  test {result['test_accuracy'] * 100:6.2f} "
-                f"({len(result['test_wrong'])} wrong)  {result['seconds']:.0f}s")
     finally:
         if feeds is not None:
             feeds.close()
+
+
+def spread(cfg, seeds: list[int], log=print, backbone: Backbone | None = None) -> dict:
+    """Train ``cfg`` once per seed in ``seeds``; per-seed accuracies and test mistakes
+    (``backbone``: see :func:`seeded_models`)."""
+    cfg = cfg.resolved()
+    runs, splits = [], None
+    for seed, model, feeds, enc, splits, device, precision in seeded_models(cfg, seeds, log, backbone):
+        t0 = time.perf_counter()
+        result = _train_one(cfg, seed, model, feeds, enc, device, precision)
+        result["seconds"] = time.perf_counter() - t0
+        runs.append(result)
+        log(f"seed {seed:>6}: train {result['train_accuracy'] * 100:6.2f}  val "
+            f"{result['val_accuracy'] * 100:6.2f}  test {result['test_accuracy'] * 100:6.2f} "
+            f"({len(result['test_wrong'])} wrong)  {result['seconds']:.0f}s")
     return _summary(cfg, runs, splits)
 
 
