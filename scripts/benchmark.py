@@ -259,7 +259,6 @@ from gptclf.config import TrainConfig
 from gptclf.device import pick_device, resolve_precision
 from gptclf.loading import load_backbone
 from gptclf.training import recipe
-from gptclf.training.loop import Trainer
 from gptclf.training.static_step import static_shapes_for
 from gptclf.training.trunk_cache import build_feeds
 t["import gptclf"] = time.perf_counter() - t0; t0 = time.perf_counter()
@@ -274,9 +273,9 @@ backbone = load_backbone(cfg.model, cfg.init)
 t["backbone: weights (GGUF: dequantized), tokenizer"] = time.perf_counter() - t0; t0 = time.perf_counter()
 splits = recipe.prepare_data(cfg)
 enc = recipe.encode_splits(cfg, splits, backbone)
+cfg = cfg.for_backbone(backbone.model.config.arch)
 t["data: read, split, tokenize"] = time.perf_counter() - t0; t0 = time.perf_counter()
-clf, frozen = recipe.build_classifier(backbone, len(splits.labels), cfg.trainable, cfg.pooling, cfg.seed)
-clf.to(dev)
+clf, frozen = recipe.setup_classifier(cfg, backbone, len(splits.labels), dev)
 torch.ones(1, device=dev).sum().item()
 t["classifier to the device"] = time.perf_counter() - t0; t0 = time.perf_counter()
 log = lambda s: None
@@ -285,8 +284,7 @@ shapes = static_shapes_for(cfg, clf, dev, precision, enc.max_length, 1, log)
 feeds = build_feeds(cfg, clf, frozen, enc.datasets, backbone.tokenizer.pad_id, pad_to, dev, precision, log, shapes)
 torch.ones(1, device=dev).sum().item()
 t["trunk cache"] = time.perf_counter() - t0; t0 = time.perf_counter()
-trainer = Trainer(clf, recipe.make_optimizer(clf, cfg, dev), feeds["train"], feeds["val"], enc.datasets["train"],
-                  enc.datasets["val"], cfg, dev, precision, log, shapes=shapes)
+trainer, _ = recipe.make_trainer(cfg, clf, feeds, enc, dev, precision, log, shapes=shapes)
 clf.train()
 batch = list(range(cfg.batch_size))
 trainer._step([batch])

@@ -29,7 +29,6 @@ soon as it is done, and a table sorted by mean test accuracy ends the run:
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import shlex
 import statistics
@@ -46,10 +45,8 @@ from gptclf.device import configure_backends, pick_device, resolve_precision
 from gptclf.errors import GptclfError
 from gptclf.loading import load_backbone
 from gptclf.loading.backbone import Backbone
-from gptclf.training.controls import stopper_for
 from gptclf.training.evaluate import predict_logits
-from gptclf.training.loop import Trainer
-from gptclf.training.recipe import Encoded, build_classifier, encode_splits, make_optimizer, prepare_data
+from gptclf.training.recipe import Encoded, encode_splits, make_trainer, prepare_data, setup_classifier
 from gptclf.training.trunk_cache import Feeds, build_feeds
 
 
@@ -72,21 +69,19 @@ def seeded_models(cfg, seeds: list[int], log=print, backbone: Backbone | None = 
         torch.manual_seed(cfg.seed)  # as gptclf train does before loading: --init random weights match
         backbone = load_backbone(cfg.model, cfg.init)
     enc = encode_splits(cfg, splits, backbone)
+    cfg = cfg.for_backbone(backbone.model.config.arch)
     feeds: Feeds | None = None
     try:
         for seed in seeds:
-            # A fresh copy per seed: full fine-tuning and LoRA change the blocks themselves. The
-            # head swap and freezing are build_classifier's, seeded the same way as gptclf train's.
-            fresh = Backbone(copy.deepcopy(backbone.model), backbone.tokenizer, backbone.source)
-            model, frozen = build_classifier(fresh, len(splits.labels), cfg.trainable, cfg.pooling, seed,
-                                             lora=cfg.lora_config() if cfg.trainable == "lora" else None,
-                                             causal=cfg.causal_mask, grad_checkpointing=cfg.grad_checkpointing)
-            model.to(device)
+            # A fresh copy per seed (full fine-tuning and LoRA change the blocks themselves), built
+            # as gptclf train builds it, seeded with this seed.
+            model, frozen = setup_classifier(replace(cfg, seed=seed), backbone, len(splits.labels), device,
+                                             fresh_copy=True)
             if feeds is None:  # the frozen blocks are the same for every seed: cache them once
                 feeds = build_feeds(cfg, model, frozen, enc.datasets, backbone.tokenizer.pad_id,
                                     enc.max_length if cfg.padding == "longest" else None, device, precision, log)
             yield seed, model, feeds, enc, splits, device, precision
-            del model, fresh
+            del model
     finally:
         if feeds is not None:
             feeds.close()
@@ -111,9 +106,8 @@ def spread(cfg, seeds: list[int], log=print, backbone: Backbone | None = None) -
 def _train_one(cfg, seed: int, model, feeds: Feeds, enc: Encoded, device, precision: str) -> dict:
     """gptclf train's loop with ``seed`` (head and batch order), best epoch kept if asked."""
     run_cfg = replace(cfg, seed=seed, progress=False)
-    stopper = stopper_for(run_cfg)
-    Trainer(model, make_optimizer(model, run_cfg, device), feeds["train"], feeds["val"], enc.datasets["train"],
-            enc.datasets["val"], run_cfg, device, precision, lambda s: None, stopper=stopper).fit()
+    trainer, stopper = make_trainer(run_cfg, model, feeds, enc, device, precision, lambda s: None)
+    trainer.fit()
     if stopper is not None and stopper.best_epoch is not None:
         stopper.restore_best(model)
     result: dict = {"seed": seed}

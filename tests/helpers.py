@@ -28,6 +28,18 @@ FIXTURES = ROOT / "tests" / "fixtures"  # files kept for tests: an old run direc
 SRC = Path(gptclf.__file__).resolve().parent  # the gptclf package under test
 
 
+# ----------------------------------------------------------------------------- data
+
+
+def load_data(data: str, examples: Any = None, **options: Any) -> Any:
+    """The splits ``gptclf train --data DATA`` makes with ``options`` (train's option names),
+    the defaults resolved as train resolves them (TrainConfig.resolved)."""
+    from gptclf.config import TrainConfig
+    from gptclf.training.recipe import prepare_data
+
+    return prepare_data(TrainConfig(data=data, **options).resolved(), examples)
+
+
 # ----------------------------------------------------------------------------- tiny GPT-2
 
 

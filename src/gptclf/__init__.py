@@ -31,7 +31,7 @@ def train(data: Any = None, *, texts: Any = None, labels: Any = None, **options:
     """Run ``gptclf train`` from Python (the same options, as keywords); returns the run directory.
 
     ``data`` is a file path (or ``"sms-spam"``), a pandas DataFrame, a dict of columns or a
-    list of (text, label) pairs; or give ``texts=`` and ``labels=`` lists. With ``multi_label=True``
+    list of (text, label) pairs; or give ``texts=`` and ``labels=`` lists. With ``task="multi-label"``
     each label is a list of labels (or a ``label_delimiter``-separated string). In-memory data is
     recorded in the run as ``"in-memory (N rows)"``; the run's test split is saved with it.
     Call it as often as you like in one process.
@@ -40,20 +40,19 @@ def train(data: Any = None, *, texts: Any = None, labels: Any = None, **options:
     from .training.recipe import run_training
 
     examples = None
-    multi = {"multi_label": bool(options.get("multi_label", False))}
-    if "label_delimiter" in options:
-        multi["delimiter"] = options["label_delimiter"]
+    task_options = TrainConfig(**options)  # the label rule of its task (one label, or a set per text)
+    read_labels = task_options.target_task.label_reader(task_options.label_delimiter)
     if texts is not None or labels is not None:
         if texts is None or labels is None or data is not None:
             raise GptclfError("give texts= and labels= together, or data=, not both")
         from .data.memory import from_texts
 
-        examples = from_texts(texts, labels, **multi)
+        examples = from_texts(texts, labels, read_labels)
     elif data is not None and not isinstance(data, (str, os.PathLike)):
         from .data.memory import from_object
 
         examples = from_object(data, options.get("text_column", "text"), options.get("label_column", "label"),
-                               **multi)
+                               read_labels)
     if examples is not None:
         data = f"in-memory ({len(examples)} rows)"
     if data is not None:

@@ -15,11 +15,12 @@ reader of a run directory goes through :meth:`RunConfig.from_json`, which checks
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from . import tasks
 from .data.tables import DEFAULT_LABEL_DELIMITER
-from .errors import GptclfError
+from .errors import GptclfError, warn
 
 # The book's chapter-6 recipe; a preset's own recipe (gptclf.models.registry) overrides it.
 BOOK_RECIPE: dict[str, Any] = {"trainable": "last_block", "lr": 5e-5, "lr_schedule": "constant", "warmup_ratio": 0.0}
@@ -76,9 +77,11 @@ class TrainConfig:
         "then reads the question's last token", MODEL, type=unescape)
     causal_mask: bool = opt(True, "let every token attend to the whole text (the chapter's bonus "
                             "experiment); padding stays hidden by a padding mask", MODEL, flag="--no-causal-mask")
-    head_bias: bool = opt(True, "a class head without bias. Hugging Face's *ForSequenceClassification heads "
-                          "have none: 'gptclf export --format hf' of an RMSNorm model (Llama, Qwen, Mistral, "
-                          "Phi) needs this", MODEL, flag="--no-head-bias")
+    head_bias: bool | None = opt(
+        None, "a class head with a bias (--head-bias) or without (--no-head-bias). Default: the family's: "
+        "GPT-2 keeps the book's head with a bias (gptclf export --format hf folds it into ln_f); the other families "
+        "have none, like their Hugging Face *ForSequenceClassification heads, so every default run exports",
+        MODEL, flag="--head-bias", both=True)
     lora_rank: int = opt(16, "rank r of each adapter (the book's 16)", LORA)
     lora_alpha: float = opt(16.0, "scale: the update is B@A*alpha/r", LORA)
     lora_targets: str | None = opt(None, "comma-separated linear layers of each block (default: "
@@ -90,10 +93,13 @@ class TrainConfig:
     test: str | None = opt(None, "your own test file (else a seeded 20% split)", DATA)
     text_column: str = opt("text", "the column holding the text", DATA)
     label_column: str = opt("label", "the column holding the label", DATA)
+    task: str | None = opt(None, "what a label cell holds: one label (single-label, the chapter's) or a set of "
+                           "labels (multi-label, as --multi-label). Default: single-label", DATA,
+                           choices=tuple(tasks.TASKS))
     multi_label: bool = opt(False, "each text has a set of labels (zero, one or several): one yes/no output per "
                             "label (sigmoid, binary cross-entropy), per-label thresholds chosen on validation. The "
-                            "label column holds a list (JSON/Parquet) or a delimited string (docs/multi-label.md)",
-                            DATA)
+                            "label column holds a list (JSON/Parquet) or a delimited string (docs/multi-label.md); "
+                            "the same as --task multi-label", DATA)
     label_delimiter: str = opt(DEFAULT_LABEL_DELIMITER, "--multi-label: what separates the labels in a string cell ('a|b'); "
                                "a cell written as a list ['a', 'b'] is read as a list", DATA, metavar="SEP")
     balance: str | None = opt(
@@ -188,15 +194,52 @@ class TrainConfig:
                 setattr(c, name, recipe[name])
         if c.warmup_ratio is None:  # the recipe's warmup, unless --warmup-steps sets one
             c.warmup_ratio = 0.0 if c.warmup_steps else recipe["warmup_ratio"]
+        c._resolve_task()
         from .data.splits import default_balance, default_split
 
-        c.balance = c.balance or ("none" if c.multi_label else default_balance(c.data))
+        c.balance = c.balance or tasks.get(c.task).default_balance(default_balance(c.data))
         c.split = c.split or default_split(c.data)
         c._resolve_padding()
         c._check()
         if c.trainable == "lora":
             c.lora_config()  # fail fast on a bad rank/alpha/dropout, before any data is read
         return c
+
+    @property
+    def target_task(self) -> tasks.Task:
+        """The run's task (:mod:`gptclf.tasks`): ``--task``, else ``--multi-label``'s, else single-label."""
+        return tasks.get(self.task or (tasks.MULTI_LABEL.name if self.multi_label else None))
+
+    def _resolve_task(self) -> None:
+        """``--multi-label`` is ``--task multi-label``."""
+        if self.multi_label and self.task not in (None, tasks.MULTI_LABEL.name):
+            raise GptclfError(f"--multi-label contradicts --task {self.task}", hint="give one of them")
+        self.task = self.target_task.name
+        self.multi_label = self.task == tasks.MULTI_LABEL.name
+
+    def for_backbone(self, arch: str) -> "TrainConfig":
+        """The defaults that depend on the loaded backbone's family (``arch``, its config.json name):
+        the class head's bias."""
+        if self.head_bias is not None:
+            return self
+        from .models import registry
+
+        return replace(self, head_bias=registry.family(arch).head_bias)
+
+    def max_length_for(self, context_length: int) -> int | None:
+        """``--max-length`` for a backbone of ``context_length`` tokens: as given (at most the
+        context); with ``--padding longest`` and none given None, the longest training text (the
+        book's pad-to length, measured by :func:`gptclf.data.encoding.encode_examples`); else
+        min(context, MAX_LENGTH_CAP). Dynamic padding pads each batch to its own longest text, so
+        a long limit costs nothing on short texts, and prediction later never cuts a text the
+        model could read."""
+        if self.max_length is None:
+            return None if self.padding == "longest" else min(context_length, MAX_LENGTH_CAP)
+        if self.max_length > context_length:
+            warn(f"--max-length {self.max_length} is more than the model's context of {context_length} "
+                 f"tokens; truncating to {context_length}")
+            return context_length
+        return self.max_length
 
     def _resolve_padding(self) -> None:
         if self.reference:
@@ -253,12 +296,9 @@ class TrainConfig:
             raise GptclfError("--checkpoint-every must be >= 0 (0: no checkpoints)")
         if self.max_length is not None and self.max_length < 1:
             raise GptclfError(f"--max-length must be at least 1 token, not {self.max_length}")
-        if self.multi_label and self.balance == "undersample":
-            raise GptclfError("--balance undersample cannot be used with --multi-label: a row has several labels, "
-                              "so no row can be dropped to shrink one label without shrinking others",
-                              hint="use --balance none (default) or --balance weight")
-        if self.multi_label and not self.label_delimiter:
-            raise GptclfError("--label-delimiter must not be empty")
+        task = tasks.get(self.task)
+        task.check_options(self.balance)
+        task.label_reader(self.label_delimiter)  # refuses an empty --label-delimiter where it is used
 
 
 def recipe_for(model: str) -> dict[str, Any]:
@@ -298,8 +338,8 @@ class RunConfig:
     train: dict[str, Any] | None = None  # the TrainConfig the run used
     gptclf_version: str | None = None
     temperature: float = 1.0            # divides the logits before the softmax (temperature scaling)
-    multi_label: bool = False           # one sigmoid per label (--multi-label); absent: single-label
-    thresholds: dict[str, float] | None = None  # multi-label: a label is predicted when p >= its threshold
+    task: str = tasks.DEFAULT_TASK      # gptclf.tasks: what the outputs mean (absent: single-label)
+    thresholds: dict[str, float] | None = None  # per label: predicted when p >= its threshold (a task's)
     extra: dict[str, Any] = field(default_factory=dict)
 
     FORMAT = "gptclf/1"
@@ -327,8 +367,9 @@ class RunConfig:
         # Written only when they differ from the default, so older config.json files round-trip
         # (no LoRA, a head bias, temperature 1, full weights, single-label).
         defaults = {"lora": None, "head_bias": True, "temperature": 1.0, "weights": "full", "base_weights": None,
-                    "multi_label": False, "thresholds": None}
+                    "task": tasks.DEFAULT_TASK, "thresholds": None}
         out.update({k: v for k, v in values.items() if k not in out and not (k in defaults and v == defaults[k])})
+        out.update(tasks.get(self.task).config_markers())
         out.update({k: v for k, v in self.extra.items() if k not in out})
         return out
 
@@ -361,7 +402,7 @@ class RunConfig:
         t = d.get("temperature", 1.0)
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf"):
             raise GptclfError(f"{where}: temperature {t!r} is not a positive number")
-        _check_multi_label(d, labels, where)
+        task = tasks.task_of_config(d, labels, where)
         if d.get("lora") is not None and not isinstance(d["lora"], dict):
             raise GptclfError(f"{where}: 'lora' must be a JSON object")
         if d.get("weights", "full") not in ("full", "trained-only"):
@@ -372,22 +413,10 @@ class RunConfig:
         known = {f.name for f in fields(cls)} - {"extra"}
         kwargs = {k: v for k, v in d.items() if k in known}
         kwargs.setdefault("padding", "dynamic")
-        extra = {k: v for k, v in d.items() if k not in known and k not in ("format", "num_classes")}
+        kwargs["task"] = task
+        markers = tasks.get(task).config_markers()
+        extra = {k: v for k, v in d.items() if k not in known and k not in ("format", "num_classes", *markers)}
         return cls(**kwargs, extra=extra)
-
-
-def _check_multi_label(d: dict[str, Any], labels: list[str], where: str) -> None:
-    """``multi_label`` (a bool) and its ``thresholds`` (one in (0, 1) per label, or none: 0.5 each)."""
-    if not isinstance(d.get("multi_label", False), bool):
-        raise GptclfError(f"{where}: 'multi_label' must be true or false, not {d['multi_label']!r}")
-    t = d.get("thresholds")
-    if t is None:
-        return
-    if not d.get("multi_label", False):
-        raise GptclfError(f"{where}: 'thresholds' are for a multi-label model, but 'multi_label' is not true")
-    if not isinstance(t, dict) or set(t) != set(labels) or not all(
-            not isinstance(v, bool) and isinstance(v, (int, float)) and 0 < v < 1 for v in t.values()):
-        raise GptclfError(f"{where}: 'thresholds' must give every label a number between 0 and 1")
 
 
 SEARCH = "search (gptclf tune)"

@@ -1,6 +1,6 @@
 """Classification metrics without extra dependencies: accuracy, per-class P/R/F1,
-confusion matrix and (binary) ROC-AUC; for ``--multi-label`` per-label P/R/F1, micro/macro F1,
-exact match and Hamming loss."""
+confusion matrix, (binary) ROC-AUC and calibration bins. The metrics of label sets (micro/macro
+F1, exact match, Hamming loss) are that task's own (:mod:`gptclf.tasks`)."""
 
 from __future__ import annotations
 
@@ -106,60 +106,3 @@ def expected_calibration_error(y_true: Sequence[int], probs: np.ndarray, n_bins:
     if n == 0:
         return float("nan")
     return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins) / n)
-
-
-# --------------------------------------------------------------------------- multi-label
-
-
-def multilabel_report(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
-    """``--multi-label`` metrics from 0/1 matrices ``[n, num_labels]``: per-label precision,
-    recall, F1 and support; micro F1 (every yes/no decision pooled: the frequent labels weigh
-    most), macro F1 (the labels' mean: each label weighs the same), exact match (the share of
-    texts whose whole label set is right; also ``accuracy``) and the Hamming loss (the share of
-    wrong yes/no decisions). A label with no true and no predicted example has F1 0."""
-    y = np.asarray(y_true, dtype=bool).reshape(-1, len(labels))
-    p = np.asarray(y_pred, dtype=bool).reshape(-1, len(labels))
-    tp, fp, fn = (y & p).sum(0), (~y & p).sum(0), (y & ~p).sum(0)
-    per_class = {}
-    for i, name in enumerate(labels):
-        pr = tp[i] / (tp[i] + fp[i]) if tp[i] + fp[i] else 0.0
-        rc = tp[i] / (tp[i] + fn[i]) if tp[i] + fn[i] else 0.0
-        per_class[name] = {"precision": float(pr), "recall": float(rc), "f1": float(2 * pr * rc / (pr + rc))
-                           if pr + rc else 0.0, "support": int(y[:, i].sum()), "predicted": int(p[:, i].sum())}
-    n = len(y)
-    TP, FP, FN = int(tp.sum()), int(fp.sum()), int(fn.sum())
-    exact = float((y == p).all(1).mean()) if n else 0.0
-    return {
-        "multi_label": True,
-        "accuracy": exact,
-        "exact_match": exact,
-        "n": n,
-        "per_class": per_class,
-        "micro_precision": TP / (TP + FP) if TP + FP else 0.0,
-        "micro_recall": TP / (TP + FN) if TP + FN else 0.0,
-        "micro_f1": 2 * TP / (2 * TP + FP + FN) if TP + FP + FN else 0.0,
-        "macro_f1": float(np.mean([v["f1"] for v in per_class.values()])) if labels else 0.0,
-        "hamming_loss": float((y != p).mean()) if n else 0.0,
-        "labels": list(labels),
-    }
-
-
-def multilabel_mistakes(texts: Sequence[str], y_true: np.ndarray, probs: np.ndarray, thresholds: np.ndarray,
-                        labels: Sequence[str], k: int = 10) -> list[dict[str, Any]]:
-    """The ``k`` texts with the surest wrong yes/no decision (a label predicted with the highest
-    probability that is not true, or a true label given the lowest), each as ``{"text", "true",
-    "predicted", "probability"}`` with the label sets written ``a, b`` and the wrong decision's
-    confidence."""
-    y = np.asarray(y_true, dtype=bool)
-    if len(y) == 0 or k <= 0:
-        return []
-    pred = probs >= thresholds
-    conf = np.where(pred, probs, 1 - probs) * (pred != y)  # 0 where the decision is right
-    worst = conf.max(1)
-    order = [i for i in np.argsort(-worst, kind="stable") if worst[i] > 0][:k]
-
-    def names(row: np.ndarray) -> str:
-        return ", ".join(lab for lab, on in zip(labels, row) if on) or "(none)"
-
-    return [{"text": str(texts[i]), "true": names(y[i]), "predicted": names(pred[i]),
-             "probability": float(worst[i])} for i in order]

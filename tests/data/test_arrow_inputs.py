@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from gptclf import GptclfError
-from gptclf.data.splits import load_splits
 from gptclf.data.tables import Table, read_table
+from helpers import load_data
 
 pa = pytest.importorskip("pyarrow")
 import pyarrow.feather  # noqa: E402
@@ -54,7 +54,7 @@ def test_every_arrow_source_reads_the_same_examples(files: dict[str, Path]) -> N
         got = read_table(path)
         assert [(e.text, e.label) for e in got] == want, kind
         assert [e.line for e in got] == list(range(1, 31)), kind
-    s = load_splits(str(files["hf"]))
+    s = load_data(str(files["hf"]))
     assert s.labels == sorted(NAMES) and len(s.train) + len(s.val) + len(s.test) == 30
 
 

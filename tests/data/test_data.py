@@ -13,8 +13,9 @@ import torch
 from gptclf.data import download as data
 from gptclf.errors import DataWarning
 from gptclf.data.tables import Example, read_table
+from helpers import load_data
 from gptclf.data.batching import collate, shuffled_batches
-from gptclf.data.splits import create_balanced_dataset, load_splits, random_split
+from gptclf.data.splits import create_balanced_dataset, random_split
 from gptclf.data.sms_spam import download_sms_spam, read_sms_spam
 from gptclf.errors import GptclfError
 
@@ -27,7 +28,7 @@ def test_sms_file_reads_every_line(sms_file: Path) -> None:
 
 
 def test_chapter6_split_sizes(sms_env: Path) -> None:
-    s = load_splits("sms-spam")
+    s = load_data("sms-spam")
     assert (len(s.train), len(s.val), len(s.test)) == (1045, 149, 300)
     assert s.labels == ["ham", "spam"]
     both = s.train + s.val + s.test
@@ -94,7 +95,7 @@ def test_zip_extraction_cannot_escape(tmp_path: Path) -> None:
 
 
 def test_local_copy_given_as_data_path(sms_file: Path) -> None:
-    s = load_splits(str(sms_file))
+    s = load_data(str(sms_file))
     assert s.source.startswith("sms-spam") and len(s.train) == 1045
 
 
@@ -150,7 +151,7 @@ def test_single_class(tmp_path: Path) -> None:
     p = tmp_path / "d.csv"
     p.write_text("text,label\n" + "".join(f"t{i},a\n" for i in range(20)))
     with pytest.raises(GptclfError, match="only one class"):
-        load_splits(str(p))
+        load_data(str(p))
 
 
 def test_label_unseen_in_training(tmp_path: Path) -> None:
@@ -159,13 +160,13 @@ def test_label_unseen_in_training(tmp_path: Path) -> None:
     v = tmp_path / "val.csv"
     v.write_text("text,label\nx,a\ny,c\n")
     with pytest.raises(GptclfError, match=r"label\(s\) \['c'\] never seen in training \(first at line 3\)"):
-        load_splits(str(p), val=str(v), test=str(v))
+        load_data(str(p), val=str(v), test=str(v))
 
 
 def test_multiclass_string_labels_and_own_val_test(tmp_path: Path) -> None:
     p = tmp_path / "train.jsonl"
     p.write_text("".join(json.dumps({"t": f"x{i}", "y": ["neg", "neu", "pos"][i % 3]}) + "\n" for i in range(60)))
-    s = load_splits(str(p), val=str(p), test=str(p), text_column="t", label_column="y", balance="none")
+    s = load_data(str(p), val=str(p), test=str(p), text_column="t", label_column="y", balance="none")
     assert s.labels == ["neg", "neu", "pos"] and len(s.train) == 60 and len(s.test) == 60
 
 

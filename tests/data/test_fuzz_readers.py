@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptclf.data import download, sms_spam, splits, tables
+from gptclf.data import download, sms_spam, tables
 from gptclf.errors import DataWarning, GptclfError
 
-from helpers import examples
+from helpers import examples, load_data
 
 PIECES = [b",", b"\t", b'"', b"'", b"\n", b"\r", b"\r\n", b"{", b"}", b"[", b"]", b":", b'"text"',
           b'"label"', b"text", b"label", b"ham", b"spam", b"\xef\xbb\xbf", b"\xff", b"\xe9", b"\x00",
@@ -49,7 +49,7 @@ def _read(raw: bytes, suffix: str, how: str) -> None:
                 rows = sms_spam.read_sms_spam(p)
                 assert all(e.label for e in rows)
             else:
-                splits.load_splits(str(p), balance="none")
+                load_data(str(p), balance="none")
         except GptclfError as e:
             assert e.message  # a message the user can act on; anything else propagates and fails
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from gptclf.data.memory import from_object, from_texts
-from gptclf.data.splits import load_splits, stratified_split
-from gptclf.data.tables import Example, label_list, read_table
+from gptclf.data.splits import stratified_split
+from gptclf.data.tables import Example, label_list, label_sets, read_table
 from gptclf.errors import DataWarning, GptclfError
+from helpers import load_data
 
 
 def _sets(examples: list[Example]) -> list[tuple[str, ...]]:
@@ -23,7 +24,7 @@ def test_jsonl_lists_and_the_empty_set(tmp_path: Path) -> None:
     rows = [{"text": "a", "label": ["x", "y"]}, {"text": "b", "label": []}, {"text": "c", "label": [10, "x", "x"]},
             {"text": "d", "label": None}]
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    ex = read_table(p, multi_label=True)
+    ex = read_table(p, read_labels=label_sets())
     assert _sets(ex) == [("x", "y"), (), ("10", "x"), ()]  # numbers as written, duplicates dropped
     assert all(e.label is None for e in ex) and ex[0].label_set() == ("x", "y")
 
@@ -31,30 +32,30 @@ def test_jsonl_lists_and_the_empty_set(tmp_path: Path) -> None:
 def test_csv_delimited_strings_with_and_without_quotes(tmp_path: Path) -> None:
     p = tmp_path / "d.csv"
     p.write_text('text,tags\nhello,sports|politics\nbye,\n"x, y","a, b|c"\nz,"[""q"", ""r""]"\nw,"[\'s\', \'t\']"\n')
-    ex = read_table(p, label_column="tags", multi_label=True)
+    ex = read_table(p, label_column="tags", read_labels=label_sets())
     # '|' needs no quoting; a cell holding a JSON list, or the Python repr pandas writes, is a list
     assert _sets(ex) == [("sports", "politics"), (), ("a, b", "c"), ("q", "r"), ("s", "t")]
-    ex = read_table(p, label_column="tags", multi_label=True, delimiter=",")
+    ex = read_table(p, label_column="tags", read_labels=label_sets(","))
     assert ex[2].labels == ("a", "b|c")
 
 
 def test_tsv_and_parquet_lists(tmp_path: Path) -> None:
     (tmp_path / "d.tsv").write_text("text\tlabel\none\tb;a\n")
-    assert read_table(tmp_path / "d.tsv", multi_label=True, delimiter=";")[0].labels == ("b", "a")
+    assert read_table(tmp_path / "d.tsv", read_labels=label_sets(";"))[0].labels == ("b", "a")
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"text": ["u", "v"], "label": [["k", "m"], []]}), tmp_path / "d.parquet")
-    assert _sets(read_table(tmp_path / "d.parquet", multi_label=True)) == [("k", "m"), ()]
+    assert _sets(read_table(tmp_path / "d.parquet", read_labels=label_sets())) == [("k", "m"), ()]
 
 
 def test_mixed_lists_and_strings_are_refused(tmp_path: Path) -> None:
     p = tmp_path / "d.jsonl"
     p.write_text('{"text": "a", "label": ["x"]}\n{"text": "b", "label": "x,y"}\n')
     with pytest.raises(GptclfError, match=r"mixes lists of labels \(.*d.jsonl:1\) with strings \(.*d.jsonl:2"):
-        read_table(p, multi_label=True)
+        read_table(p, read_labels=label_sets())
     with pytest.raises(GptclfError, match="mixes lists"):
-        from_texts(["a", "b"], [["x"], "y"], multi_label=True)
+        from_texts(["a", "b"], [["x"], "y"], label_sets())
 
 
 def test_a_list_without_multi_label_says_what_to_pass(tmp_path: Path) -> None:
@@ -79,17 +80,17 @@ def test_bad_list_cells() -> None:
 
 
 def test_in_memory_lists_and_dataframes() -> None:
-    ex = from_texts(["a", "b"], [["x", "y"], []], multi_label=True)
+    ex = from_texts(["a", "b"], [["x", "y"], []], label_sets())
     assert _sets(ex) == [("x", "y"), ()]
-    assert _sets(from_texts(["a"], ["x;y"], multi_label=True, delimiter=";")) == [("x", "y")]
+    assert _sets(from_texts(["a"], ["x;y"], label_sets(";"))) == [("x", "y")]
     pd = pytest.importorskip("pandas")
     df = pd.DataFrame({"body": ["a", "b"], "tags": [["x"], ["y", "x"]]})
-    assert _sets(from_object(df, "body", "tags", multi_label=True)) == [("x",), ("y", "x")]
+    assert _sets(from_object(df, "body", "tags", read_labels=label_sets())) == [("x",), ("y", "x")]
     np = pytest.importorskip("numpy")
     df = pd.DataFrame({"text": ["a", "b", "c"], "label": [np.array(["x", "y"]), np.array([]), np.array([3])]})
-    assert _sets(from_object(df, multi_label=True)) == [("x", "y"), (), ("3",)]  # as pandas reads Parquet lists
+    assert _sets(from_object(df, read_labels=label_sets())) == [("x", "y"), (), ("3",)]  # as pandas reads Parquet lists
     ints = pd.DataFrame({"text": ["a", "b"], "label": [3, 10]})  # numpy scalars: one label each
-    assert _sets(from_object(ints, multi_label=True)) == [("3",), ("10",)]
+    assert _sets(from_object(ints, read_labels=label_sets())) == [("3",), ("10",)]
 
 
 def _rows(n: int) -> list[Example]:
@@ -109,13 +110,13 @@ def test_load_splits_multi_label(tmp_path: Path) -> None:
     p = tmp_path / "d.jsonl"
     rows = _rows(60)
     p.write_text("".join(json.dumps({"text": e.text, "label": list(e.labels)}) + "\n" for e in rows))
-    s = load_splits(str(p), multi_label=True, seed=3)
-    assert s.multi_label and s.labels == ["common", "mid", "rare"] and s.balance == "none"
+    s = load_data(str(p), multi_label=True, seed=3)
+    assert s.task.name == "multi-label" and s.labels == ["common", "mid", "rare"] and s.balance == "none"
     summary = s.summary()
     assert summary["multi_label"] and sum(summary["no_label_counts"].values()) == sum(not e.labels for e in rows) > 0
     assert summary["train_counts"]["rare"] + summary["val_counts"]["rare"] + summary["test_counts"]["rare"] == 6
     with pytest.raises(GptclfError, match="undersample cannot be used with --multi-label"):
-        load_splits(str(p), multi_label=True, balance="undersample")
+        load_data(str(p), multi_label=True, balance="undersample")
 
 
 def test_a_label_missing_from_a_split_is_a_warning(tmp_path: Path) -> None:
@@ -124,7 +125,7 @@ def test_a_label_missing_from_a_split_is_a_warning(tmp_path: Path) -> None:
     rows.append({"text": "only", "label": ["c", "a"]})  # 'c' once: training only
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.warns(DataWarning, match=r"validation split .* has no example of \['c'\]"):
-        s = load_splits(str(p), multi_label=True)
+        s = load_data(str(p), multi_label=True)
     assert s.labels == ["a", "b", "c"]
 
 
@@ -132,4 +133,4 @@ def test_one_label_in_all_the_data_is_refused(tmp_path: Path) -> None:
     p = tmp_path / "d.jsonl"
     p.write_text("".join(json.dumps({"text": f"t{i}", "label": ["a"] if i % 2 else []}) + "\n" for i in range(20)))
     with pytest.raises(GptclfError, match="only one class"):
-        load_splits(str(p), multi_label=True)
+        load_data(str(p), multi_label=True)

@@ -15,6 +15,7 @@ from gptclf.config import TrainConfig
 from gptclf.data.memory import from_object, from_texts
 from gptclf.data.splits import load_splits, sorted_labels, stratified_split
 from gptclf.data.tables import Example
+from helpers import load_data
 from gptclf.errors import DataWarning
 
 TOPICS = {"sports": 30, "cooking": 20, "tech": 10}  # 60 rows, unbalanced, like the report's CSV
@@ -71,21 +72,21 @@ def test_the_chapters_sms_run_keeps_the_books_defaults(sms_env: Path) -> None:
 def test_undersampling_user_data_warns_with_the_numbers(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "my.csv")
     with pytest.warns(DataWarning, match=r"kept 30 of 60 rows \(dropped 10 cooking, 20 sports\)"):
-        s = load_splits(str(path), balance="undersample")
+        s = load_data(str(path), balance="undersample")
     assert len(s.train) + len(s.val) + len(s.test) == 30
 
 
 def test_a_split_without_a_class_is_warned_about(tmp_path: Path) -> None:
     rows = [Example(f"a {i}", "a", i) for i in range(40)] + [Example("b 0", "b", 40), Example("b 1", "b", 41)]
     with pytest.warns(DataWarning, match=r"the test split \(\d+ texts\) has no example of \['b'\]"):
-        load_splits("in-memory (42 rows)", examples=rows)
+        load_data("in-memory (42 rows)", examples=rows)
 
 
 def test_labels_sort_naturally() -> None:
     assert sorted_labels(["1", "10", "2"]) == ["1", "2", "10"]
     assert sorted_labels(["class 10", "class 9", "class 1"]) == ["class 1", "class 9", "class 10"]
     rows = [Example(f"t{i}", str(lab), i) for i, lab in enumerate([1, 10, 2] * 10)]
-    assert load_splits("in-memory", examples=rows).labels == ["1", "2", "10"]
+    assert load_data("in-memory", examples=rows).labels == ["1", "2", "10"]
 
 
 def test_in_memory_sources() -> None:

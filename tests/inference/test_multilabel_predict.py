@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptclf.data.tables import read_table
+from gptclf.data.tables import label_sets, read_table
 from gptclf.errors import GptclfError
 from gptclf.inference.classifier import Classifier
 from helpers import cli, random_classifier, write_run
@@ -96,7 +96,7 @@ def test_cli_predict_files_write_label_lists(ml_run: Path, clf: Classifier, tmp_
     header = (tmp_path / "out.csv").read_text().splitlines()[0]
     assert header == "id,text,predicted_labels,p_cats,p_dogs,p_fish,truncated"
     # The CSV joins with the run's --label-delimiter (';' here), so train --multi-label reads it back.
-    back = read_table(tmp_path / "out.csv", label_column="predicted_labels", multi_label=True, delimiter=";")
+    back = read_table(tmp_path / "out.csv", label_column="predicted_labels", read_labels=label_sets(";"))
     assert [list(e.labels) for e in back] == expected
     lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [x["predicted_labels"] for x in lines] == expected and "predicted_label" not in lines[0]

@@ -55,7 +55,7 @@ def test_no_deprecated_torch_quantization_in_the_package() -> None:
 def test_int8_agrees_with_fp32_on_real_sms(tiny_run: Path, tiny_classifier: Classifier, sms_file: Path) -> None:
     """300 real SMS texts, tiny run: observed 0 label flips, max probability change 0.011,
     test-split accuracy 94.67 % both ways (the limit: 1 flip, 0.5 points)."""
-    from gptclf.data.splits import load_splits
+    from helpers import load_data
 
     q = Classifier.load(tiny_run, quantize="int8")
     assert (q.backend, q.precision) == ("onnxruntime", "int8")
@@ -63,7 +63,7 @@ def test_int8_agrees_with_fp32_on_real_sms(tiny_run: Path, tiny_classifier: Clas
     p32, p8 = tiny_classifier.predict_proba(texts), q.predict_proba(texts)
     assert (p32.argmax(1) != p8.argmax(1)).sum() <= 1
     assert np.abs(p32 - p8).max() < 0.05
-    test = load_splits(str(sms_file), seed=123, balance="undersample").test
+    test = load_data(str(sms_file), seed=123, balance="undersample").test
     a32 = tiny_classifier.evaluate([e.text for e in test], [e.label for e in test])["accuracy"]
     a8 = q.evaluate([e.text for e in test], [e.label for e in test])["accuracy"]
     assert abs(a32 - a8) <= 0.005

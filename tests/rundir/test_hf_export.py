@@ -140,9 +140,22 @@ def test_each_family_trains_predicts_quantizes_lora_and_exports(tmp_path: Path, 
 def test_rmsnorm_run_with_a_head_bias_is_refused(tmp_path: Path, tiny_sms: Path) -> None:
     base = tiny_checkpoint(tmp_path / "base", "qwen2")
     run = Path(gptclf.train(model=str(base), data=str(tiny_sms), epochs=1, max_length=32, batch_size=32,
-                            eval_freq=1000, progress=False, trainable="last_layer", out=str(tmp_path / "run")))
+                            eval_freq=1000, progress=False, trainable="last_layer", head_bias=True,
+                            out=str(tmp_path / "run")))
     with pytest.raises(GptclfError, match="--no-head-bias"):
         export_hf(run, tmp_path / "hf")
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_a_default_run_of_any_family_exports(tmp_path: Path, tiny_sms: Path, tiny_gpt2: Path, name: str) -> None:
+    """No option needed: a Llama-family run trains without a head bias (as Hugging Face's heads),
+    GPT-2 keeps the book's bias, which the export folds into ln_f."""
+    base = tiny_gpt2 if name == "gpt2" else tiny_checkpoint(tmp_path / "base", name)
+    run = Path(gptclf.train(model=str(base), data=str(tiny_sms), epochs=1, max_length=32, batch_size=32,
+                            eval_freq=1000, progress=False, trainable="last_layer", out=str(tmp_path / "run")))
+    assert json.loads((run / "config.json").read_text()).get("head_bias", True) is (name == "gpt2")
+    export_hf(run, tmp_path / "hf")
+    assert_same_probabilities(run, tmp_path / "hf")
 
 
 def test_an_ordinary_pad_token_is_refused(tmp_path: Path) -> None:

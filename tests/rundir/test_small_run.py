@@ -74,6 +74,7 @@ def _moved_base(runs: dict[str, Path], tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_small_run_holds_only_the_trained_tensors(runs: dict[str, Path]) -> None:
+    from gptclf.config import TrainConfig
     from gptclf.loading import load_backbone
     from gptclf.training.recipe import build_classifier
 
@@ -82,7 +83,8 @@ def test_small_run_holds_only_the_trained_tensors(runs: dict[str, Path]) -> None
     assert cfg["base_weights"]["name"] == str(runs["base"].resolve())
     assert cfg["base_weights"]["fingerprint"]["parameters"] > 0
     # The names saved are exactly those that train: the last block, the final norm, the head.
-    model, _ = build_classifier(load_backbone(str(runs["base"])), 2, "last_block", "last-nonpad", 123)
+    cfg_ = TrainConfig(model=str(runs["base"]), trainable="last_block").resolved()
+    model, _ = build_classifier(load_backbone(str(runs["base"])), cfg_, 2)
     trained = {k for k, p in model.backbone.named_parameters() if p.requires_grad}
     saved = load_file(str(runs["small"] / "model.safetensors"))
     assert set(saved) == trained and any(k.startswith("trf_blocks.1.") for k in saved)

@@ -9,6 +9,7 @@ from gptclf.models.classifier import SequenceClassifier, replace_head
 from gptclf.peft.lora import LoRAConfig, freeze_for_lora
 from gptclf.training.memory import GIB, MemoryEstimate, estimate_for_model, estimate_training_memory, memory_warning
 from gptclf.models.gpt2 import GPT2Config, GPT2Model
+from gptclf.config import TrainConfig
 from gptclf.training.recipe import build_classifier
 from gptclf.loading import load_backbone
 
@@ -21,7 +22,7 @@ def test_every_gpt2_size_builds_and_runs_through_the_same_code(name: str, n_para
     with torch.device("meta"):
         bb = load_backbone(name, "random")
         assert sum(p.numel() for p in bb.model.parameters()) == n_params  # OpenAI's published counts
-        model, frozen = build_classifier(bb, 2, "all", "last-nonpad", 123)
+        model, frozen = build_classifier(bb, TrainConfig(model=name, trainable="all").resolved(), 2)
         logits = model(torch.randint(0, 50257, (2, 7)), torch.tensor([7, 3]))
     assert frozen == 0 and logits.shape == (2, 2)
     est = estimate_for_model(model.backbone, frozen, batch_size=8, seq_len=120)

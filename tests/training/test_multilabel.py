@@ -16,9 +16,8 @@ import torch
 import gptclf
 from gptclf.config import RunConfig, TrainConfig
 from gptclf.errors import GptclfError
-from gptclf.metrics import multilabel_report
-from gptclf.training.calibrate import fit_thresholds
-from gptclf.training.controls import label_pos_weights, step_loss
+from gptclf.tasks import MULTI_LABEL
+from gptclf.tasks.multi_label import fit_thresholds, label_pos_weights, multilabel_report
 from helpers import cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,13 +46,13 @@ def test_bce_step_loss_is_the_mean_over_examples_and_labels() -> None:
     torch.manual_seed(0)
     logits, y = torch.randn(6, 3), (torch.rand(6, 3) > 0.5).float()
     whole = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
-    assert torch.allclose(step_loss(logits, y, None, 6.0), whole)
+    assert torch.allclose(MULTI_LABEL.step_loss(logits, y, None, 6.0), whole)
     # two micro-batches of one step add up to the whole batch's mean
-    assert torch.allclose(step_loss(logits[:2], y[:2], None, 6.0) + step_loss(logits[2:], y[2:], None, 6.0), whole)
+    assert torch.allclose(MULTI_LABEL.step_loss(logits[:2], y[:2], None, 6.0) + MULTI_LABEL.step_loss(logits[2:], y[2:], None, 6.0), whole)
     w = label_pos_weights(y)
     assert torch.allclose(w, (6 - y.sum(0)) / y.sum(0))
     weighted = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, pos_weight=w)
-    assert torch.allclose(step_loss(logits, y, w, 6.0), weighted)
+    assert torch.allclose(MULTI_LABEL.step_loss(logits, y, w, 6.0), weighted)
     with pytest.raises(GptclfError, match="no training example"):
         label_pos_weights(torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
 
@@ -94,10 +93,10 @@ def _config(**kw) -> dict:
 
 def test_config_json_round_trip_and_old_runs_stay_single_label() -> None:
     old = RunConfig.from_json(_config())
-    assert old.multi_label is False and old.thresholds is None
+    assert old.task == "single-label" and old.thresholds is None
     assert "multi_label" not in old.to_json() and "thresholds" not in old.to_json()
     new = RunConfig.from_json(_config(multi_label=True, thresholds={"a": 0.3, "b": 0.5}))
-    assert new.multi_label and new.thresholds == {"a": 0.3, "b": 0.5}
+    assert new.task == "multi-label" and new.thresholds == {"a": 0.3, "b": 0.5}
     again = RunConfig.from_json(json.loads(json.dumps(new.to_json())))
     assert again.to_json() == new.to_json()
     for bad in ({"multi_label": "yes"}, {"multi_label": True, "thresholds": {"a": 0.3}},

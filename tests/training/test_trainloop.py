@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gptclf.training.state import flatten_optimizer_state, partial_dir, unflatten_optimizer_state, write_run_info
-from gptclf.training.controls import EarlyStopping, class_weights, step_loss, stopper_for
+from gptclf.tasks.single_label import class_weights, step_loss
+from gptclf.training.controls import EarlyStopping, stopper_for
 from gptclf.errors import GptclfError
 from gptclf.training.schedule import lr_factor, warmup_steps
 from gptclf.config import TrainConfig

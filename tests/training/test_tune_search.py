@@ -123,3 +123,16 @@ def test_budget_stops_new_candidates_but_the_default_always_runs(sms_csv: Path, 
     assert [(r["trainable"], r["lr"], r["pooling"]) for r in m["search"]] == [("1", 2e-3, "last-nonpad")]
     assert m["search_winner"] == {"trainable": "1", "lr": 2e-3, "pooling": "last-nonpad"}
     assert any("budget" in line and "not tried" in line for line in lines)
+
+
+def test_tune_without_a_head_bias_saves_what_config_json_says(sms_csv: Path, tmp_path: Path) -> None:
+    """The winner is built as gptclf train builds it, --no-head-bias included: its head has no
+    bias, config.json says so, and the directory loads and predicts (a head with a bias under a
+    config without one was a load error)."""
+    model = write_gpt2_config_only(tmp_path / "tiny", n_layer=2, n_embd=32)
+    out = run_tune(TrainConfig(model=str(model), data=str(sms_csv), out=str(tmp_path / "run"), head_bias=False,
+                               **{**BASE, "epochs": 1}), TuneOptions(trainables="last_block", lrs="2e-3"))
+    assert json.loads((out / "config.json").read_text())["head_bias"] is False
+    assert not any(k.startswith("out_head.bias") for k in load_file(str(out / "model.safetensors")))
+    preds = Classifier.load(out, device="cpu").predict(["WIN a prize now", "see you at lunch"])
+    assert [p["label"] in ("ham", "spam") for p in preds] == [True, True]

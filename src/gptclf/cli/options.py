@@ -2,7 +2,8 @@
 
 Every dataclass field with help text (``gptclf.config.opt``) becomes an option: ``--name``
 (or its ``flag``), typed from the annotation, with its choices and group; a boolean is a
-switch (``store_false`` when its default is True, e.g. ``--no-causal-mask``), a list is
+switch (``store_false`` when its default is True, e.g. ``--no-causal-mask``; ``both=True``: a
+``--x``/``--no-x`` pair whose default None is resolved later), a list is
 repeatable. Defaults stay in the dataclass: the parser records only the options actually
 given (argparse's SUPPRESS), which is what ``--resume`` needs to compare them.
 """
@@ -42,7 +43,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
         target = groups.setdefault(group, parser.add_argument_group(group)) if group else parser
         kind = _base_type(hints[f.name])
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": _help(f)}
-        if kind is bool:
+        if kind is bool and meta.get("both"):  # --x and --no-x; left out: None, the default resolved later
+            kw["action"] = argparse.BooleanOptionalAction
+        elif kind is bool:
             kw["action"] = "store_false" if f.default else "store_true"
         elif kind is list:
             kw["action"] = "append"

@@ -26,8 +26,8 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
                              "folder in; CSV / TSV / JSONL out; streamed in chunks)")
     f.add_argument("--input", default=None,
                    help="table to classify; every row gets one output row, in order, with its columns "
-                        "kept plus predicted_label, predicted_score and p_<label> per class (a multi-label "
-                        "model: predicted_labels, the labels over their thresholds)")
+                        "kept plus predicted_label, predicted_score and p_<label> per class (a model of label "
+                        "sets: predicted_labels, the labels over their thresholds)")
     f.add_argument("--output", default=None, help="where to write it (atomically: no partial file on error)")
     f.add_argument("--text-column", default="text", help="the --input column holding the text")
     f.add_argument("--format", choices=FORMATS, default=None,
@@ -47,7 +47,7 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument("--label-delimiter", default=None, metavar="SEP",
-                   help="multi-label models: what separates the labels in a string cell (default: the run's "
+                   help="models of label sets: what separates the labels in a string cell (default: the run's "
                         "--label-delimiter)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--batch-size", type=int, default=32)
@@ -131,11 +131,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         text = unicode_clean(text)  # an argv byte that is not UTF-8 arrives as a lone surrogate
         if args.json:
             print(json.dumps({"text": text, **r}, ensure_ascii=False))
-        elif "labels" in r:  # multi-label: every label over its threshold, most probable first
-            print(", ".join(f"{lab} {r['scores'][lab]:.4f}" for lab in r["labels"]) + f"\t{text}"
-                  if r["labels"] else f"(no label)\t{text}")
         else:
-            print(f"{r['label']}\t{r['score']:.4f}\t{text}")
+            print(f"{clf.task.decision_text(r)}\t{text}")
     return 0
 
 
@@ -160,28 +157,30 @@ def _predict_file(args: argparse.Namespace) -> int:
 def _evaluation_data(args: argparse.Namespace, clf) -> tuple[list, str]:  # noqa: ANN001
     """``--data``, else the run's own test split (test.jsonl; for older runs of the SMS data, its
     chapter-6 split drawn again with the run's seed)."""
+    from ..config import TrainConfig
     from ..data.sms_spam import SMS_SPAM_NAMES, is_sms_spam
     from ..data.splits import drop_empty_texts, load_splits
     from ..data.tables import DEFAULT_LABEL_DELIMITER, read_table
     from ..rundir.save import TEST_SPLIT
 
     train_cfg = clf.run_config.train or {}
-    multi = {"multi_label": clf.multi_label,
-             "delimiter": args.label_delimiter or train_cfg.get("label_delimiter") or DEFAULT_LABEL_DELIMITER}
+    reader = clf.task.label_reader(args.label_delimiter or train_cfg.get("label_delimiter") or DEFAULT_LABEL_DELIMITER)
     data = args.data
     if data is None:
         own = Path(args.model).expanduser() / TEST_SPLIT
         if own.is_file():
-            return read_table(own, "text", "label", **multi), f"the run's test split ({own})"
+            return read_table(own, "text", "label", read_labels=reader), f"the run's test split ({own})"
         if not is_sms_spam(str(train_cfg.get("data", "sms-spam"))):
             raise GptclfError(f"{args.model} has no {TEST_SPLIT} (a run from an older gptclf) and was not "
                               "trained on the SMS data", hint="pass the labelled test file with --data FILE")
         data = "sms-spam"
     if data.lower() in SMS_SPAM_NAMES:
-        splits = load_splits(data, seed=train_cfg.get("seed", 123), balance=train_cfg.get("balance") or "undersample",
-                             split=train_cfg.get("split") or "random")
+        # The run's own options where it recorded them, else the defaults TrainConfig gives this data.
+        sms = TrainConfig(data=data, seed=train_cfg.get("seed", 123), balance=train_cfg.get("balance"),
+                          split=train_cfg.get("split")).resolved()
+        splits = load_splits(data, seed=sms.seed, balance=sms.balance, split=sms.split)
         return splits.test, "sms-spam (chapter-6 test split)"
-    return drop_empty_texts(read_table(data, args.text_column, args.label_column, **multi), data), data
+    return drop_empty_texts(read_table(data, args.text_column, args.label_column, read_labels=reader), data), data
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -191,43 +190,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not examples:
         raise GptclfError(f"{where}: no texts to evaluate")
     report = clf.evaluate([e.text for e in examples],
-                          [e.label_set() if clf.multi_label else e.label for e in examples], args.batch_size,
+                          [clf.task.gold(e) for e in examples], args.batch_size,
                           mistakes=args.mistakes if args.report else 0)
     report["data"] = where
     if args.report:
         from ..rundir.report import write_evaluation_report
 
-        page = write_evaluation_report(args.report, report, model=str(args.model), data=where)
+        page = write_evaluation_report(args.report, report, model=str(args.model), data=where, task=clf.task)
         print(f"report: {page}", file=sys.stderr)
         report.pop("mistakes", None)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     print(f"data: {where} ({report['n']} texts)")
-    if report.get("multi_label"):
-        _print_multi_label(report)
-        return 0
-    print(f"accuracy: {report['accuracy'] * 100:.2f}%   loss: {report['loss']:.4f}"
-          + (f"   ROC-AUC: {report['roc_auc']:.4f}" if report.get("roc_auc") is not None else ""))
-    w = max(len(x) for x in report["labels"]) + 2
-    print(f"{'label':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
-    for lab, m in report["per_class"].items():
-        print(f"{lab:<{w}}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}{m['support']:>10d}")
-    print("confusion matrix (rows: true, columns: predicted)")
-    print(" " * w + "".join(f"{lab:>10}" for lab in report["labels"]))
-    for lab, row in zip(report["labels"], report["confusion_matrix"]):
-        print(f"{lab:<{w}}" + "".join(f"{v:>10d}" for v in row))
+    for line in clf.task.report_lines(report):
+        print(line)
     return 0
-
-
-
-
-def _print_multi_label(report: dict) -> None:
-    """The multi-label summary: micro/macro F1, exact match, Hamming loss, then one row per label."""
-    print(f"micro F1: {report['micro_f1']:.4f}   macro F1: {report['macro_f1']:.4f}   exact match: "
-          f"{report['exact_match'] * 100:.2f}%   Hamming loss: {report['hamming_loss']:.4f}   loss: {report['loss']:.4f}")
-    w = max(len(x) for x in report["labels"]) + 2
-    print(f"{'label':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}{'threshold':>11}")
-    for lab, m in report["per_class"].items():
-        print(f"{lab:<{w}}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}{m['support']:>10d}"
-              f"{report['thresholds'][lab]:>11.4f}")

@@ -12,34 +12,32 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..errors import GptclfError
-from .tables import DEFAULT_LABEL_DELIMITER, Example, cell_text, check_label_kinds, find_column, label_list
+from .tables import Example, LabelReader, cell_text, find_column
 
 WHERE = "in-memory data"
 
 
-def from_texts(texts: Sequence[Any], labels: Sequence[Any], multi_label: bool = False,
-               delimiter: str = DEFAULT_LABEL_DELIMITER) -> list[Example]:
-    """``texts[i]`` labelled ``labels[i]`` (with ``multi_label``, a list of labels or a delimited string)."""
+def from_texts(texts: Sequence[Any], labels: Sequence[Any], read_labels: LabelReader | None = None) -> list[Example]:
+    """``texts[i]`` labelled ``labels[i]``, each label read by ``read_labels`` (default: one label)."""
     if isinstance(texts, str) or isinstance(labels, str):
         raise GptclfError("texts= and labels= take lists (one entry per example), not a single string")
     texts, labels = list(texts), list(labels)
     if len(texts) != len(labels):
         raise GptclfError(f"texts= has {len(texts)} entries but labels= has {len(labels)}",
                           hint="give one label per text")
-    if multi_label:
-        wheres = [f"{WHERE}, row {i}" for i in range(1, len(texts) + 1)]
-        out = [Example(cell_text(None if _missing(t) else t, w, "text"), None, i, label_list(lab, w, "label", delimiter))
-               for i, (t, lab, w) in enumerate(zip(texts, labels, wheres), 1)]
-        check_label_kinds(labels, wheres, "label")
-        return out
-    return [_example(t, lab, i) for i, (t, lab) in enumerate(zip(texts, labels), 1)]
+    wheres = [f"{WHERE}, row {i}" for i in range(1, len(texts) + 1)]
+    out_texts = [cell_text(None if _missing(t) else t, w, "text") for t, w in zip(texts, wheres)]
+    if read_labels is None:
+        read_labels, labels = _one_label, [None if _missing(v) else v for v in labels]
+    read = read_labels(labels, wheres, "label")
+    return [Example.of(t, lab, i) for i, (t, lab) in enumerate(zip(out_texts, read), 1)]
 
 
-def from_object(data: Any, text_column: str = "text", label_column: str = "label", multi_label: bool = False,
-                delimiter: str = DEFAULT_LABEL_DELIMITER) -> list[Example]:
+def from_object(data: Any, text_column: str = "text", label_column: str = "label",
+                read_labels: LabelReader | None = None) -> list[Example]:
     """A DataFrame, a dict of columns, or a list of (text, label) pairs or of dicts."""
     def pairs(texts: Any, labels: Any) -> list[Example]:
-        return from_texts(texts, labels, multi_label, delimiter)
+        return from_texts(texts, labels, read_labels)
 
     if hasattr(data, "columns") and hasattr(data, "to_dict"):  # a pandas DataFrame
         columns = [str(c) for c in data.columns]
@@ -65,17 +63,18 @@ def from_object(data: Any, text_column: str = "text", label_column: str = "label
                            "pairs, or texts= and labels=")
 
 
-def _example(text: Any, label: Any, i: int) -> Example:
-    where = f"{WHERE}, row {i}"
-    if _missing(text):
-        text = None
-    if isinstance(label, (list, tuple)):
-        raise GptclfError(f"{where}: the label is a list", hint="pass multi_label=True to train one yes/no "
-                          "output per label")
-    lab = None if _missing(label) else cell_text(label, where, "label").strip() or None
-    if lab is None:
-        raise GptclfError(f"{where}: empty label", hint="every example needs a label")
-    return Example(cell_text(text, where, "text"), lab, i)
+def _one_label(cells: list[Any], wheres: list[str], column: str) -> list[str]:
+    """:func:`~gptclf.data.tables.one_label`, with the messages of the Python API."""
+    out = []
+    for value, where in zip(cells, wheres):
+        if isinstance(value, (list, tuple)):
+            raise GptclfError(f"{where}: the label is a list", hint="pass multi_label=True to train one yes/no "
+                              "output per label")
+        lab = cell_text(value, where, column).strip()
+        if not lab:
+            raise GptclfError(f"{where}: empty label", hint="every example needs a label")
+        out.append(lab)
+    return out
 
 
 def _missing(v: Any) -> bool:

@@ -18,13 +18,16 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from ..errors import GptclfError, warn
 from .sms_spam import is_sms_spam, load_sms_spam
-from .tables import DEFAULT_LABEL_DELIMITER, Example, read_table
+from .tables import Example, LabelReader, read_table
+
+if TYPE_CHECKING:  # the data layer is handed a task; it never picks one
+    from ..tasks import Task
 
 
 def drop_empty_texts(examples: list[Example], where: str) -> list[Example]:
@@ -142,7 +145,7 @@ class DataSplits:
     balance: str = "none"
     split: str = "random"
     dropped: dict[str, int] | None = None  # rows removed by undersampling, per class
-    multi_label: bool = False  # each example has a set of labels (Example.labels)
+    task: "Task | None" = None  # what the labels are (gptclf.tasks); None: one label per example
 
     def summary(self) -> dict:
         return {
@@ -154,16 +157,14 @@ class DataSplits:
             "test_counts": class_counts(self.test, self.labels),
             "balance": self.balance, "split": self.split,
             **({"dropped": self.dropped} if self.dropped else {}),
-            **({"multi_label": True, "no_label_counts": {k: sum(1 for e in part if not e.labels) for k, part in
-                                                         (("train", self.train), ("val", self.val), ("test", self.test))}}
-               if self.multi_label else {}),
+            **(self.task.split_notes({"train": self.train, "val": self.val, "test": self.test}) if self.task else {}),
         }
 
     def describe(self) -> str:
         """One line per split with its class counts (what ``gptclf train`` prints)."""
         def counts(part: list[Example]) -> str:
-            none = [f"no label {sum(1 for e in part if not e.labels)}"] if self.multi_label else []
-            return ", ".join([f"{k} {v}" for k, v in class_counts(part, self.labels).items()] + none)
+            notes = self.task.count_note(part) if self.task else []
+            return ", ".join([f"{k} {v}" for k, v in class_counts(part, self.labels).items()] + notes)
 
         return "\n".join(f"  {name}: {len(part)} ({counts(part)})"
                          for name, part in (("train", self.train), ("validation", self.val), ("test", self.test)))
@@ -179,30 +180,28 @@ def default_split(data: str) -> str:
     return "random" if is_sms_spam(data) else "stratified"
 
 
-def load_splits(data: str = "sms-spam", *, val: str | None = None, test: str | None = None,
-                text_column: str = "text", label_column: str = "label", balance: str | None = None,
-                seed: int = 123, train_frac: float = 0.7, val_frac: float = 0.1, split: str | None = None,
-                examples: list[Example] | None = None, multi_label: bool = False,
-                label_delimiter: str = DEFAULT_LABEL_DELIMITER) -> DataSplits:
+def load_splits(data: str = "sms-spam", *, balance: str, split: str, val: str | None = None,
+                test: str | None = None, text_column: str = "text", label_column: str = "label", seed: int = 123,
+                train_frac: float = 0.7, val_frac: float = 0.1, examples: list[Example] | None = None,
+                task: "Task | None" = None, read_labels: LabelReader | None = None) -> DataSplits:
     """Read the data (or take ``examples``, in memory), balance it and split it, with the checks a user needs.
 
-    ``multi_label``: each row has a set of labels (:func:`gptclf.data.tables.label_list`); the
-    vocabulary is every label of the training split in natural order; ``--balance undersample``
-    is refused (there is no smallest class to cut every row's label set down to)."""
-    balance, split = _choices(data, balance, split, multi_label)
+    ``balance`` and ``split`` are resolved options (:meth:`gptclf.config.TrainConfig.resolved`
+    owns their defaults). ``task`` (:mod:`gptclf.tasks`) checks the examples' labels; label
+    cells are read by ``read_labels`` (the task's, e.g. label sets). The labels are every label
+    of the training split in natural order."""
     if examples is not None:
         source = data
     elif is_sms_spam(data):
         examples, source = load_sms_spam(data)
     else:
-        examples = read_table(data, text_column, label_column, multi_label=multi_label, delimiter=label_delimiter)
+        examples = read_table(data, text_column, label_column, read_labels=read_labels)
         source = str(Path(data).expanduser())
     examples = drop_empty_texts(examples, source)
     if not examples:
         raise GptclfError(f"{source}: no non-empty texts", hint=f"check --text-column ({text_column!r})")
-    if multi_label and examples[0].labels is None:
-        raise GptclfError(f"{source}: --multi-label needs a label set per row",
-                          hint="the SMS data has one label per text; drop --multi-label")
+    if task is not None:
+        task.check_examples(examples, source)
     classes = Counter(lab for e in examples for lab in e.label_set())
     if len(classes) < 2:
         raise GptclfError(f"{source}: only one class ({next(iter(classes), None)!r}) in the labels",
@@ -211,8 +210,7 @@ def load_splits(data: str = "sms-spam", *, val: str | None = None, test: str | N
     if balance == "undersample":
         examples, dropped = _undersample(examples, seed, source)
     cut = stratified_split if split == "stratified" else random_split
-    read = lambda path: read_table(path, text_column, label_column, multi_label=multi_label,  # noqa: E731
-                                   delimiter=label_delimiter)
+    read = lambda path: read_table(path, text_column, label_column, read_labels=read_labels)  # noqa: E731
     tr, va, te = _split(examples, val, test, read, seed, train_frac, val_frac, cut)
     for name, part, opt in (("validation", va, "--val"), ("test", te, "--test")):
         if not part:
@@ -225,23 +223,7 @@ def load_splits(data: str = "sms-spam", *, val: str | None = None, test: str | N
     _check_split_labels(labels, va, te)
     _warn_missing_classes(labels, tr, va, te)
     _warn_leakage(tr, va, te)
-    return DataSplits(tr, va, te, labels, source, balance, split, dropped, multi_label)
-
-
-def _choices(data: str, balance: str | None, split: str | None, multi_label: bool) -> tuple[str, str]:
-    """--balance and --split, their defaults filled in and checked."""
-    balance = balance or ("none" if multi_label else default_balance(data))
-    if multi_label and balance == "undersample":
-        raise GptclfError("--balance undersample cannot be used with --multi-label: a row has several labels, so "
-                          "no row can be dropped to shrink one label without shrinking others",
-                          hint="use --balance none (default) or --balance weight (each label's positives weighted "
-                               "by its negatives/positives ratio)")
-    split = split or default_split(data)
-    if balance not in ("undersample", "none", "weight"):
-        raise GptclfError(f"--balance must be undersample, none or weight, not {balance!r}")
-    if split not in ("stratified", "random"):
-        raise GptclfError(f"--split must be stratified or random, not {split!r}")
-    return balance, split
+    return DataSplits(tr, va, te, labels, source, balance, split, dropped, task)
 
 
 def _undersample(examples: list[Example], seed: int, source: str) -> tuple[list[Example], dict[str, int]]:

@@ -12,7 +12,9 @@ command accepts, every command accepts, and every command reads it the same way:
 * a column named twice (a CSV header or a JSON object's keys) is refused, never guessed;
 * rows stream from disk (JSON lists excepted), so a file of any size reads in bounded memory;
 * JSON numbers are cells as they are written (``1``, not ``1.0``); objects and lists are not text;
-* with ``multi_label`` a label cell is a set of labels: a list, or a delimited string (:func:`label_list`).
+* a label cell is read by a :data:`LabelReader`: one label per row (:func:`one_label`, the
+  default), or a set of labels, a list or a delimited string (:func:`label_sets`); the task
+  (:mod:`gptclf.tasks`) says which.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, Tuple, Union
 
 from ..errors import GptclfError
 from .text import decoded_lines
@@ -32,7 +34,7 @@ from .text import decoded_lines
 FORMATS = ("csv", "tsv", "jsonl", "json")
 SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
 ARROW_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow"}
-# --multi-label's separator in a label cell: "|" rather than ",", so that a CSV cell "sports|politics"
+# The separator of a label set in a string cell: "|" rather than ",", so that a CSV cell "sports|politics"
 # needs no quotes, and label names rarely hold one.
 DEFAULT_LABEL_DELIMITER = "|"
 
@@ -42,13 +44,26 @@ class Example:
     text: str
     label: str | None
     line: int = 0  # 1-based source line (record number for JSON), for error messages
-    labels: tuple[str, ...] | None = None  # --multi-label: the row's label set (maybe empty); label is None
+    labels: tuple[str, ...] | None = None  # a label set (maybe empty), read by label_sets; label is None
+
+    @classmethod
+    def of(cls, text: str, label: "Label", line: int) -> "Example":
+        """An example from what a :data:`LabelReader` read: one label (a string) or a set (a tuple)."""
+        if isinstance(label, tuple):
+            return cls(text, None, line, label)
+        return cls(text, label, line)
 
     def label_set(self) -> tuple[str, ...]:
-        """The labels of this example: its set under --multi-label, else its one label."""
+        """The labels of this example: its set (label_sets), else its one label."""
         if self.labels is not None:
             return self.labels
         return (self.label,) if self.label is not None else ()
+
+
+# What a label cell reads as: one label, or a set of labels (a tuple, maybe empty).
+Label = Union[str, Tuple[str, ...]]
+# (cells, where each is, the column's name) -> one Label per cell, or a GptclfError naming the cell.
+LabelReader = Callable[[list[Any], list[str], str], list[Any]]
 
 
 @dataclass
@@ -343,10 +358,9 @@ def find_column(name: str, columns: list[str], path: Path | str, role: str) -> s
 
 
 def read_table(path: Path | str, text_column: str = "text", label_column: str | None = "label",
-               fmt: str | None = None, multi_label: bool = False, delimiter: str = DEFAULT_LABEL_DELIMITER
-               ) -> list[Example]:
-    """Every row of a file of labelled (or, with ``label_column=None``, plain) texts; with
-    ``multi_label`` each row's label set (:func:`label_list`)."""
+               fmt: str | None = None, read_labels: LabelReader | None = None) -> list[Example]:
+    """Every row of a file of labelled (or, with ``label_column=None``, plain) texts, each label
+    cell read by ``read_labels`` (default :func:`one_label`)."""
     with Table(path, fmt) as table:
         rows = list(table)
         if not rows:
@@ -356,36 +370,45 @@ def read_table(path: Path | str, text_column: str = "text", label_column: str | 
             columns = sorted({k for r in rows for k in r.record})
         tcol = find_column(text_column, columns, table.path, "text")
         lcol = find_column(label_column, columns, table.path, "label") if label_column else None
-        if multi_label and lcol is not None:
-            examples = [Example(cell_text(r.record.get(tcol), f"{table.path}:{r.line}", tcol), None, r.line,
-                                label_list(r.record.get(lcol), f"{table.path}:{r.line}", lcol, delimiter))
-                        for r in rows]
-            check_label_kinds([r.record.get(lcol) for r in rows], [f"{table.path}:{r.line}" for r in rows], lcol)
-            return examples
-        return [_example(r, tcol, lcol, table.path) for r in rows]
+        wheres = [f"{table.path}:{r.line}" for r in rows]
+        texts = [cell_text(r.record.get(tcol), w, tcol) for r, w in zip(rows, wheres)]
+        if lcol is None:
+            return [Example(t, None, r.line) for t, r in zip(texts, rows)]
+        labels = (read_labels or one_label)([r.record.get(lcol) for r in rows], wheres, lcol)
+        return [Example.of(t, lab, r.line) for t, lab, r in zip(texts, labels, rows)]
 
 
-def _example(row: Row, tcol: str, lcol: str | None, path: Path) -> Example:
-    where = f"{path}:{row.line}"
-    text = cell_text(row.record.get(tcol), where, tcol)
-    label = None
-    if lcol is not None:
-        value = row.record.get(lcol)
+def one_label(cells: list[Any], wheres: list[str], column: str) -> list[str]:
+    """The single-label rule: every cell one non-empty label (a string or a number as written)."""
+    out = []
+    for value, where in zip(cells, wheres):
         if isinstance(value, (list, tuple)):
-            raise GptclfError(f"{where}: column {lcol!r} holds a JSON list (a set of labels?)",
+            raise GptclfError(f"{where}: column {column!r} holds a JSON list (a set of labels?)",
                               hint="pass --multi-label to train one yes/no output per label")
-        label = cell_text(value, where, lcol).strip() or None
-        if label is None:
-            raise GptclfError(f"{where}: empty label in column {lcol!r}",
+        label = cell_text(value, where, column).strip()
+        if not label:
+            raise GptclfError(f"{where}: empty label in column {column!r}",
                               hint="every row needs a label; remove the row or fill it in")
-    return Example(text, label, row.line)
+        out.append(label)
+    return out
 
 
-# ------------------------------------------------------------------ multi-label cells
+def label_sets(delimiter: str = DEFAULT_LABEL_DELIMITER) -> LabelReader:
+    """The rule for label sets: every cell a list or a ``delimiter``-separated string (:func:`label_list`),
+    all cells written the same way (:func:`check_label_kinds`)."""
+    def read(cells: list[Any], wheres: list[str], column: str) -> list[tuple[str, ...]]:
+        out = [label_list(v, w, column, delimiter) for v, w in zip(cells, wheres)]
+        check_label_kinds(cells, wheres, column)
+        return out
+
+    return read
+
+
+# ------------------------------------------------------------------ label-set cells
 
 
 def label_list(v: Any, where: str, column: str, delimiter: str = DEFAULT_LABEL_DELIMITER) -> tuple[str, ...]:
-    """A multi-label cell as its label set, in first-seen order, duplicates dropped.
+    """A label-set cell as its set, in first-seen order, duplicates dropped.
 
     A JSON/Parquet list (``["a", "b"]``), a string holding one (``'["a", "b"]'``, or the
     ``['a', 'b']`` pandas writes for a list column), or a string split on ``delimiter``

@@ -5,16 +5,14 @@ read as a stream, ``chunk_size`` rows at a time, so memory stays bounded whateve
 size. Every input row gives exactly one output row, in input order (an empty text still
 gets one), with every input column kept and these columns added:
 
-* ``predicted_label``  the most probable label
-* ``predicted_score``  its probability
+* the decision, as the run's task writes it (:mod:`gptclf.tasks`): ``predicted_label`` (the
+  most probable label) and ``predicted_score`` (its probability); for label sets
+  ``predicted_labels``, those whose probability reaches their threshold, most probable first,
+  a list in JSONL and joined by the run's ``--label-delimiter`` (``a|b``; empty for none) in
+  CSV/TSV, the way ``gptclf train`` reads them back
 * ``p_<label>``        one probability column per class (in the model's label order)
 * ``truncated``        whether the text was longer than the model's ``max_length`` tokens
   and only its start was read (``true``/``false``)
-
-A multi-label model writes ``predicted_labels`` in place of ``predicted_label`` and
-``predicted_score``: the labels whose probability reaches their threshold, most probable
-first, as a list in JSONL and joined by the run's ``--label-delimiter`` (``a|b``; empty for
-none) in CSV/TSV, the way ``gptclf train --multi-label`` reads them back.
 
 With a :class:`gptclf.inference.classifier.Classifier`, the next chunks are read and
 tokenized in a worker thread (a bounded queue of ``PREFETCH`` chunks) while the model runs
@@ -39,15 +37,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
+
+from .. import tasks
 from ..data.encoding import unicode_clean
-from ..data.tables import Row, Table, cell_text, find_column
+from ..data.tables import DEFAULT_LABEL_DELIMITER, Row, Table, cell_text, find_column
 from ..errors import DataWarning, GptclfError, TextError
 from ..files import atomic_path
 from ..progress import PlainProgress
+from ..tasks import Task
 
-LABEL_COLUMN = "predicted_label"
-LABELS_COLUMN = "predicted_labels"  # multi-label
-SCORE_COLUMN = "predicted_score"
 PROB_PREFIX = "p_"
 TRUNCATED_COLUMN = "truncated"
 OUTPUT_FORMATS = ("csv", "tsv", "jsonl")
@@ -55,20 +54,13 @@ PREFETCH = 2  # chunks read and tokenized ahead of the model
 OUTPUT_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
-def added_columns(labels: list[str], multi_label: bool = False) -> list[str]:
-    head = [LABELS_COLUMN] if multi_label else [LABEL_COLUMN, SCORE_COLUMN]
-    return head + [f"{PROB_PREFIX}{lab}" for lab in labels] + [TRUNCATED_COLUMN]
+def added_columns(labels: list[str], task: Task = tasks.SINGLE_LABEL) -> list[str]:
+    return task.file_columns(labels) + [f"{PROB_PREFIX}{lab}" for lab in labels] + [TRUNCATED_COLUMN]
 
 
-def _added_values(labels: list[str], p: Any, thresholds: Any, delimiter: str | None) -> list[Any]:
-    """The added cells of one row but ``truncated``: the prediction, then one probability per label.
-    ``thresholds`` (multi-label): the predicted labels, a list (JSONL) or joined by ``delimiter``."""
-    probs = [round(float(v), 6) for v in p]
-    if thresholds is None:
-        k = int(p.argmax())
-        return [labels[k], round(float(p[k]), 6)] + probs
-    on = [labels[i] for i in sorted(range(len(labels)), key=lambda i: -p[i]) if p[i] >= thresholds[i]]
-    return [on if delimiter is None else delimiter.join(on)] + probs
+def _added_values(task: Task, labels: list[str], p: Any, thresholds: Any, delimiter: str | None) -> list[Any]:
+    """The added cells of one row but ``truncated``: the decision, then one probability per label."""
+    return task.file_cells(labels, p, thresholds, delimiter) + [round(float(v), 6) for v in p]
 
 
 def iter_chunks(rows: Iterable[Row], chunk_size: int) -> Iterator[list[Row]]:
@@ -124,8 +116,10 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
         if out_fmt not in OUTPUT_FORMATS:
             raise GptclfError(f"unknown output format {out_fmt!r}", hint=f"use one of {', '.join(OUTPUT_FORMATS)}")
         tcol = find_column(text_column, table.columns, table.path, "text")
-        extra = added_columns(labels, bool(getattr(classifier, "multi_label", False)))
-        thresholds, delimiter = _multi_label(classifier, out_fmt)
+        task = getattr(classifier, "task", tasks.SINGLE_LABEL)
+        extra = added_columns(labels, task)
+        thresholds = getattr(classifier, "thresholds", np.full(len(labels), 0.5))
+        delimiter = None if out_fmt == "jsonl" else _label_delimiter(classifier)
         clash = [c for c in extra if c in table.columns]
         if clash:
             raise GptclfError(f"{table.path} already has column(s) {clash} that the output adds",
@@ -135,7 +129,8 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
         rows = chunks = truncated_chunks = 0
         with atomic_path(output_path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as out, \
                 _scored_chunks(classifier, table, tcol, chunk_size, batch_size) as scored:
-            write = _row_writer(out, out_fmt, table, extra, lambda p: _added_values(labels, p, thresholds, delimiter))
+            write = _row_writer(out, out_fmt, table, extra,
+                                lambda p: _added_values(task, labels, p, thresholds, delimiter))
             for chunk, probs, flags in scored:
                 truncated_chunks += any(flags)
                 for row, p, cut in zip(chunk, probs, flags):
@@ -151,17 +146,12 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
     return BatchResult(rows, chunks, time.perf_counter() - t0, output_path)
 
 
-def _multi_label(classifier: Any, out_fmt: str) -> tuple[Any, str | None]:
-    """A multi-label model's thresholds (None: single-label) and, for CSV/TSV output, the separator
-    its labels were read with (``--label-delimiter``)."""
-    from ..data.tables import DEFAULT_LABEL_DELIMITER
-
-    if not getattr(classifier, "multi_label", False):
-        return None, None
+def _label_delimiter(classifier: Any) -> str:
+    """What separates a label set in a CSV/TSV cell: the run's ``--label-delimiter``, so ``gptclf
+    train`` reads the output back."""
     train = getattr(getattr(classifier, "run_config", None), "train", None) or {}
     sep = train.get("label_delimiter") if isinstance(train, dict) else None
-    return classifier.thresholds, None if out_fmt == "jsonl" else (sep if isinstance(sep, str) and sep
-                                                                   else DEFAULT_LABEL_DELIMITER)
+    return sep if isinstance(sep, str) and sep else DEFAULT_LABEL_DELIMITER
 
 
 def _row_writer(out: Any, out_fmt: str, table: Table, extra: list[str], values: Callable[[Any], list[Any]]

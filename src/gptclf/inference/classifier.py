@@ -24,13 +24,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .. import tasks
 from ..config import RunConfig
 from ..data.batching import budget_batches, collate, sorted_batches
 from ..data.encoding import fit_to_length, tokenize_texts
 from ..device import autocast, pad_multiple, pick_device, resolve_precision
 from ..errors import GptclfError, TextError, is_interrupt
 from ..graphs import Shapes, StaticForward, capture_available
-from ..metrics import classification_report, most_confident_mistakes, multilabel_mistakes, multilabel_report
 from ..models import registry
 from ..models.classifier import SequenceClassifier
 from ..rundir.load import load_classifier_backbone, read_run_config
@@ -45,22 +45,6 @@ GPU_BATCH_TOKENS = 65536
 # Padded tokens per forward pass (rows x the batch's longest text), on top of the batch size:
 # long texts go a few at a time instead of padding 31 shorter ones to their width.
 MAX_BATCH_TOKENS = 2048
-
-
-def prediction(labels: Sequence[str], p: np.ndarray, truncated: bool = False, empty: bool = False,
-               thresholds: np.ndarray | None = None) -> dict[str, Any]:
-    """One prediction as every path reports it (Python, ``predict --json``, HTTP).
-
-    With ``thresholds`` (a multi-label model): ``{"labels", "scores", "truncated", "empty"}``,
-    ``labels`` being those whose probability reaches their threshold, most probable first
-    (possibly none)."""
-    if thresholds is not None:
-        on = [i for i in np.argsort(-p, kind="stable") if p[i] >= thresholds[i]]
-        return {"labels": [labels[i] for i in on], "scores": {lab: float(v) for lab, v in zip(labels, p)},
-                "truncated": bool(truncated), "empty": bool(empty)}
-    k = int(p.argmax())
-    return {"label": labels[k], "score": float(p[k]), "scores": {lab: float(v) for lab, v in zip(labels, p)},
-            "truncated": bool(truncated), "empty": bool(empty)}
 
 
 class Classifier:
@@ -83,8 +67,9 @@ class Classifier:
         self.max_batch_tokens: int | None = MAX_BATCH_TOKENS  # None: batches of batch_size texts only
         # Temperature scaling fitted at training (1.0: raw scores); every path goes through predict_proba.
         self.temperature: float = float(run_config.temperature)
-        # Multi-label: a sigmoid per label, each label predicted when p >= its threshold (0.5 if none fitted).
-        self.multi_label: bool = bool(run_config.multi_label)
+        # What the outputs mean (gptclf.tasks): the probabilities, the decision, the evaluation.
+        self.task: tasks.Task = tasks.get(run_config.task)
+        # Per label: predicted when p >= its threshold, for a task that decides so (0.5 if none fitted).
         stored = run_config.thresholds or {}
         self.thresholds: np.ndarray = np.array([float(stored.get(lab, 0.5)) for lab in self.labels])
         self.device = device
@@ -245,8 +230,7 @@ class Classifier:
                 out[idx] = self.session(batch.numpy(), lens.numpy())
                 continue
             order += idx
-            logits = self._logits(batch, lens) / self.temperature
-            parts.append(torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, -1))
+            parts.append(self.task.probabilities(self._logits(batch, lens) / self.temperature))
         if parts:
             out[order] = torch.cat(parts).cpu().numpy()
         bad = np.flatnonzero(~np.isfinite(out).all(1))
@@ -275,53 +259,23 @@ class Classifier:
         probable first, possibly none."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         probs, truncated = self._predict(texts, batch_size)
-        th = self.thresholds if self.multi_label else None
-        return [prediction(self.labels, p, cut, not t.strip(), th) for p, cut, t in zip(probs, truncated, texts)]
+        return [self.task.prediction(self.labels, p, cut, not t.strip(), self.thresholds)
+                for p, cut, t in zip(probs, truncated, texts)]
 
-    def evaluate(self, texts: Sequence[str], labels: Sequence[str], batch_size: int = 32,
+    @property
+    def multi_label(self) -> bool:
+        """Whether each text gets a set of labels (``predict`` answers ``labels``, not ``label``)."""
+        return self.task is tasks.MULTI_LABEL
+
+    def evaluate(self, texts: Sequence[str], labels: Sequence[Any], batch_size: int = 32,
                  mistakes: int = 0) -> dict[str, Any]:
-        """Accuracy, loss, per-class P/R/F1, confusion matrix, ROC-AUC (binary) and, with
-        ``mistakes=k``, the k wrong predictions the model was surest of. A multi-label model takes
-        a label set per text and reports :func:`gptclf.metrics.multilabel_report`."""
-        if self.multi_label:
-            return self._evaluate_multi_label(texts, labels, batch_size, mistakes)
-        if not all(isinstance(x, str) for x in labels):
-            raise GptclfError("a single-label model is evaluated on one label (a string) per text",
-                              hint="this model was not trained with --multi-label")
-        unknown = sorted(set(labels) - set(self.labels))
-        if unknown:
-            raise GptclfError(f"labels {unknown} are not among the model's labels {self.labels}",
-                              hint="check --label-column, or evaluate on data with the training labels")
-        index = {lab: i for i, lab in enumerate(self.labels)}
+        """The task's report on labelled texts: for one label per text accuracy, loss, per-class
+        P/R/F1, confusion matrix, ROC-AUC (binary); for label sets (one list per text)
+        the per-label and micro/macro metrics. With ``mistakes=k``, the k wrong decisions the
+        model was surest of."""
+        self.task.check_gold(labels, self.labels)
         probs = self.predict_proba(list(texts), batch_size)
-        y = np.array([index[lab] for lab in labels], dtype=np.int64)
-        report = classification_report(y, probs.argmax(1), self.labels, probs)
-        report["loss"] = float(-np.log(probs[np.arange(len(y)), y] + 1e-12).mean()) if len(y) else float("nan")
-        if mistakes:
-            report["mistakes"] = most_confident_mistakes(list(texts), y, probs, self.labels, mistakes)
-        return report
-
-    def _evaluate_multi_label(self, texts: Sequence[str], label_sets: Sequence[Sequence[str]], batch_size: int,
-                              mistakes: int) -> dict[str, Any]:
-        if any(isinstance(x, str) for x in label_sets):
-            raise GptclfError("a multi-label model is evaluated on a list of labels per text, not one string",
-                              hint="read the data with multi_label=True (gptclf evaluate does)")
-        unknown = sorted({lab for x in label_sets for lab in x} - set(self.labels))
-        if unknown:
-            raise GptclfError(f"labels {unknown} are not among the model's labels {self.labels}",
-                              hint="check --label-column and --label-delimiter")
-        index = {lab: i for i, lab in enumerate(self.labels)}
-        y = np.zeros((len(label_sets), len(self.labels)), dtype=bool)
-        for i, x in enumerate(label_sets):
-            y[i, [index[lab] for lab in x]] = True
-        probs = self.predict_proba(list(texts), batch_size).astype(np.float64)
-        report = multilabel_report(y, probs >= self.thresholds, self.labels)
-        p = np.clip(probs, 1e-12, 1 - 1e-12)
-        report["loss"] = float(-(y * np.log(p) + ~y * np.log(1 - p)).mean()) if len(y) else float("nan")
-        report["thresholds"] = dict(zip(self.labels, self.thresholds.tolist()))
-        if mistakes:
-            report["mistakes"] = multilabel_mistakes(list(texts), y, probs, self.thresholds, self.labels, mistakes)
-        return report
+        return self.task.evaluate(list(texts), list(labels), probs, self.labels, self.thresholds, mistakes)
 
 
 def static_shapes_for(option: str, device: torch.device, precision: str, cap: int, torch_backend: bool

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import tasks
 from ..errors import GptclfError
 from ..files import atomic_directory, read_json_object, write_json_atomic
 from ..models import registry
@@ -59,23 +60,24 @@ def require_onnx() -> None:
 
 class ProbabilityGraph(nn.Module):
     """What the exported graph computes, in fp32: the logits divided by the run's calibration
-    temperature, and their softmax (gptclf's probabilities); for a multi-label run the sigmoid
-    of each logit (one independent probability per label)."""
+    temperature, and the task's probabilities of them (gptclf's: a softmax, or for label sets
+    one sigmoid per label; :mod:`gptclf.tasks`)."""
 
-    def __init__(self, model: nn.Module, temperature: float = 1.0, multi_label: bool = False) -> None:
+    def __init__(self, model: nn.Module, temperature: float = 1.0, task: tasks.Task = tasks.SINGLE_LABEL) -> None:
         super().__init__()
         self.m = model
         self.temperature = float(temperature)
-        self.multi_label = multi_label
+        self.task = task
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.m(input_ids, lengths).float() / self.temperature
-        return logits, torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, -1)
+        return logits, self.task.probabilities(logits)
 
 
-def export_graph(model: nn.Module, path: Path, temperature: float = 1.0, multi_label: bool = False) -> None:
+def export_graph(model: nn.Module, path: Path, temperature: float = 1.0, task: tasks.Task = tasks.SINGLE_LABEL
+                 ) -> None:
     """Trace ``model`` (a SequenceClassifier) into ``path`` with dynamic batch and sequence axes."""
-    graph = ProbabilityGraph(model, temperature, multi_label).eval()
+    graph = ProbabilityGraph(model, temperature, task).eval()
     # Two rows of eight tokens: torch.export specialises a dimension seen as 0 or 1.
     ids = torch.zeros((2, 8), dtype=torch.long)
     lens = torch.tensor([8, 5], dtype=torch.long)
@@ -185,12 +187,9 @@ def manifest(clf: Any) -> dict[str, Any]:
         "inputs": {"input_ids": "int64 [batch, seq], right-padded with pad_id",
                    "lengths": "int64 [batch], real tokens per row (1..seq)"},
         "outputs": {"logits": "float32 [batch, num_classes], divided by the calibration temperature",
-                    "probabilities": "float32 [batch, num_classes], " + (
-                        "sigmoid of each logit (multi-label: a label is predicted when its probability reaches "
-                        "its threshold)" if clf.multi_label else "softmax of logits")},
+                    "probabilities": "float32 [batch, num_classes], " + clf.task.probability_note()},
         "temperature": float(clf.temperature),
-        **({"multi_label": True, "thresholds": dict(zip(cfg.labels, clf.thresholds.tolist()))}
-           if clf.multi_label else {}),
+        **clf.task.info_fields(cfg.labels, clf.thresholds),
         "labels": list(cfg.labels),
         "max_length": int(cfg.max_length),
         "pad_id": int(clf.tokenizer.pad_id),
@@ -224,8 +223,7 @@ def check_parity(clf: Any, directory: Path) -> dict[str, Any]:
     ids, lens = parity_inputs(clf)
     with torch.inference_mode():
         logits = clf.model(torch.from_numpy(ids), torch.from_numpy(lens)).float()
-        ref = (torch.sigmoid(logits / clf.temperature) if clf.multi_label
-               else torch.softmax(logits / clf.temperature, -1)).numpy()
+        ref = clf.task.probabilities(logits / clf.temperature).numpy()
     got = OnnxSession(directory / FILES["fp32"])(ids, lens)
     diff = float(np.abs(got - ref).max())
     if not diff <= PARITY_TOLERANCE:
@@ -255,7 +253,7 @@ def write_onnx_dir(clf: Any, out: Path, int8: bool = True, source: Path | None =
 
 def _write_files(clf: Any, tmp: Path, int8: bool, source: Path | None) -> None:
     model = clf.model.float().eval()
-    export_graph(model, tmp / FILES["fp32"], clf.temperature, clf.multi_label)
+    export_graph(model, tmp / FILES["fp32"], clf.temperature, clf.task)
     info = manifest(clf)
     if int8:
         arch = clf.run_config.architecture.get("arch", "gpt2")

@@ -51,3 +51,6 @@ class Family:
     # Linears (names inside a block) that stay fp32 under int8 inference: their inputs carry
     # outlier channels that one int8 scale cannot represent (see gptclf.inference.quantize).
     int8_fp32_linears: tuple[str, ...] = ()
+    # The class head's bias by default (--head-bias / --no-head-bias). Hugging Face's
+    # *ForSequenceClassification heads have none; GPT-2 keeps the book's, which export folds into ln_f.
+    head_bias: bool = False

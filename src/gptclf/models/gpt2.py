@@ -223,6 +223,7 @@ FAMILY = Family(
     convert_hf=convert_hf_state_dict,
     hf_export_config=hf_export_config,
     to_hf=to_hf_state_dict,
+    head_bias=True,  # the book's Linear(768, 2); its bias folds into ln_f for a Hugging Face export
     # OpenAI's four sizes, fetched from the Hugging Face hub; no recipe: the book's defaults.
     presets={
         "gpt2-small": Preset(PRESETS["gpt2-small"], hub="openai-community/gpt2",

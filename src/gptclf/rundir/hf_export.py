@@ -62,11 +62,10 @@ def export_hf(src: str | Path, out: str | Path) -> Path:
         "id2label": {str(i): lab for i, lab in enumerate(clf.labels)},
         "label2id": {lab: i for i, lab in enumerate(clf.labels)},
         "pad_token_id": int(clf.tokenizer.pad_id),
-        # multi-label: transformers then trains with BCE; the per-label thresholds travel in "gptclf".
-        "problem_type": "multi_label_classification" if clf.multi_label else "single_label_classification",
+        "problem_type": clf.task.hf_problem_type,
         "torch_dtype": "float32", "dtype": "float32",
         "gptclf": {"exported_from": str(src.resolve()), "max_length": clf.max_length,
-                   **({"thresholds": dict(zip(clf.labels, clf.thresholds.tolist()))} if clf.multi_label else {})},
+                   **clf.task.hf_fields(clf.labels, clf.thresholds)},
     }
     _write_dir(out, tensors, config, clf, pad_token, src)
     return out

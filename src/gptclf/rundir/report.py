@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from .. import tasks
 from ..errors import GptclfError
 from ..files import read_json_object, write_json_atomic, write_text_atomic
 from .base import describe_weights
@@ -65,45 +66,27 @@ def _kv_table(d: dict[str, Any]) -> str:
     return f"<table>{rows}</table>"
 
 
-def _multilabel_table(rep: dict[str, Any]) -> str:
-    """A multi-label split: micro/macro F1, exact match, Hamming loss, and one row per label
-    (there is no confusion matrix: each label is its own yes/no decision)."""
-    head = "<tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th><th>predicted</th></tr>"
-    rows = "".join(
-        f"<tr><td>{_e(lab)}</td><td class=num>{_num(m['precision'])}</td><td class=num>{_num(m['recall'])}</td>"
-        f"<td class=num>{_num(m['f1'])}</td><td class=num>{_e(m['support'])}</td>"
-        f"<td class=num>{_e(m.get('predicted', ''))}</td></tr>" for lab, m in rep.get("per_class", {}).items())
-    extra = [f"micro F1 <b>{_num(rep.get('micro_f1', float('nan')))}</b>",
-             f"macro F1 {_num(rep.get('macro_f1', float('nan')))}",
-             f"exact match {_num(rep.get('exact_match', float('nan')) * 100, 2)} %",
-             f"Hamming loss {_num(rep.get('hamming_loss', float('nan')))}", f"n = {_e(rep.get('n', ''))}"]
-    if rep.get("loss") is not None:
-        extra.append(f"loss {_num(rep['loss'])}")
-    return (f"<p>{' &middot; '.join(extra)}</p><table>{head}{rows}</table>"
-            "<p class=muted>Multi-label: each label is predicted when its probability reaches its threshold; "
-            "support counts the texts that have the label, predicted those given it.</p>")
-
-
-def _report_table(rep: dict[str, Any]) -> str:
-    if rep.get("multi_label"):
-        return _multilabel_table(rep)
-    head = "<tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"
-    rows = "".join(
-        f"<tr><td>{_e(lab)}</td><td class=num>{_num(m['precision'])}</td><td class=num>{_num(m['recall'])}</td>"
-        f"<td class=num>{_num(m['f1'])}</td><td class=num>{_e(m['support'])}</td></tr>"
-        for lab, m in rep.get("per_class", {}).items())
+def _report_table(rep: dict[str, Any], task: tasks.Task) -> str:
+    """A split's report as its task lays it out (:meth:`gptclf.tasks.base.Task.report_table`),
+    then its confusion matrix where the task has one."""
+    head, columns, rows, note = task.report_table(rep)
+    items = []
+    for name, value, fmt in head:
+        text = {"pct": lambda v: f"{_num(v * 100, 2)} %", "num": _num}.get(fmt.lstrip("*"), _e)(value)
+        items.append(f"{_e(name)} <b>{text}</b>" if fmt.startswith("*") else f"{_e(name)} {text}")
+    cells = "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" if isinstance(v, str) else
+                                     f"<td class=num>{_num(v) if isinstance(v, float) else _e(v)}</td>" for v in row)
+                    + "</tr>" for row in rows)
+    out = (f"<p>{' &middot; '.join(items)}</p><table><tr>" + "".join(f"<th>{_e(c)}</th>" for c in columns)
+           + f"</tr>{cells}</table>" + (f"<p class=muted>{_e(note)}</p>" if note else ""))
     labels = rep.get("labels", [])
-    cm_head = "<tr><th>true \\ predicted</th>" + "".join(f"<th>{_e(x)}</th>" for x in labels) + "</tr>"
-    cm_rows = "".join(f"<tr><th>{_e(lab)}</th>" + "".join(f"<td class=num>{_e(v)}</td>" for v in row) + "</tr>"
-                      for lab, row in zip(labels, rep.get("confusion_matrix", [])))
-    extra = [f"accuracy <b>{_num(rep.get('accuracy', float('nan')) * 100, 2)} %</b>",
-             f"macro F1 {_num(rep.get('macro_f1', float('nan')))}", f"n = {_e(rep.get('n', ''))}"]
-    if rep.get("roc_auc") is not None:
-        extra.append(f"ROC-AUC {_num(rep['roc_auc'])}")
-    if rep.get("loss") is not None:
-        extra.append(f"loss {_num(rep['loss'])}")
-    return (f"<p>{' &middot; '.join(extra)}</p><table>{head}{rows}</table>"
-            f"<p class=muted>Confusion matrix (rows: true class, columns: predicted)</p><table>{cm_head}{cm_rows}</table>")
+    if rep.get("confusion_matrix"):
+        cm_head = "<tr><th>true \\ predicted</th>" + "".join(f"<th>{_e(x)}</th>" for x in labels) + "</tr>"
+        cm_rows = "".join(f"<tr><th>{_e(lab)}</th>" + "".join(f"<td class=num>{_e(v)}</td>" for v in row) + "</tr>"
+                          for lab, row in zip(labels, rep["confusion_matrix"]))
+        out += ("<p class=muted>Confusion matrix (rows: true class, columns: predicted)</p>"
+                f"<table>{cm_head}{cm_rows}</table>")
+    return out
 
 
 def _mistakes_table(mistakes: list[dict[str, Any]]) -> str:
@@ -131,7 +114,8 @@ def render_report(title: str, *, data_summary: dict[str, Any] | None = None,
                   settings: dict[str, Any] | None = None, headline: dict[str, Any] | None = None,
                   reports: dict[str, dict[str, Any]] | None = None, plots: Sequence[str] = (),
                   mistakes: list[dict[str, Any]] | None = None, mistakes_of: str = "test",
-                  search: list[dict[str, Any]] | None = None, search_winner: dict[str, Any] | None = None) -> str:
+                  search: list[dict[str, Any]] | None = None, search_winner: dict[str, Any] | None = None,
+                  task: tasks.Task = tasks.SINGLE_LABEL) -> str:
     """The report page; ``plots`` are ready ``<img>`` tags (already escaped)."""
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>"
@@ -147,7 +131,7 @@ def render_report(title: str, *, data_summary: dict[str, Any] | None = None,
     if plots:
         parts.append("<h2>Curves and confusion matrix</h2><div class=plots>" + "".join(plots) + "</div>")
     for name, rep in (reports or {}).items():
-        parts.append(f"<h2>Metrics: {_e(name)}</h2>" + _report_table(rep))
+        parts.append(f"<h2>Metrics: {_e(name)}</h2>" + _report_table(rep, task))
     if mistakes is not None:
         parts.append(f"<h2>Most confident mistakes ({_e(mistakes_of)})</h2>" + _mistakes_table(mistakes))
     parts.append("</body></html>\n")
@@ -172,8 +156,9 @@ def write_run_report(directory: str | Path, name: str | None = None) -> Path:
                                         "val_micro_f1", "test_micro_f1", "train_loss", "val_loss", "test_loss",
                                         "best_epoch", "temperature", "thresholds", "seconds", "device", "interrupted")
                 if k in metrics}
-    if config.multi_label:  # *_accuracy of a multi-label run is the exact match (the whole label set right)
-        headline = {k.replace("_accuracy", "_exact_match"): v for k, v in headline.items()}
+    task = tasks.get(config.task)
+    for old, new in task.headline_names().items():  # a metric the task calls otherwise (exact match)
+        headline = {k.replace(old, new): v for k, v in headline.items()}
     if cal:
         headline.update({"test ECE before calibration": cal.get("test_ece_before"),
                          "test ECE after calibration": cal.get("test_ece_after")})
@@ -190,13 +175,14 @@ def write_run_report(directory: str | Path, name: str | None = None) -> Path:
     page = render_report(f"gptclf run {name or directory.name}", data_summary=config.data,
                          settings=config.train, headline=headline, reports=reports,
                          plots=[p for p in plots if p], mistakes=metrics.get("test_mistakes", []),
-                         search=metrics.get("search"), search_winner=metrics.get("search_winner"))
+                         search=metrics.get("search"), search_winner=metrics.get("search_winner"), task=task)
     out = directory / REPORT_HTML
     write_text_atomic(out, page)
     return out
 
 
-def write_evaluation_report(directory: str | Path, report: dict[str, Any], *, model: str, data: str) -> Path:
+def write_evaluation_report(directory: str | Path, report: dict[str, Any], *, model: str, data: str,
+                            task: tasks.Task = tasks.SINGLE_LABEL) -> Path:
     """``gptclf evaluate --report DIR``: metrics.json, confusion-matrix.png and report.html."""
     directory = Path(directory).expanduser()
     if directory.exists() and not directory.is_dir():
@@ -210,7 +196,7 @@ def write_evaluation_report(directory: str | Path, report: dict[str, Any], *, mo
                           hint=f"pass a new directory, e.g. --report {directory / 'evaluations' / 'NAME'}")
     directory.mkdir(parents=True, exist_ok=True)
     write_json_atomic(directory / "metrics.json", report)
-    if report.get("confusion_matrix"):  # a multi-label report has none
+    if report.get("confusion_matrix"):  # a report of label sets has none
         plot_confusion_matrix(report["confusion_matrix"], report["labels"], directory / CONFUSION_PNG,
                               "Confusion matrix")
     headline = {"model": model, "data": data, "n": report.get("n"), "accuracy": report.get("accuracy"),
@@ -218,7 +204,7 @@ def write_evaluation_report(directory: str | Path, report: dict[str, Any], *, mo
     page = render_report(f"gptclf evaluation: {Path(data).name}", headline=headline,
                          reports={"evaluation data": report},
                          plots=[_img(directory / CONFUSION_PNG, "confusion matrix")],
-                         mistakes=report.get("mistakes", []), mistakes_of="evaluation data")
+                         mistakes=report.get("mistakes", []), mistakes_of="evaluation data", task=task)
     out = directory / REPORT_HTML
     write_text_atomic(out, page)
     return out

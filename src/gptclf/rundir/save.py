@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import tasks
 from ..config import RunConfig
 from ..errors import GptclfError
 from ..files import atomic_directory, read_json_object, remove_stale_temporaries, temporary_name, \
@@ -120,8 +121,7 @@ def save_run(out: Path, model: nn.Module, tokenizer: Any, run_config: RunConfig,
         for name, text in (files or {}).items():
             write_text_atomic(tmp / name, text)
         try:
-            plot_history(hist, tmp, (run_config.train or {}).get("epochs", 1),
-                         "micro-F1" if run_config.multi_label else "accuracy")
+            plot_history(hist, tmp, (run_config.train or {}).get("epochs", 1), tasks.get(run_config.task).score_name)
         except Exception as e:  # a plot must never cost the user the model
             print(f"warning: could not draw the plots: {e}")
         try:

@@ -6,8 +6,8 @@ Fitted on the validation split after training, by minimising its negative log-li
 the accuracy, never changes. The run stores ``T`` in config.json (``temperature``) and
 :class:`gptclf.inference.classifier.Classifier` applies it in every prediction path.
 
-A ``--multi-label`` run has no temperature: :func:`fit_thresholds` chooses each label's
-threshold on the validation split instead (config.json ``thresholds``).
+This is the single-label task's calibration; a run of label sets fits a threshold per label
+instead (:mod:`gptclf.tasks`).
 """
 
 from __future__ import annotations
@@ -84,45 +84,3 @@ def calibration_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndar
         out["test_reliability_before"] = reliability_bins(labels["test"], softmax(logits["test"]))
         out["test_reliability_after"] = reliability_bins(labels["test"], softmax(logits["test"], temperature))
     return out
-
-
-# --------------------------------------------------------------------------- multi-label
-
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
-
-
-def fit_thresholds(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``--multi-label``: per label, the probability threshold that maximises its F1 on the
-    validation split (in place of a temperature: a sigmoid per label has its own operating point).
-
-    The candidates are 0.5 and the midpoints between consecutive distinct validation
-    probabilities; ties keep the candidate nearest 0.5, so a label with no positive example
-    in validation (F1 0 whatever the threshold) keeps 0.5. The result is always in (0, 1).
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    y = np.asarray(y, dtype=bool)
-    out = np.full(probs.shape[1], 0.5)
-    for j in range(probs.shape[1]):
-        out[j] = _best_threshold(probs[:, j], y[:, j])
-    return out
-
-
-def _best_threshold(p: np.ndarray, y: np.ndarray) -> float:
-    positives = int(y.sum())
-    if len(p) == 0 or positives == 0:
-        return 0.5
-    order = np.argsort(-p, kind="stable")
-    ps, tp = p[order], np.cumsum(y[order])
-    # Predicting the top i+1 as positive: F1 = 2 tp / (predicted + positives). Cut only between distinct values.
-    cut = np.flatnonzero(np.append(ps[:-1] > ps[1:], True))
-    f1 = 2 * tp[cut] / (cut + 1 + positives)
-    below = np.append(ps[1:], 0.0)[cut]
-    thresholds = (ps[cut] + below) / 2
-    f1_half = 2 * float(y[p >= 0.5].sum()) / (int((p >= 0.5).sum()) + positives)
-    best = float(f1.max())
-    if f1_half >= best - 1e-12:
-        return 0.5
-    ties = thresholds[f1 >= best - 1e-12]
-    t = float(ties[np.argmin(np.abs(ties - 0.5))])
-    return min(max(t, 1e-6), 1 - 1e-6)

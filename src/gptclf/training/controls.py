@@ -1,4 +1,5 @@
-"""Training controls around the book's loop: class-weighted loss and early stopping."""
+"""Training controls around the book's loop: best-epoch selection and early stopping (the losses,
+class-weighted or not, are each task's: :mod:`gptclf.tasks`)."""
 
 from __future__ import annotations
 
@@ -10,58 +11,6 @@ from torch import nn
 
 from ..config import DEFAULT_PATIENCE, STOPPING_METRICS, TrainConfig
 from ..errors import GptclfError
-
-
-def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Inverse class frequency, scaled so a balanced data set gets weight 1 everywhere.
-
-    ``n / (num_classes * count_c)`` (scikit-learn's "balanced"): the alternative to the
-    book's undersampling that keeps every example and lets each class weigh the same
-    in the loss.
-    """
-    counts = torch.bincount(labels, minlength=num_classes).double()
-    if (counts == 0).any():
-        missing = [i for i, c in enumerate(counts.tolist()) if c == 0]
-        raise GptclfError(f"--balance weight: class index(es) {missing} have no training example")
-    return (len(labels) / (num_classes * counts)).float()
-
-
-def label_pos_weights(labels: torch.Tensor) -> torch.Tensor:
-    """``--balance weight`` for ``--multi-label``: each label's positives weighted by its
-    negatives/positives ratio (BCE's ``pos_weight``), so a rare label's misses cost as much in
-    total as its false alarms. Every label has a training positive (the vocabulary is the
-    training split's)."""
-    pos = labels.double().sum(0)
-    if (pos == 0).any():
-        missing = [i for i, c in enumerate(pos.tolist()) if c == 0]
-        raise GptclfError(f"--balance weight: label index(es) {missing} have no training example")
-    return ((len(labels) - pos) / pos).clamp(min=1e-3).float()
-
-
-def step_loss(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None,
-              step_total: float, world_size: int = 1) -> torch.Tensor:
-    """This micro-batch's share of the loss of the whole optimizer step.
-
-    An optimizer step covers ``grad_accum`` micro-batches on each of ``world_size``
-    processes; ``step_total`` is the number of examples in it (or, with class weights,
-    the sum of their weights). Dividing each micro-batch's summed loss by it makes the
-    accumulated gradient that of one big batch's mean loss; the factor ``world_size``
-    undoes DDP's averaging of gradients over processes. With one process and one
-    micro-batch this is exactly the book's ``cross_entropy(logits, targets)``.
-
-    ``--multi-label`` (``targets`` a float 0/1 matrix ``[batch, num_labels]``): binary
-    cross-entropy per label, averaged over the labels and the examples; ``weight`` is then
-    each label's ``pos_weight`` (:func:`label_pos_weights`) and ``step_total`` the examples.
-    """
-    if targets.dim() == 2:
-        loss = nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight, reduction="sum")
-        return loss * (world_size / (step_total * targets.shape[1]))
-    if weight is None:
-        loss = nn.functional.cross_entropy(logits, targets)
-        scale = len(targets) * world_size / step_total
-        return loss if scale == 1.0 else loss * scale
-    loss = nn.functional.cross_entropy(logits, targets, weight=weight, reduction="sum")
-    return loss * (world_size / step_total)
 
 
 # The default --keep-best keeps the latest epoch whose validation accuracy is within this many

@@ -27,7 +27,7 @@ from ..device import autocast
 from ..errors import GptclfError
 from ..graphs import Shapes
 from ..models.classifier import SequenceClassifier
-from .controls import EarlyStopping, step_loss
+from .controls import EarlyStopping
 from .distributed import DistContext, any_rank, broadcast_float, no_sync, wrap_ddp
 from .evaluate import calc_loss_and_accuracy, loss_accuracy_and_right
 from .schedule import lr_factor, warmup_steps
@@ -62,9 +62,10 @@ class Trainer:
         self.shuffle_gen = torch.Generator().manual_seed(cfg.seed)
         self.eval_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.train_y = train_ds.labels.to(device)
-        # --multi-label: the loop's "accuracy" (history, best epoch, early stopping) is the micro-F1 at
-        # threshold 0.5 (training/evaluate.py), what the history's *_accuracy keys then hold.
-        self.score_name = "micro-F1" if train_ds.labels.dim() == 2 else "accuracy"
+        # The loop's "accuracy" (history, best epoch, early stopping) is the task's score: a
+        # multi-label run's micro-F1 at threshold 0.5, what the history's *_accuracy keys then hold.
+        self.task = cfg.target_task
+        self.score_name = self.task.score_name
         self.weight = class_weight.to(device) if class_weight is not None else None
         # One micro-batch is batch_size examples on each process; an optimizer step takes
         # grad_accum of them. Leftover micro-batches of an epoch are dropped, as the book's
@@ -91,7 +92,8 @@ class Trainer:
         self.ddp: Any = None
         # --static-shapes: the step's forward and backward on fixed buffers (CUDA graphs on a GPU).
         self.static_step = None if shapes is None else StaticTrainStep(
-            model, train_feed.forward, self.trainable, self.weight, device, shapes)  # type: ignore[attr-defined]
+            model, train_feed.forward, self.trainable, self.weight, device, shapes,  # type: ignore[attr-defined]
+            self.task.static_loss)
 
     # ------------------------------------------------------------------ resume
 
@@ -248,8 +250,7 @@ class Trainer:
         """One optimizer step over ``group`` (its micro-batches); returns the step's loss."""
         flat = [i for g in group for i in g]
         # The whole step's example count (or class weight) divides each micro-batch's loss.
-        total = float(len(flat)) if self.weight is None or self.train_y.dim() == 2 else \
-            float(self.class_weight[self.train_ds.labels[flat]].double().sum())
+        total = self.task.step_total(self.train_ds.labels[flat], self.class_weight)
         self.optimizer.zero_grad(set_to_none=True)
         if self.static_step is not None:  # one process, one micro-batch (static_shapes_for checked)
             idx = group[0]
@@ -281,7 +282,7 @@ class Trainer:
                 with autocast(self.device, self.precision):
                     logits = self.ddp(self.train_feed, idx) if self.ddp is not None else \
                         self.train_feed(self.model, idx)
-                loss = step_loss(logits.float(), self.train_y[idx], self.weight, total, self.dist.world_size)
+                loss = self.task.step_loss(logits.float(), self.train_y[idx], self.weight, total, self.dist.world_size)
                 loss.backward()
             loss_sum += loss.detach()
         return loss_sum
@@ -303,7 +304,7 @@ class Trainer:
         return shuffled_batches(len(self.train_ds), self.global_batch, self.eval_gen)[: self.cfg.eval_iter]
 
     def _loss_and_accuracy(self, feed: Feeder, labels: torch.Tensor, batches: list[list[int]]) -> tuple[float, float]:
-        return calc_loss_and_accuracy(self.model, feed, labels, batches, self.device, self.precision)
+        return calc_loss_and_accuracy(self.model, feed, labels, batches, self.device, self.precision, self.task)
 
     def _estimate_losses(self, epoch: int) -> None:
         """The book's ``evaluate_model``: losses on ``eval_iter`` batches of each split."""
@@ -338,7 +339,8 @@ class Trainer:
         # Every process evaluates the whole validation set with the same weights, so ``right``
         # (which texts were right) agrees across processes as the broadcast values do.
         full_loss, full_acc, right = loss_accuracy_and_right(self.model, self.val_feed, self.val_ds.labels,
-                                                             self.full_val_batches, self.device, self.precision)
+                                                             self.full_val_batches, self.device, self.precision,
+                                                             self.task)
         entry.update(full_val_loss=full_loss, full_val_accuracy=full_acc)
         value = broadcast_float(full_loss if stopper.metric == "val_loss" else full_acc, self.dist)
         tie = broadcast_float(full_loss, self.dist) if stopper.metric == "val_accuracy" else None
@@ -347,19 +349,3 @@ class Trainer:
                  f"epoch {stopper.best_epoch} ({stopper.metric} {stopper.best_value:.4f})"
                  + (f" | stopping early: no gain for {stopper.patience} epoch(s)" if stopped else ""))
         return stopped
-
-
-def train_classifier(model: SequenceClassifier, optimizer: torch.optim.Optimizer, train_feed: Feeder,
-                     val_feed: Feeder, train_ds: EncodedDataset, val_ds: EncodedDataset, cfg: TrainConfig,
-                     device: torch.device, precision: str, log: Callable[[str], None], *,
-                     dist: DistContext | None = None, checkpointer: Checkpointer | None = None,
-                     stopper: EarlyStopping | None = None, class_weight: torch.Tensor | None = None,
-                     resume: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None,
-                     shapes: Shapes | None = None) -> tuple[History, bool]:
-    """The book's ``train_classifier_simple``: returns the history and whether it was interrupted."""
-    trainer = Trainer(model, optimizer, train_feed, val_feed, train_ds, val_ds, cfg, device, precision, log,
-                      dist=dist, checkpointer=checkpointer, stopper=stopper, class_weight=class_weight,
-                      shapes=shapes)
-    if resume is not None:
-        trainer.restore(*resume)
-    return trainer.fit()

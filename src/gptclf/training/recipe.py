@@ -19,6 +19,7 @@ and optionally ``torch.compile``.
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 import warnings
@@ -26,13 +27,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..config import MAX_LENGTH_CAP, RunConfig, TrainConfig
+from .. import tasks
+from ..config import RunConfig, TrainConfig
 from ..data.encoding import EncodedDataset, encode_examples
 from ..data.splits import DataSplits, load_splits
 from ..data.tables import Example
@@ -46,10 +47,9 @@ from ..graphs import Shapes
 from ..rundir.base import FULL, TRAINED_ONLY, BaseWeights, base_reference, describe_run_size, fingerprint_matches, \
     tensor_bytes, trained_tensors, why_not_referable
 from ..rundir.save import TEST_SPLIT, default_run_dir, directory_bytes, examples_jsonl, save_run
-from .controls import EarlyStopping, class_weights, label_pos_weights, stopper_for
+from .controls import EarlyStopping, stopper_for
 from .distributed import DistContext, barrier, broadcast_text, init_distributed, shutdown
-from .calibrate import calibration_summary, fit_temperature, fit_thresholds, sigmoid
-from .evaluate import multilabel_split_metrics, predict_logits, split_metrics
+from .evaluate import predict_logits
 from .loop import History, Trainer
 from .memory import available_memory, estimate_for_model, memory_warning
 from .state import Checkpointer, data_fingerprint, discard_partial, find_partial, load_checkpoint, partial_dir, \
@@ -66,10 +66,11 @@ SPLITS = (("train", "train"), ("val", "validation"), ("test", "test"))  # (key, 
 
 def prepare_data(cfg: TrainConfig, examples: list[Example] | None = None) -> DataSplits:
     """The chapter's data steps: read (or take ``examples``, in memory), balance (``--balance``),
-    split 70/10/20 (``--split``; or the given files)."""
+    split 70/10/20 (``--split``; or the given files). ``cfg`` is resolved."""
+    task = tasks.get(cfg.task)
     return load_splits(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
                        label_column=cfg.label_column, balance=cfg.balance, seed=cfg.seed, split=cfg.split,
-                       examples=examples, multi_label=cfg.multi_label, label_delimiter=cfg.label_delimiter)
+                       examples=examples, task=task, read_labels=task.label_reader(cfg.label_delimiter))
 
 
 @dataclass
@@ -83,52 +84,64 @@ class Encoded:
 
 
 def encode_splits(cfg: TrainConfig, splits: DataSplits, backbone: Backbone | None = None) -> Encoded:
+    """Load the backbone (unless given) and turn every split into token ids and the task's targets,
+    cut to :meth:`TrainConfig.max_length_for` the backbone (val and test to the training split's)."""
     backbone = backbone or load_backbone(cfg.model, cfg.init)
     tok, ctx_len = backbone.tokenizer, backbone.model.config.context_length
+    task = tasks.get(cfg.task)
     index = {lab: i for i, lab in enumerate(splits.labels)}
     datasets: dict[str, EncodedDataset] = {}
-    max_length = cfg.max_length
-    if max_length is None and cfg.padding != "longest":
-        # Dynamic padding pads each batch to its own longest text, so a long limit costs
-        # nothing on short texts, and prediction later never cuts a text the model could read.
-        max_length = min(ctx_len, MAX_LENGTH_CAP)
+    max_length = cfg.max_length_for(ctx_len)
     for key, name in SPLITS:
         examples = getattr(splits, key)
-        datasets[key] = encode_examples(tok, [e.text for e in examples], label_targets(examples, index, splits.multi_label),
+        datasets[key] = encode_examples(tok, [e.text for e in examples], task.targets(examples, index),
                                         max_length, ctx_len, name, cfg.template)
         max_length = datasets["train"].max_length
     return Encoded(backbone, datasets, max_length)
 
 
-def label_targets(examples: list[Example], index: dict[str, int], multi_label: bool) -> Any:
-    """Each example's class index, or with ``--multi-label`` its 0/1 row over the labels (multi-hot)."""
-    if not multi_label:
-        return [index[e.label] for e in examples]
-    y = np.zeros((len(examples), len(index)), dtype=np.float32)
-    for i, e in enumerate(examples):
-        y[i, [index[lab] for lab in e.label_set()]] = 1.0
-    return y
+def build_classifier(backbone: Backbone, cfg: TrainConfig, num_classes: int) -> tuple[SequenceClassifier, int]:
+    """The chapter's head swap (seeded by ``--seed``, as the book's ``torch.manual_seed(123)``
+    before it) and freezing, as ``cfg`` (resolved) says; the head's bias, left out, is the
+    backbone family's (:meth:`TrainConfig.for_backbone`).
 
-
-def build_classifier(backbone: Backbone, num_classes: int, trainable: str, pooling: str,
-                     seed: int, lora: Any = None, causal: bool = True,
-                     grad_checkpointing: bool = False, head_bias: bool = True) -> tuple[SequenceClassifier, int]:
-    """Head swap (seeded, as the book's ``torch.manual_seed(123)`` before it) and freezing.
-
-    ``trainable="lora"`` freezes everything and adds LoRA adapters (``lora``: a
-    :class:`gptclf.peft.lora.LoRAConfig`) instead of unfreezing whole blocks. Returns the
-    classifier and the number of leading blocks that are frozen.
+    ``--trainable lora`` freezes everything and adds LoRA adapters instead of unfreezing whole
+    blocks. Returns the classifier and the number of leading blocks that are frozen.
     """
     model = backbone.model
-    torch.manual_seed(seed)
-    replace_head(model, num_classes, bias=head_bias)
-    if trainable == "lora":
+    cfg = cfg.for_backbone(model.config.arch)
+    torch.manual_seed(cfg.seed)
+    replace_head(model, num_classes, bias=bool(cfg.head_bias))
+    if cfg.trainable == "lora":
         from ..peft.lora import freeze_for_lora
 
-        frozen = freeze_for_lora(model, lora)
+        frozen = freeze_for_lora(model, cfg.lora_config())
     else:
-        frozen = freeze_for_finetuning(model, trainable)
-    return SequenceClassifier(model, pooling, causal=causal, grad_checkpointing=grad_checkpointing), frozen
+        frozen = freeze_for_finetuning(model, cfg.trainable)
+    return SequenceClassifier(model, cfg.pooling, causal=cfg.causal_mask,
+                              grad_checkpointing=cfg.grad_checkpointing), frozen
+
+
+def setup_classifier(cfg: TrainConfig, backbone: Backbone, num_classes: int, device: torch.device, *,
+                     fresh_copy: bool = False) -> tuple[SequenceClassifier, int]:
+    """What every run (``gptclf train``, each ``gptclf tune`` candidate, the scripts' sweeps) trains:
+    :func:`build_classifier` on ``device``; ``fresh_copy`` builds it on a copy of the backbone's
+    model, which stays as loaded (full fine-tuning and LoRA change the blocks themselves)."""
+    if fresh_copy:
+        backbone = Backbone(copy.deepcopy(backbone.model), backbone.tokenizer, backbone.source)
+    model, frozen = build_classifier(backbone, cfg, num_classes)
+    return model.to(device), frozen
+
+
+def make_trainer(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds, enc: Encoded, device: torch.device,
+                 precision: str, log: Log, **kwargs: Any) -> tuple[Trainer, EarlyStopping | None]:
+    """The book's loop for ``model`` on ``feeds``: AdamW (:func:`make_optimizer`), the run's
+    best-epoch tracker or early stopping (:func:`~gptclf.training.controls.stopper_for`), and
+    ``kwargs`` for :class:`Trainer` (processes, checkpoints, class weights, static shapes)."""
+    stopper = stopper_for(cfg)
+    trainer = Trainer(model, make_optimizer(model, cfg, device), feeds["train"], feeds["val"], enc.datasets["train"],
+                      enc.datasets["val"], cfg, device, precision, log, stopper=stopper, **kwargs)
+    return trainer, stopper
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -141,40 +154,19 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
 
 def evaluate_splits(model: SequenceClassifier, feeds: Feeds, enc: Encoded, splits: DataSplits,
                     cfg: TrainConfig, device: torch.device, precision: str) -> dict[str, Any]:
-    """Every split's accuracy, loss and report, and the test split's most confident mistakes;
-    with ``--calibrate`` (default) first the temperature, fitted on the validation split, which
-    the metrics then use as the saved model will (see :mod:`gptclf.training.calibrate`)."""
-    metrics: dict[str, Any] = {}
+    """Every split's accuracy, loss and report, and the test split's most confident mistakes,
+    scored as the saved model will score them: first what the task calibrates on the validation
+    split (with ``--calibrate``, the default: a temperature, or per-label thresholds; see
+    :mod:`gptclf.tasks`), then every split with it."""
+    task = tasks.get(cfg.task)
     t0 = time.perf_counter()
     logits = {key: predict_logits(model, feeds[key], len(enc.datasets[key]), cfg.eval_batch_size,
                                   enc.datasets[key].lengths, device, precision) for key, _ in SPLITS}
-    if splits.multi_label:
-        return _evaluate_multi_label(logits, enc, splits, cfg, t0)
-    temperature = 1.0
-    if cfg.calibrate:
-        temperature = fit_temperature(logits["val"], enc.datasets["val"].labels.numpy())
-        metrics["temperature"] = temperature
-        metrics["calibration"] = calibration_summary(
-            logits, {key: enc.datasets[key].labels.numpy() for key, _ in SPLITS}, temperature)
+    targets = {key: enc.datasets[key].labels.numpy() for key, _ in SPLITS}
+    metrics = task.calibrate(logits, targets, splits.labels, cfg.calibrate)
     for key, _ in SPLITS:
         texts = [e.text for e in splits.test] if key == "test" else None
-        metrics.update(split_metrics(logits[key], enc.datasets[key], splits.labels, key, texts, temperature))
-    metrics["eval_seconds"] = time.perf_counter() - t0
-    return metrics
-
-
-def _evaluate_multi_label(logits: dict[str, np.ndarray], enc: Encoded, splits: DataSplits, cfg: TrainConfig,
-                          t0: float) -> dict[str, Any]:
-    """``--multi-label``: per-label thresholds fitted on validation (``--calibrate``, the default;
-    else 0.5 each) instead of a temperature, then every split scored with them."""
-    thresholds = np.full(len(splits.labels), 0.5)
-    if cfg.calibrate:
-        thresholds = fit_thresholds(sigmoid(logits["val"]), enc.datasets["val"].labels.numpy() > 0.5)
-    metrics: dict[str, Any] = {"thresholds": dict(zip(splits.labels, thresholds.tolist()))}
-    for key, _ in SPLITS:
-        texts = [e.text for e in splits.test] if key == "test" else None
-        metrics.update(multilabel_split_metrics(logits[key], enc.datasets[key], splits.labels, key,
-                                                thresholds, texts))
+        metrics.update(task.split_metrics(logits[key], targets[key], splits.labels, key, metrics, texts))
     metrics["eval_seconds"] = time.perf_counter() - t0
     return metrics
 
@@ -195,9 +187,8 @@ def save(out: Path, model: SequenceClassifier, cfg: TrainConfig, splits: DataSpl
         model, tok, labels=splits.labels, max_length=enc.max_length, pooling=cfg.pooling, padding=cfg.padding, pad_id=tok.pad_id,
         template=cfg.template, causal_mask=cfg.causal_mask, head_bias=cfg.head_bias, trainable=cfg.trainable,
         base_model=enc.backbone.source, lora=lora_json, data=splits.summary(), train=asdict(cfg),
-        gptclf_version=__version__, temperature=float(metrics.get("temperature", 1.0)),
-        examples=page_examples(splits), weights=TRAINED_ONLY if base_ref else FULL, base_weights=base_ref,
-        multi_label=splits.multi_label, thresholds=metrics.get("thresholds"))
+        gptclf_version=__version__, examples=page_examples(splits), weights=TRAINED_ONLY if base_ref else FULL,
+        base_weights=base_ref, task=cfg.task, **tasks.get(cfg.task).run_config_fields(metrics))
     save_run(out, model, tok, run_config, metrics, history, replace_interrupted=resumed, tensors=tensors,
              files={TEST_SPLIT: examples_jsonl(splits.test)})
 
@@ -324,6 +315,7 @@ def _run(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch
           f"{len(splits.test)} test, labels {splits.labels} (balance {splits.balance}, {splits.split} split)\n"
           + splits.describe())
     enc = encode_splits(cfg, splits)
+    cfg = cfg.for_backbone(enc.backbone.model.config.arch)
     s.log(f"model: {cfg.model} ({cfg.init}), max length {enc.max_length} tokens, pad id {enc.backbone.tokenizer.pad_id}, "
           f"padding {cfg.padding}, pooling {cfg.pooling}, device {s.device} ({s.precision})"
           + (f", {ctx.world_size} processes" if ctx.world_size > 1 else ""))
@@ -432,31 +424,23 @@ def _checkpoint_to_resume(cfg: TrainConfig, s: RunSetting, enc: Encoded, options
 
 def _model(cfg: TrainConfig, enc: Encoded, splits: DataSplits, s: RunSetting) -> tuple[SequenceClassifier, int]:
     """The classifier on its device."""
-    lora_cfg = cfg.lora_config() if cfg.trainable == "lora" else None
-    model, frozen = build_classifier(enc.backbone, len(splits.labels), cfg.trainable, cfg.pooling, cfg.seed,
-                                     lora=lora_cfg, causal=cfg.causal_mask, grad_checkpointing=cfg.grad_checkpointing,
-                                     head_bias=cfg.head_bias)
-    model.to(s.device)
+    model, frozen = setup_classifier(cfg, enc.backbone, len(splits.labels), s.device)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     s.log(f"trainable parameters: {n_trainable:,} of {n_total:,} ({cfg.trainable}; "
           f"{frozen} of {model.config.n_layers} blocks frozen)")
-    if lora_cfg is not None and frozen == 0 and cfg.cache != "off":
+    if cfg.trainable == "lora" and frozen == 0 and cfg.cache != "off":
         s.log("trunk cache off: LoRA adapters reach block 0, so no block's output is fixed")
     return model, frozen
 
 
 def _class_weights(cfg: TrainConfig, enc: Encoded, splits: DataSplits, log: Log) -> torch.Tensor | None:
+    """``--balance weight``: the task's loss weights (inverse class frequency, or each label's
+    negatives/positives ratio)."""
     if cfg.balance != "weight":
         return None
-    if splits.multi_label:
-        weight = label_pos_weights(enc.datasets["train"].labels)
-        log("label positive weights (negatives/positives): " + ", ".join(
-            f"{lab} {w:.3f}" for lab, w in zip(splits.labels, weight.tolist())))
-        return weight
-    weight = class_weights(enc.datasets["train"].labels, len(splits.labels))
-    log("class weights (inverse frequency): " + ", ".join(
-        f"{lab} {w:.3f}" for lab, w in zip(splits.labels, weight.tolist())))
+    weight, line = tasks.get(cfg.task).balance_weights(enc.datasets["train"].labels, splits.labels)
+    log(line)
     return weight
 
 
@@ -481,11 +465,8 @@ def _fit_and_evaluate(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds,
     """Train (the book's loop), keep the best epoch if asked, evaluate every split (rank 0)."""
     if cfg.compile:
         model = torch.compile(model, dynamic=True)  # type: ignore[assignment]
-    stopper = stopper_for(cfg)
-    trainer = Trainer(model, make_optimizer(model, cfg, s.device), feeds["train"], feeds["val"],
-                      enc.datasets["train"], enc.datasets["val"], cfg, s.device, s.precision, s.log,
-                      dist=s.ctx, checkpointer=s.checkpointer, stopper=stopper, class_weight=class_weight,
-                      shapes=shapes)
+    trainer, stopper = make_trainer(cfg, model, feeds, enc, s.device, s.precision, s.log, dist=s.ctx,
+                                    checkpointer=s.checkpointer, class_weight=class_weight, shapes=shapes)
     if resume is not None:
         trainer.restore(*resume)
     t0 = time.perf_counter()
@@ -502,17 +483,8 @@ def _fit_and_evaluate(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds,
         s.log("evaluate: every split in full (" + ", ".join(
             f"{name} {len(enc.datasets[key])}" for key, name in SPLITS) + " texts)")
         metrics.update(evaluate_splits(model, feeds, enc, splits, cfg, s.device, s.precision))
-        if splits.multi_label:
-            s.log(" | ".join(f"{name} micro-F1 {metrics[f'{key}_micro_f1'] * 100:.2f}%, exact match "
-                             f"{metrics[f'{key}_accuracy'] * 100:.2f}%" for key, name in SPLITS))
-        else:
-            s.log(f"Training accuracy: {metrics['train_accuracy'] * 100:.2f}% | "
-                  f"Validation accuracy: {metrics['val_accuracy'] * 100:.2f}% | "
-                  f"Test accuracy: {metrics['test_accuracy'] * 100:.2f}%")
-        if "calibration" in metrics:
-            c = metrics["calibration"]
-            s.log(f"temperature {c['temperature']:.3f} (fitted on validation): expected calibration error "
-                  f"on test {c['test_ece_before']:.4f} -> {c['test_ece_after']:.4f}")
+        for line in tasks.get(cfg.task).summary_lines(metrics, SPLITS):
+            s.log(line)
     return history, metrics
 
 

@@ -58,8 +58,10 @@ class StaticTrainStep:
     """
 
     def __init__(self, model: SequenceClassifier, forward: Callable[..., torch.Tensor], params: Sequence[nn.Parameter],
-                 weight: torch.Tensor | None, device: torch.device, shapes: Shapes) -> None:
-        self.model, self.forward, self.params, self.weight = model, forward, list(params), weight
+                 weight: torch.Tensor | None, device: torch.device, shapes: Shapes,
+                 loss: Callable[..., torch.Tensor]) -> None:
+        # ``loss``: the task's static_loss (gptclf.tasks): its step loss with ``1 / step_total`` a tensor.
+        self.model, self.forward, self.params, self.weight, self.loss = model, forward, list(params), weight, loss
         self.device, self.shapes = device, shapes
         self.runner = StaticRunner(self._fn, device, shapes.capture, before_capture=self._clear_grads,
                                    after_capture=lambda key: [p.grad for p in self.params])
@@ -71,7 +73,7 @@ class StaticTrainStep:
     def _fn(self, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         with graph_autocast(self.device, self.shapes.precision, self.shapes.capture):
             logits = self.forward(self.model, x, lengths)
-        loss = static_loss(logits.float(), y, self.weight, scale)
+        loss = self.loss(logits.float(), y, self.weight, scale)
         loss.backward()
         return loss.detach()
 
@@ -82,17 +84,3 @@ class StaticTrainStep:
             for p, g in zip(self.params, e["extra"]):
                 p.grad = g
         return e["outputs"]
-
-
-def static_loss(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None,
-                scale: torch.Tensor) -> torch.Tensor:
-    """:func:`gptclf.training.controls.step_loss` for one process and one micro-batch, with the
-    class-weighted step's ``1 / total`` as a tensor (a graph replays it with each step's value).
-    ``--multi-label`` (2-D 0/1 targets): binary cross-entropy per label, ``weight`` the labels'
-    ``pos_weight``, ``scale`` ``1 / examples``."""
-    if targets.dim() == 2:
-        loss = nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight, reduction="sum")
-        return loss * scale / targets.shape[1]
-    if weight is None:
-        return nn.functional.cross_entropy(logits, targets)
-    return nn.functional.cross_entropy(logits, targets, weight=weight, reduction="sum") * scale

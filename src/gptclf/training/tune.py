@@ -21,7 +21,6 @@ split is evaluated once, for the winner.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,11 +34,10 @@ from ..models.classifier import SequenceClassifier, parse_trainable
 from ..files import read_json_object
 from ..rundir.base import BaseWeights, describe_run_size
 from ..rundir.save import directory_bytes
-from .controls import stopper_for
 from .distributed import init_distributed, shutdown
-from .loop import History, Trainer
-from .recipe import (Encoded, build_classifier, encode_splits, evaluate_splits, make_optimizer, prepare_data,
-                     run_setting, save)
+from .loop import History
+from .recipe import Encoded, encode_splits, evaluate_splits, make_trainer, prepare_data, run_setting, save, \
+    setup_classifier
 from .trunk_cache import CachedFeeder, Feeder, Feeds, TokenFeeder, TrunkCache, cache_mode
 
 Log = Callable[[str], None]
@@ -181,12 +179,9 @@ class SharedTrunk:
 
 def _classifier(cfg: TrainConfig, enc: Encoded, pristine: torch.nn.Module, n_classes: int,
                 device: torch.device) -> tuple[SequenceClassifier, int]:
-    """A fresh classifier for ``cfg``'s recipe: the pristine backbone copied, head swapped (seeded), frozen."""
-    lora = cfg.lora_config() if cfg.trainable == "lora" else None
-    backbone = replace(enc.backbone, model=copy.deepcopy(pristine))
-    model, frozen = build_classifier(backbone, n_classes, str(cfg.trainable), str(cfg.pooling), cfg.seed,
-                                     lora=lora, causal=cfg.causal_mask, grad_checkpointing=cfg.grad_checkpointing)
-    return model.to(device), frozen
+    """A fresh classifier for ``cfg``'s recipe, as ``gptclf train`` builds it: the pristine backbone
+    copied, head swapped (seeded), frozen."""
+    return setup_classifier(cfg, replace(enc.backbone, model=pristine), n_classes, device, fresh_copy=True)
 
 
 def _median(keys: list[tuple[float, float]]) -> tuple[float, float]:
@@ -201,11 +196,9 @@ def run_trial(cfg: TrainConfig, cand: Candidate, enc: Encoded, pristine: torch.n
     torch.manual_seed(ccfg.seed)
     model, frozen = _classifier(ccfg, enc, pristine, n_classes, s.device)
     feeds = trunk.feeds(frozen)
-    stopper = stopper_for(ccfg)  # as gptclf train: keep-best (run_tune forces it) or early stopping
+    # As gptclf train: keep-best (run_tune forces it) or early stopping.
+    trainer, stopper = make_trainer(ccfg, model, feeds, enc, s.device, s.precision, lambda m: None)
     assert stopper is not None
-    trainer = Trainer(model, make_optimizer(model, ccfg, s.device), feeds["train"], feeds["val"],
-                      enc.datasets["train"], enc.datasets["val"], ccfg, s.device, s.precision, lambda m: None,
-                      stopper=stopper)
     trial = Trial(cand)
     for epoch in range(1, ccfg.epochs + 1):
         _, interrupted = trainer.fit(until=epoch)
@@ -293,6 +286,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, log: Log | None = None) -> Pat
         splits = prepare_data(cfg)
         s.log(f"data: {splits.source}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test")
         enc = encode_splits(cfg, splits)
+        cfg = cfg.for_backbone(enc.backbone.model.config.arch)
         pristine = enc.backbone.model  # never trained: every candidate copies it
         pad_to = enc.max_length if cfg.padding == "longest" else None
         trials, best, trunk = search(cfg, opts, enc, len(splits.labels), s, pristine, pad_to)

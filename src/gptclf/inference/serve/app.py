@@ -52,7 +52,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise GptclfError(f"serving needs FastAPI and uvicorn ({e.name} is missing)",
                       hint="pip install 'gptclf[serve]'") from None
 
-from ..classifier import prediction
+from ... import tasks
 from .batcher import Batcher, TextRejected
 from .http import (ApiError, BodyLimitMiddleware, check_header_protocol, error_response, header_timeout_protocol,
                    is_json_content_type)
@@ -135,17 +135,17 @@ class Health(BaseModel):
     restarts: int = Field(ge=0, description="times the model worker was restarted")
 
 
-class Prediction(BaseModel):
-    label: str
-    score: float
-    scores: dict[str, float]
-    truncated: bool = Field(description="the text was longer than the model's max_length tokens; only its "
-                                        "start was read")
-    empty: bool = Field(description="the text is empty or only whitespace: the label is the model's prior")
-
-
-class ClassifyResponse(BaseModel):
-    results: list[Prediction]
+def response_model(task: tasks.Task) -> type[BaseModel]:
+    """``POST /v1/classify``'s answer for a model of ``task``: one prediction per text, its
+    decision's fields as the task declares them (``Prediction``; ``MultiLabelPrediction``...)."""
+    fields_ = {name: (kind, Field(description=text)) for name, (kind, text) in task.decision_fields().items()}
+    fields_.setdefault("scores", (dict[str, float], Field(description="each label's probability")))
+    fields_["truncated"] = (bool, Field(description="the text was longer than the model's max_length tokens; "
+                                                    "only its start was read"))
+    fields_["empty"] = (bool, Field(description="the text is empty or only whitespace: the answer is the "
+                                                "model's prior"))
+    item = create_model(f"{task.schema_name}Prediction", **fields_)  # type: ignore[call-overload]
+    return create_model(f"{task.schema_name}ClassifyResponse", results=(list[item], ...))  # type: ignore[valid-type]
 
 
 class Example(BaseModel):
@@ -183,18 +183,9 @@ def model_info_model(s: ServeSettings) -> type[BaseModel]:
     return ModelInfo
 
 
-class MultiLabelPrediction(BaseModel):
-    labels: list[str] = Field(description="every label whose probability reaches its threshold (chosen on the "
-                                          "validation split at training), most probable first; may be empty")
-    scores: dict[str, float] = Field(description="each label's own probability (a sigmoid per label: they do "
-                                                 "not sum to 1)")
-    truncated: bool = Field(description="the text was longer than the model's max_length tokens; only its "
-                                        "start was read")
-    empty: bool = Field(description="the text is empty or only whitespace: the labels are the model's prior")
-
-
-class MultiLabelClassifyResponse(BaseModel):
-    results: list[MultiLabelPrediction]
+def _task(classifier: Any) -> tasks.Task:
+    """The served model's task (a stand-in classifier without one is single-label)."""
+    return getattr(classifier, "task", tasks.SINGLE_LABEL)
 
 
 def _finite(x: Any) -> Any:
@@ -245,8 +236,7 @@ def model_info(classifier: Any) -> dict[str, Any]:
         "backend": getattr(classifier, "backend", "torch"),
         "precision": getattr(classifier, "precision", None),
         "temperature": getattr(classifier, "temperature", 1.0),  # the scores are softmax(logits / T)
-        **({"multi_label": True, "thresholds": dict(zip(classifier.labels, classifier.thresholds.tolist()))}
-           if getattr(classifier, "multi_label", False) else {}),
+        **_task(classifier).info_fields(classifier.labels, getattr(classifier, "thresholds", [])),
         "examples": _examples(cfg.get("examples"), classifier.labels),
         "metrics": metrics,
     })
@@ -360,8 +350,8 @@ async def _probabilities(batcher: Batcher, texts: list[str], s: ServeSettings) -
 
 def _add_routes(app: FastAPI, classifier: Any, s: ServeSettings) -> None:
     labels = list(classifier.labels)
-    # A multi-label model answers {"labels": [...], "scores"} per text (MultiLabelPrediction).
-    thresholds = classifier.thresholds if getattr(classifier, "multi_label", False) else None
+    task = _task(classifier)  # what one answer holds: {"label", "score", ...}, or {"labels", ...}
+    thresholds = getattr(classifier, "thresholds", None)
     info = model_info(classifier)
     page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
 
@@ -384,13 +374,13 @@ def _add_routes(app: FastAPI, classifier: Any, s: ServeSettings) -> None:
         probs = await _probabilities(request.app.state.batcher, body.texts, s)
         # Tokenizing again is cheap next to the forward pass, and keeps the batcher's job plain arrays.
         flags = classifier.truncated(body.texts) if hasattr(classifier, "truncated") else [False] * len(probs)
-        return {"results": [prediction(labels, p, cut, not t.strip(), thresholds)
+        return {"results": [task.prediction(labels, p, cut, not t.strip(), thresholds)
                             for p, cut, t in zip(probs, flags, body.texts)]}
 
     # The body's model carries this server's limits; set here because annotations are strings.
     classify.__annotations__["body"] = request_model(s)
     # JSON Schema cannot bound a body's bytes: an OpenAPI extension on the body declares it.
-    app.post("/v1/classify", response_model=ClassifyResponse if thresholds is None else MultiLabelClassifyResponse,
+    app.post("/v1/classify", response_model=response_model(task),
              responses=error_responses(CLASSIFY_ERRORS),
              openapi_extra={"requestBody": {"x-max-body-bytes": s.max_body_bytes}})(classify)
 
