@@ -331,9 +331,9 @@ class RunConfig:
     head_bias: bool = True              # False: Linear(emb_dim, classes, bias=False) (--no-head-bias)
     trainable: str | None = None
     base_model: Any = None              # where the backbone came from (name, hub, file, init)
-    lora: dict[str, Any] | None = None  # LoRA runs: adapters' config, base name and fingerprint
+    lora: dict[str, Any] | None = None  # LoRA runs that saved adapters: rank, alpha, targets, dropout
     weights: str = "full"               # "trained-only": model.safetensors holds what training changed
-    base_weights: dict[str, Any] | None = None  # trained-only: the base's name and fingerprint (rundir.base)
+    base_weights: dict[str, Any] | None = None  # trained-only (LoRA too): the base's name and fingerprint
     data: dict[str, Any] | None = None  # the splits' sizes and class counts
     train: dict[str, Any] | None = None  # the TrainConfig the run used
     gptclf_version: str | None = None
@@ -405,6 +405,7 @@ class RunConfig:
         task = tasks.task_of_config(d, labels, where)
         if d.get("lora") is not None and not isinstance(d["lora"], dict):
             raise GptclfError(f"{where}: 'lora' must be a JSON object")
+        d = _one_base_spelling(d)
         if d.get("weights", "full") not in ("full", "trained-only"):
             raise GptclfError(f"{where}: weights {d.get('weights')!r} is not 'full' or 'trained-only'")
         if d.get("weights") == "trained-only" and not isinstance(d.get("base_weights"), dict):
@@ -417,6 +418,23 @@ class RunConfig:
         markers = tasks.get(task).config_markers()
         extra = {k: v for k, v in d.items() if k not in known and k not in ("format", "num_classes", *markers)}
         return cls(**kwargs, extra=extra)
+
+
+def _one_base_spelling(d: dict[str, Any]) -> dict[str, Any]:
+    """config.json with its base named one way (see :mod:`gptclf.rundir.weights`).
+
+    LoRA directories written before ``base_weights`` named the base of LoRA runs too leave
+    ``weights`` out and keep the base in ``lora.base`` (else ``base_model.name``) and
+    ``lora.base_fingerprint``. They are read as what they are, trained-only runs on that base,
+    so no loader knows the old spelling; ``base_weights`` keys given by hand win."""
+    lora = d.get("lora")
+    if not lora or d.get("weights", "full") != "full":
+        return d
+    source = d["base_model"] if isinstance(d.get("base_model"), dict) else {}
+    given = d["base_weights"] if isinstance(d.get("base_weights"), dict) else {}
+    base = {"name": lora.get("base") or source.get("name"), "fingerprint": lora.get("base_fingerprint"), **given}
+    adapters = {k: v for k, v in lora.items() if k not in ("base", "base_fingerprint")}
+    return {**d, "weights": "trained-only", "base_weights": base, "lora": adapters}
 
 
 SEARCH = "search (gptclf tune)"

@@ -116,9 +116,11 @@ def test_lora_run_trains_saves_small_and_predicts(lora_run: Path, tiny_gpt2: Pat
     assert m["trunk_cache"] == "off" and m["test_accuracy"] > 0.7
     cfg = json.loads((lora_run / "config.json").read_text())
     assert cfg["lora"]["rank"] == 8 and cfg["lora"]["alpha"] == 16
-    assert cfg["lora"]["base_fingerprint"]["parameters"] > 0
+    assert set(cfg["lora"]) == {"rank", "alpha", "targets", "dropout"}  # the base is named once, in base_weights
+    assert cfg["weights"] == "trained-only"
+    assert cfg["base_weights"]["fingerprint"]["parameters"] > 0
     assert cfg["base_model"]["name"] == str(tiny_gpt2) and cfg["base_model"]["init"] == "pretrained"
-    assert cfg["lora"]["base"] == str(tiny_gpt2.resolve())
+    assert cfg["base_weights"]["name"] == str(tiny_gpt2.resolve())
     saved = load_file(str(lora_run / "model.safetensors"))
     assert all(".lora_" in k or k.startswith(("out_head.", "final_norm.")) for k in saved)
     assert m["trainable_parameters"] == sum(t.numel() for t in saved.values())
@@ -155,14 +157,37 @@ def test_a_different_base_model_is_refused(lora_run: Path, tmp_path: Path) -> No
     copy = tmp_path / "copy"
     shutil.copytree(lora_run, copy)
     cfg = json.loads((copy / "config.json").read_text())
-    cfg["lora"]["base_fingerprint"]["sha256_sample"] = "0" * 64
+    cfg["base_weights"]["fingerprint"]["sha256_sample"] = "0" * 64
     (copy / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(GptclfError, match="fingerprint"):
         Classifier.load(copy)
-    cfg["lora"]["base"] = str(tmp_path / "gone")
+    cfg["base_weights"]["name"] = str(tmp_path / "gone")
     (copy / "config.json").write_text(json.dumps(cfg))
     r = gptclf("predict", "--model", str(copy), "hello")
     assert r.returncode == 2 and "LoRA adapters for the base model" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_lora_run_in_the_older_spelling_still_loads(lora_run: Path, tmp_path: Path) -> None:
+    """LoRA directories written before base_weights named every base: no ``weights``, the base in
+    ``lora.base`` and ``lora.base_fingerprint``."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(lora_run, old)
+    cfg = json.loads((old / "config.json").read_text())
+    ref = cfg.pop("base_weights")
+    del cfg["weights"]
+    cfg["lora"].update(base=ref["name"], base_fingerprint=ref["fingerprint"])
+    (old / "config.json").write_text(json.dumps(cfg))
+    texts = ["WINNER!! Claim your prize now", "Ok lar... Joking wif u oni...", "call me later"]
+    clf = Classifier.load(old)
+    assert clf.run_config.weights == "trained-only" and clf.run_config.base_weights == ref
+    assert "base" not in clf.run_config.lora
+    assert (clf.predict_proba(texts) == Classifier.load(lora_run).predict_proba(texts)).all()
+    cfg["lora"]["base_fingerprint"]["sha256"] = "0" * 64  # and it is checked as before
+    (old / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(GptclfError, match="fingerprint mismatch"):
+        Classifier.load(old)
 
 
 def test_random_base_saves_the_merged_model(tmp_path: Path, small_sms: Path) -> None:

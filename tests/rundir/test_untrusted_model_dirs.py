@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from gptclf.config import RunConfig
 from gptclf.errors import GptclfError
 from gptclf.inference.classifier import Classifier
 
@@ -78,15 +79,22 @@ def test_tokenizer_json_linked_outside_is_refused(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------- LoRA bases
 
 
-def _lora_cfg(base: str, fingerprint: object = None, arch: dict | None = None) -> SimpleNamespace:
+def _lora_cfg(base: str, fingerprint: object = None, arch: dict | None = None, spelling: str = "new") -> RunConfig:
+    """A LoRA run's config.json as loaders see it, its base named in ``base_weights`` or, as
+    older LoRA directories do, in ``lora.base`` / ``lora.base_fingerprint``."""
     from gptclf.models import registry
 
     arch = arch or registry.find_preset("smollm2-135m")[2].config.to_dict()
-    lora = {"rank": 4, "alpha": 8, "targets": ["attention"], "base": base}
+    lora, ref = {"rank": 4, "alpha": 8, "targets": ["attention"]}, {"name": base}
     if fingerprint is not None:
-        lora["base_fingerprint"] = fingerprint
-    return SimpleNamespace(base_model={"name": base, "init": "pretrained"}, lora=lora, architecture=arch,
-                           num_classes=2)
+        ref["fingerprint"] = fingerprint
+    d = {"format": "gptclf/1", "architecture": arch, "labels": ["a", "b"], "tokenizer": {"type": "gpt2"},
+         "max_length": 8, "pooling": "last-nonpad", "base_model": {"name": base, "init": "pretrained"}}
+    if spelling == "old":
+        d["lora"] = {**lora, "base": base, **({"base_fingerprint": fingerprint} if fingerprint is not None else {})}
+    else:
+        d.update(lora=lora, weights="trained-only", base_weights=ref)
+    return RunConfig.from_json(d)
 
 
 @pytest.fixture
@@ -106,16 +114,20 @@ def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     ("smollm2-135m", None, "no fingerprint"),
     ("smollm2-135m", "", "no fingerprint"),
 ])
+@pytest.mark.parametrize("spelling", ["new", "old"])
 def test_lora_base_is_checked_before_anything_loads(no_loading: None, tmp_path: Path, base: str,
-                                                    fingerprint: object, match: str) -> None:
-    from gptclf.peft.lora import load_adapter_backbone
+                                                    fingerprint: object, match: str, spelling: str) -> None:
+    from safetensors.torch import save_file
 
+    from gptclf.rundir.weights import load_classifier_backbone
+
+    save_file({}, str(tmp_path / "model.safetensors"))  # no adapters: the base is refused before they matter
     with pytest.raises(GptclfError, match=match):
-        load_adapter_backbone(tmp_path, _lora_cfg(base, fingerprint), {})
+        load_classifier_backbone(tmp_path, _lora_cfg(base, fingerprint, spelling=spelling))
 
 
 def test_lora_base_that_is_a_preset_of_the_same_shape_passes_the_name_check() -> None:
-    from gptclf.peft.lora import check_base_name
+    from gptclf.rundir.base import check_base_name
 
     cfg = _lora_cfg("smollm2-135m")
     check_base_name(Path("d"), "smollm2-135m", cfg.architecture)

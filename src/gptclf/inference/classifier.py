@@ -31,9 +31,8 @@ from ..data.encoding import fit_to_length, tokenize_texts
 from ..device import autocast, pad_multiple, pick_device, resolve_precision
 from ..errors import GptclfError, TextError, is_interrupt
 from ..graphs import Shapes, StaticForward, capture_available
-from ..models import registry
 from ..models.classifier import SequenceClassifier
-from ..rundir.load import load_classifier_backbone, read_run_config
+from ..rundir.load import load_run, read_run_config
 from ..tokenizers import tokenizer_from_config
 
 
@@ -97,27 +96,15 @@ class Classifier:
         backend = resolve_backend(directory, backend, quantize)
         if backend == "onnxruntime":
             return cls._load_onnx(directory, device, precision, quantize, threads)
-        cfg = read_run_config(directory)
-        arch = registry.config_from_dict(cfg.architecture)
-        if cfg.max_length > arch.context_length:
-            raise GptclfError(f"{directory}: max_length {cfg.max_length} is longer than the model's "
-                              f"context of {arch.context_length} tokens")
-        backbone = load_classifier_backbone(directory, cfg, arch)
-        tokenizer = tokenizer_from_config(cfg.tokenizer, directory)
-        if tokenizer.vocab_size > arch.vocab_size:
-            raise GptclfError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but the "
-                              f"model's embedding only {arch.vocab_size}")
-        if not 0 <= tokenizer.pad_id < arch.vocab_size:
-            raise GptclfError(f"{directory}: pad id {tokenizer.pad_id} is outside the vocabulary "
-                              f"of {arch.vocab_size} tokens")
+        run = load_run(directory)
         dev = pick_device(device)
         prec = resolve_precision(precision, dev)
         if threads > 0 and dev.type == "cpu":
             torch.set_num_threads(threads)
-        model = SequenceClassifier(backbone, cfg.pooling, causal=cfg.causal_mask)
+        model = SequenceClassifier(run.backbone, run.config.pooling, causal=run.config.causal_mask)
         for p in model.parameters():
             p.requires_grad = False
-        return cls(model.to(dev), tokenizer, cfg, dev, prec, directory, static_shapes=static_shapes)
+        return cls(model.to(dev), run.tokenizer, run.config, dev, prec, directory, static_shapes=static_shapes)
 
     @classmethod
     def _load_onnx(cls, directory: Path, device: str, precision: str, quantize: str | None,

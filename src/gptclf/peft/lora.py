@@ -16,28 +16,26 @@ Targets are named relative to a block: GPT-2 and the Llama family share the modu
 and value into one ``qkv`` matrix (and Llama's gate and up into one ``fc``), so a LoRA on
 ``att.qkv`` is one rank-``r`` update of the fused matrix rather than three separate ones.
 
-A LoRA run directory stores only what trained (adapters, head, final norm) and names the
-base model; :func:`load_adapter_backbone` rebuilds the base, applies the adapters and
-merges them into the weights (``W + B @ A * alpha / rank``), so inference costs exactly
-what the base model costs. ``gptclf export --merge`` writes a self-contained directory
-(:mod:`gptclf.rundir.export`).
+A LoRA run saves only what trained (:func:`trained_state_dict`: adapters, head, final
+norm); loading applies the adapters to the rebuilt base and merges them into its weights
+(:func:`merge_lora`: ``W + B @ A * alpha / rank``), so inference costs exactly what the
+base model costs. This module is the LoRA mechanics only and imports nothing of run
+directories: saving, naming the base and loading are :mod:`gptclf.rundir.weights`, and
+``gptclf export --merge`` writes a self-contained directory (:mod:`gptclf.rundir.export`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import GptclfError
-from ..rundir.base import base_fingerprint, base_reference, can_reload_base, check_base_name, load_base, overlay
 
-__all__ = ["LoRAConfig", "LoRALinear", "apply_lora", "freeze_for_lora", "merge_lora", "trained_state_dict",
-           "load_adapter_backbone", "base_fingerprint", "base_reference", "can_reload_base", "check_base_name"]
+__all__ = ["LoRAConfig", "LoRALinear", "apply_lora", "freeze_for_lora", "merge_lora", "trained_state_dict"]
 
 DEFAULT_TARGETS = ("att.qkv", "att.out_proj", "ff.fc", "ff.proj")
 
@@ -203,22 +201,3 @@ def trained_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     backbone = getattr(model, "backbone", model)
     return {k: p.detach().to("cpu").contiguous() for k, p in backbone.named_parameters()
             if p.requires_grad}
-
-
-def load_adapter_backbone(directory: Path, cfg: Any, adapter_sd: dict[str, torch.Tensor]) -> nn.Module:
-    """The backbone of a LoRA run directory (``cfg``: its RunConfig): base model + head,
-    adapters merged in (the base rebuilt and checked by :func:`gptclf.rundir.base.load_base`)."""
-    from ..models.classifier import replace_head
-
-    source = cfg.base_model or {}
-    if not can_reload_base(source):
-        raise GptclfError(f"{directory}: the LoRA adapters' base model cannot be rebuilt ({source})",
-                          hint="the run directory is damaged; retrain it")
-    name = cfg.lora.get("base") or source["name"]
-    model = load_base(directory, str(name), cfg.lora.get("base_fingerprint"), cfg.architecture)
-    replace_head(model, cfg.num_classes, cfg.head_bias)
-    apply_lora(model, LoRAConfig.from_dict(cfg.lora))
-    required = [k for k in model.state_dict() if ".lora_" in k or k.startswith("out_head.")]
-    overlay(directory, model, adapter_sd, required)
-    merge_lora(model)
-    return model

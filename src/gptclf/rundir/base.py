@@ -1,18 +1,22 @@
-"""A run directory that refers to its base model instead of copying it.
+"""The base model a run directory refers to instead of copying it.
 
 Fine-tuning trains a few tensors (the last blocks, the final norm, the new class head, or
-LoRA adapters) and leaves the rest of the backbone exactly as it was loaded. A run
-directory therefore stores only the tensors that changed (``weights: "trained-only"`` in
-config.json) and names the base model it came from -- a preset, a packaged GGUF, a local
-directory or file -- with a fingerprint of its weights (``base_weights``). Loading rebuilds
-the base (:func:`load_base`), checks the fingerprint, and lays the saved tensors over it
-(:func:`overlay`): the result is bit for bit the classifier that was trained. This module
-is the one home of that mechanism; LoRA directories (:mod:`gptclf.peft.lora`) use it too.
+LoRA adapters) and leaves the rest of the backbone exactly as it was loaded, so a run
+directory can store only what changed and name the base it came from -- a preset, a
+packaged GGUF, a local directory or file -- with a fingerprint of its weights. This module
+is the one home of that base: its identity (:class:`BaseWeights`, :func:`base_fingerprint`,
+:func:`fingerprint_matches`), whether it can be named instead of copied
+(:func:`why_not_referable`, :func:`base_reference`), what differs from it
+(:func:`trained_tensors`), rebuilding and checking it (:func:`check_base_name`,
+:func:`load_base`) and laying saved tensors over it (:func:`overlay`): the result is bit
+for bit the classifier that was trained. Which tensors a run saves, and the config.json
+keys that say so, are :mod:`.weights`, which uses these helpers for trained-only and LoRA
+runs alike.
 
 A base that cannot be rebuilt from its name (random initialisation, a hub repository that
 is not a gptclf preset: gptclf never downloads what a model directory names) is saved
-whole (``weights: "full"``), as is every run with ``--self-contained``; ``gptclf export``
-writes a self-contained copy of any run.
+whole, as is every run with ``--self-contained``; ``gptclf export`` writes a
+self-contained copy of any run.
 
 The fingerprint is a sha256 of every tensor's bytes (names and shapes included): for
 SmolLM2-135M's 538 MB a few percent of the time loading the model takes. Directories
@@ -33,8 +37,6 @@ from torch import nn
 
 from ..errors import GptclfError
 
-FULL, TRAINED_ONLY = "full", "trained-only"
-WEIGHT_MODES = (FULL, TRAINED_ONLY)
 SELF_CONTAINED_HINT = "or load a self-contained copy made where the base was available ('gptclf export RUN OUT')"
 
 
@@ -113,7 +115,7 @@ class BaseWeights:
         return cls(digests, fingerprint_of(model, digests))
 
 
-# ---------------------------------------------------------------------------- saving
+# ---------------------------------------------------------------------------- naming it instead of copying it
 
 
 def can_reload_base(source: dict[str, Any]) -> bool:
@@ -154,46 +156,7 @@ def trained_tensors(model: nn.Module, base: BaseWeights) -> dict[str, torch.Tens
     return out
 
 
-def tensor_bytes(tensors: Any) -> int:
-    """Bytes of a state dict's tensors, a tied weight counted once."""
-    seen: set[int] = set()
-    total = 0
-    for t in tensors.values():
-        if t.numel() and t.data_ptr() in seen:
-            continue
-        seen.add(t.data_ptr())
-        total += t.numel() * t.element_size()
-    return total
-
-
-def describe_weights(info: dict[str, Any]) -> str:
-    """``metrics.json``'s ``weights`` as a line: what model.safetensors holds and what it leaves out."""
-    saved = human_bytes(info.get("model_bytes", 0))
-    if info.get("mode") == TRAINED_ONLY:
-        return (f"{saved}: the trained tensors only (base {info.get('base')}, "
-                f"{human_bytes(info.get('full_model_bytes', 0))}, not copied)")
-    return f"{saved}: the whole classifier (self-contained)"
-
-
-def describe_run_size(dir_bytes: int, info: dict[str, Any], directory: Path) -> str:
-    """The end-of-training line: the directory's size, and what a self-contained copy would take."""
-    if info.get("mode") != TRAINED_ONLY:
-        return f"{human_bytes(dir_bytes)} (self-contained)"
-    whole = dir_bytes - info.get("model_bytes", 0) + info.get("full_model_bytes", 0)
-    return (f"{human_bytes(dir_bytes)} (the trained tensors only; base {info.get('base')}, "
-            f"{human_bytes(info.get('full_model_bytes', 0))}, not copied; 'gptclf export {directory} OUT' "
-            f"writes a self-contained copy, about {human_bytes(whole)})")
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
-
-
-# ---------------------------------------------------------------------------- loading
+# ---------------------------------------------------------------------------- rebuilding it
 
 
 def check_base_name(directory: Path, name: str, architecture: dict[str, Any], what: str = "LoRA adapters") -> None:
@@ -215,8 +178,8 @@ def check_base_name(directory: Path, name: str, architecture: dict[str, Any], wh
         raise GptclfError(f"{directory} holds {what} for the base model {name!r}, which is neither a "
                           "local path nor a gptclf preset; gptclf does not download a base that a model "
                           "directory names",
-                          hint="download the base yourself and point base_weights.name (lora.base for LoRA) in "
-                               f"config.json at its local path, {SELF_CONTAINED_HINT}")
+                          hint="download the base yourself and point base_weights.name in config.json at its "
+                               f"local path, {SELF_CONTAINED_HINT}")
     try:
         same = _same_shape(registry.config_from_dict(architecture).to_dict(), found[2].config.to_dict())
     except GptclfError:
@@ -279,19 +242,3 @@ def overlay(directory: Path, model: nn.Module, saved: dict[str, torch.Tensor],
                           hint="the directory mixes files of different runs; retrain or restore it")
     model.load_state_dict(saved, strict=False)
     return model
-
-
-def load_trained_only(directory: Path, cfg: Any, saved: dict[str, torch.Tensor]) -> nn.Module:
-    """The backbone of a trained-only directory (``cfg``: its RunConfig): base + class head +
-    the saved tensors."""
-    from ..models.classifier import replace_head
-
-    ref = cfg.base_weights if isinstance(cfg.base_weights, dict) else {}
-    name = ref.get("name")
-    if not isinstance(name, str) or not name:
-        raise GptclfError(f"{directory}: config.json says the weights are trained-only but names no base model",
-                          hint="the run directory is damaged or edited; retrain it")
-    model = load_base(directory, name, ref.get("fingerprint"), cfg.architecture, what="fine-tuned weights")
-    replace_head(model, cfg.num_classes, cfg.head_bias)
-    head = [k for k in model.state_dict() if k.startswith("out_head.")]
-    return overlay(directory, model, saved, head)

@@ -8,9 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..files import read_json_object
-from .base import FULL
 from .load import read_run_config
 from .save import TEST_SPLIT, save_run
+from .weights import FULL
 
 
 def export_merged(src: str | Path, out: str | Path) -> Path:

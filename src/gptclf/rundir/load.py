@@ -1,28 +1,28 @@
-"""Reading a fine-tuned model directory: its config.json and its weights.
+"""Reading a fine-tuned model directory: its config.json, its weights, its tokenizer.
 
 :func:`read_run_config` checks config.json (:class:`gptclf.config.RunConfig`);
-:func:`load_classifier_backbone` rebuilds the backbone with its class head from
-``model.safetensors`` -- comparing names and shapes on the meta device before any memory
-is allocated -- or, for a run that stores only its trained tensors (the default) or LoRA
-adapters, rebuilds the base model it names and lays them over it (:mod:`.base`). Nothing
-is unpickled.
+:func:`load_run` reads the whole directory into a :class:`LoadedRun`: the config, the
+backbone with its class head (:func:`gptclf.rundir.weights.load_classifier_backbone`, for
+any kind of run: full, trained-only or LoRA adapters) and the tokenizer, each checked
+against the architecture config.json names. It is the one place that decides whether a
+directory loads; :meth:`gptclf.inference.classifier.Classifier.load` only wraps what it
+returns. Nothing is unpickled.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
 from torch import nn
 
 from ..config import RunConfig
 from ..errors import GptclfError
 from ..files import file_inside, read_json
-from ..loading.state_dict import state_dict_problems
 from ..models import registry
-from ..models.classifier import replace_head
-from .base import TRAINED_ONLY, load_trained_only
+from ..tokenizers import tokenizer_from_config
+from ..tokenizers.base import Tokenizer
+from .weights import load_classifier_backbone
 
 
 def read_run_config(directory: str | Path) -> RunConfig:
@@ -36,68 +36,31 @@ def read_run_config(directory: str | Path) -> RunConfig:
     return RunConfig.from_json(read_json(cfg_path), str(cfg_path))
 
 
-def read_safetensors(weights: Path) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
+@dataclass
+class LoadedRun:
+    """A run directory read and checked: what a classifier is built from."""
 
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise GptclfError(f"{weights} is not a valid safetensors file ({type(e).__name__}: {e})",
-                          hint="the file is truncated or corrupted; retrain or restore it") from None
+    config: RunConfig
+    backbone: nn.Module  # with its class head and the run's trained weights, on the CPU
+    tokenizer: Tokenizer
 
 
-def file_shapes(weights: Path) -> dict[str, torch.Tensor]:
-    """The tensors a safetensors file declares, as meta tensors: names and shapes, no data read."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for every kind of damage
-        raise GptclfError(f"{weights} is not a valid safetensors file ({type(e).__name__}: {e})",
-                          hint="the file is truncated or corrupted; retrain or restore it") from None
-
-
-def load_classifier_backbone(directory: Path, cfg: RunConfig, arch: Any) -> nn.Module:
-    """The backbone with its class head and the run's trained weights."""
-    weights = file_inside(directory, "model.safetensors")
-    if not weights.exists():
-        raise GptclfError(f"{directory} has no model.safetensors")
-    if cfg.lora:
-        # Adapters only: rebuild the base model it names (checked against its fingerprint)
-        # and merge them into it.
-        from ..peft.lora import load_adapter_backbone
-
-        return load_adapter_backbone(directory, cfg, read_safetensors(weights))
-    # Compare config and file on the meta device first: a config whose sizes disagree
-    # with the weights (or are absurd) is refused before any memory is allocated.
-    with torch.device("meta"):
-        skeleton = replace_head(registry.family(arch.arch).model_cls(arch), cfg.num_classes, cfg.head_bias)
-    own = skeleton.state_dict()
-    if cfg.weights == TRAINED_ONLY:
-        # The tensors training changed: each must be one of the model's, then the base it
-        # names is rebuilt (checked against its fingerprint) and they are laid over it.
-        declared = file_shapes(weights)
-        problems = state_dict_problems({k: v for k, v in own.items() if k in declared}, declared)
-        if problems:
-            raise GptclfError(f"{directory}: config.json and model.safetensors disagree: {problems}",
-                              hint="the directory mixes files of different models; retrain or restore it")
-        return load_trained_only(directory, cfg, read_safetensors(weights))
-    declared = _with_tied(own, file_shapes(weights))
-    problems = state_dict_problems(own, declared)
-    if problems:
-        raise GptclfError(f"{directory}: config.json and model.safetensors disagree: {problems}",
-                          hint="the directory mixes files of different models; retrain or restore it")
-    backbone = registry.build_model(arch, initialise=False)  # every weight comes from the file (strict)
-    replace_head(backbone, cfg.num_classes, cfg.head_bias)
-    backbone.load_state_dict(_with_tied(backbone.state_dict(), read_safetensors(weights)), strict=True)
-    return backbone
-
-
-def _with_tied(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Tied weights are stored once; fill the aliases from their twin."""
-    for k in own:
-        if k not in sd and k.endswith("out_head.weight") and "tok_emb.weight" in sd:
-            sd[k] = sd["tok_emb.weight"]
-    return sd
+def load_run(directory: str | Path) -> LoadedRun:
+    """The config, backbone and tokenizer of a run directory, checked against each other: the
+    architecture (before anything is allocated), max_length against the context, the weights
+    against the architecture, the tokenizer's vocabulary and pad id against the embedding."""
+    directory = Path(directory).expanduser()
+    cfg = read_run_config(directory)
+    arch = registry.config_from_dict(cfg.architecture)
+    if cfg.max_length > arch.context_length:
+        raise GptclfError(f"{directory}: max_length {cfg.max_length} is longer than the model's "
+                          f"context of {arch.context_length} tokens")
+    backbone = load_classifier_backbone(directory, cfg)
+    tokenizer = tokenizer_from_config(cfg.tokenizer, directory)
+    if tokenizer.vocab_size > arch.vocab_size:
+        raise GptclfError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but the "
+                          f"model's embedding only {arch.vocab_size}")
+    if not 0 <= tokenizer.pad_id < arch.vocab_size:
+        raise GptclfError(f"{directory}: pad id {tokenizer.pad_id} is outside the vocabulary "
+                          f"of {arch.vocab_size} tokens")
+    return LoadedRun(cfg, backbone, tokenizer)

@@ -20,8 +20,8 @@ from typing import Any, Sequence
 from .. import tasks
 from ..errors import GptclfError
 from ..files import read_json_object, write_json_atomic, write_text_atomic
-from .base import describe_weights
 from .load import read_run_config
+from .weights import describe_weights
 from .plots import CONFUSION_PNG, RELIABILITY_PNG, plot_confusion_matrix, plot_reliability
 
 REPORT_HTML = "report.html"

@@ -4,7 +4,7 @@
 
     runs/20261125-221500/
       model.safetensors   the tensors training changed (the base model is named in config.json,
-                          see gptclf.rundir.base), or with --self-contained the whole classifier
+                          see gptclf.rundir.weights), or with --self-contained the whole classifier
                           (backbone with the new head; no vocabulary head)
       config.json         architecture, labels, tokenizer, max length, pad id, pooling, ...
                           (gptclf.config.RunConfig)

@@ -44,9 +44,9 @@ from ..loading.backbone import Backbone
 from ..models.classifier import SequenceClassifier, freeze_for_finetuning, replace_head
 from ..files import read_json_object
 from ..graphs import Shapes
-from ..rundir.base import FULL, TRAINED_ONLY, BaseWeights, base_reference, describe_run_size, fingerprint_matches, \
-    tensor_bytes, trained_tensors, why_not_referable
+from ..rundir.base import BaseWeights, fingerprint_matches
 from ..rundir.save import TEST_SPLIT, default_run_dir, directory_bytes, examples_jsonl, save_run
+from ..rundir.weights import describe_run_size, weights_to_save
 from .controls import EarlyStopping, stopper_for
 from .distributed import DistContext, barrier, broadcast_text, init_distributed, shutdown
 from .evaluate import predict_logits
@@ -174,22 +174,18 @@ def evaluate_splits(model: SequenceClassifier, feeds: Feeds, enc: Encoded, split
 def save(out: Path, model: SequenceClassifier, cfg: TrainConfig, splits: DataSplits, enc: Encoded,
          metrics: dict[str, Any], history: History, base: BaseWeights, *, resumed: bool, log: Log) -> None:
     """Write the run directory: the weights (only those training changed, with a reference to
-    the base, unless it cannot be rebuilt or ``--self-contained``; see :mod:`gptclf.rundir.base`),
+    the base, unless it cannot be rebuilt or ``--self-contained``; see :mod:`gptclf.rundir.weights`),
     config.json (:class:`RunConfig`), metrics, plots."""
-    tensors, lora_json, base_ref = _weights_for_saving(model, cfg, enc.backbone, base, log)
-    metrics["weights"] = {
-        "mode": TRAINED_ONLY if tensors is not None else FULL,
-        "model_bytes": tensor_bytes(tensors if tensors is not None else model.backbone.state_dict()),
-        "full_model_bytes": tensor_bytes(model.backbone.state_dict()),
-        "base": (base_ref or {}).get("name") or (lora_json or {}).get("base")}
+    saved = weights_to_save(model, cfg, enc.backbone, base, log)
+    metrics["weights"] = saved.figures
     tok = enc.backbone.tokenizer
     run_config = RunConfig.for_model(
         model, tok, labels=splits.labels, max_length=enc.max_length, pooling=cfg.pooling, padding=cfg.padding, pad_id=tok.pad_id,
         template=cfg.template, causal_mask=cfg.causal_mask, head_bias=cfg.head_bias, trainable=cfg.trainable,
-        base_model=enc.backbone.source, lora=lora_json, data=splits.summary(), train=asdict(cfg),
-        gptclf_version=__version__, examples=page_examples(splits), weights=TRAINED_ONLY if base_ref else FULL,
-        base_weights=base_ref, task=cfg.task, **tasks.get(cfg.task).run_config_fields(metrics))
-    save_run(out, model, tok, run_config, metrics, history, replace_interrupted=resumed, tensors=tensors,
+        base_model=enc.backbone.source, lora=saved.lora, data=splits.summary(), train=asdict(cfg),
+        gptclf_version=__version__, examples=page_examples(splits), weights=saved.weights,
+        base_weights=saved.base_weights, task=cfg.task, **tasks.get(cfg.task).run_config_fields(metrics))
+    save_run(out, model, tok, run_config, metrics, history, replace_interrupted=resumed, tensors=saved.tensors,
              files={TEST_SPLIT: examples_jsonl(splits.test)})
 
 
@@ -203,37 +199,6 @@ def page_examples(splits: DataSplits, per_label: int = 2, max_chars: int = 200) 
         picks = short[len(short) // 2:][:per_label]  # middling length: neither a one-word nor a wall of text
         out += [{"label": label, "text": t} for t in picks]
     return out
-
-
-def _weights_for_saving(model: SequenceClassifier, cfg: TrainConfig, backbone: Backbone, base: BaseWeights,
-                        log: Log) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None, dict[str, Any] | None]:
-    """(tensors to save or None for the whole classifier, the LoRA config, the base reference)."""
-    why = "--self-contained" if cfg.self_contained else why_not_referable(backbone.source)
-    if cfg.trainable == "lora":
-        return _lora_for_saving(model, cfg, backbone, base, why, log) + (None,)
-    if why is not None:
-        if not cfg.self_contained:
-            log(f"{why}: saving the whole classifier")
-        return None, None, None
-    tensors = trained_tensors(model, base)
-    if tensors.keys() == model.backbone.state_dict().keys():
-        return None, None, None  # everything trained: nothing to refer to
-    return tensors, None, {"name": base_reference(backbone.source), "fingerprint": base.fingerprint}
-
-
-def _lora_for_saving(model: SequenceClassifier, cfg: TrainConfig, backbone: Backbone, base: BaseWeights,
-                     why: str | None, log: Log) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
-    """A LoRA run saves only what trained and names its base; a base that cannot be rebuilt
-    from its name (random init), or ``--self-contained``, is saved whole, with the adapters merged."""
-    from ..peft.lora import merge_lora, trained_state_dict
-
-    if why is None:
-        return trained_state_dict(model), {**cfg.lora_config().to_dict(), "base": base_reference(backbone.source),
-                                           "base_fingerprint": base.fingerprint}
-    merge_lora(model.backbone)
-    if not cfg.self_contained:
-        log(f"{why}: saving the full model with the LoRA adapters merged")
-    return None, None
 
 
 # ------------------------------------------------------------------------- the run

@@ -32,7 +32,8 @@ from ..config import POOLINGS, TrainConfig, TuneOptions
 from ..errors import GptclfError
 from ..models.classifier import SequenceClassifier, parse_trainable
 from ..files import read_json_object
-from ..rundir.base import BaseWeights, describe_run_size
+from ..rundir.base import BaseWeights
+from ..rundir.weights import describe_run_size
 from ..rundir.save import directory_bytes
 from .distributed import init_distributed, shutdown
 from .loop import History
