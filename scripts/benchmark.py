@@ -259,7 +259,7 @@ from gptclf.config import TrainConfig
 from gptclf.device import pick_device, resolve_precision
 from gptclf.loading import load_backbone
 from gptclf.training import recipe
-from gptclf.training.static_step import static_shapes_for
+from gptclf.training.static_step import training_shapes
 from gptclf.training.trunk_cache import build_feeds
 t["import gptclf"] = time.perf_counter() - t0; t0 = time.perf_counter()
 model, data, device = sys.argv[1:4]
@@ -280,7 +280,7 @@ torch.ones(1, device=dev).sum().item()
 t["classifier to the device"] = time.perf_counter() - t0; t0 = time.perf_counter()
 log = lambda s: None
 pad_to = enc.max_length if cfg.padding == "longest" else None
-shapes = static_shapes_for(cfg, clf, dev, precision, enc.max_length, 1, log)
+shapes = training_shapes(cfg, clf, dev, precision, enc.max_length, 1, log)
 feeds = build_feeds(cfg, clf, frozen, enc.datasets, backbone.tokenizer.pad_id, pad_to, dev, precision, log, shapes)
 torch.ones(1, device=dev).sum().item()
 t["trunk cache"] = time.perf_counter() - t0; t0 = time.perf_counter()

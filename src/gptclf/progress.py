@@ -11,6 +11,9 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+# Where a phase's messages go (``print``, a logger's ``info``, a list's ``append``).
+Log = Callable[[str], None]
+
 
 def format_seconds(s: float) -> str:
     s = max(int(round(s)), 0)

@@ -61,3 +61,30 @@ def given_options(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The fields of ``cls`` that the command line gave, by field name."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in vars(args).items() if k in names}
+
+
+def markdown_options(parser: argparse.ArgumentParser, defaults: Any = None) -> str:
+    """A sub-command's options as Markdown tables, one per group, in ``--help``'s order and words
+    (docs/options.md is generated from this: ``python scripts/options_doc.py``). ``defaults``:
+    the dataclass whose fields give the defaults (the parser itself records none)."""
+    fields = {f.name: f for f in dataclasses.fields(defaults)} if defaults else {}
+    out = []
+    for group in parser._action_groups:  # argparse keeps no public list of its groups
+        rows = [_markdown_row(a, fields.get(a.dest)) for a in group._group_actions if a.help != argparse.SUPPRESS
+                and a.option_strings and "--help" not in a.option_strings]
+        if rows:
+            title = "options" if group.title in ("options", "optional arguments") else group.title
+            out.append(f"### {title}\n\n| option | default | what it does |\n|---|---|---|\n" + "\n".join(rows))
+    return "\n\n".join(out) + "\n"
+
+
+def _markdown_row(action: argparse.Action, field: Any) -> str:
+    names = ", ".join(f"`{s}`" for s in action.option_strings)
+    if action.choices:
+        names += " " + "\\|".join(f"`{c}`" for c in action.choices)
+    default = ""
+    if field is not None and field.default is not dataclasses.MISSING and not isinstance(field.default, bool):
+        default = "" if field.default is None else f"`{field.default}`"
+    text = (action.help or "").replace("%%", "%").replace("|", "\\|").replace("\n", " ")
+    text = text.rsplit(" (default: ", 1)[0] if default else text
+    return f"| {names} | {default} | {text} |"

@@ -74,7 +74,7 @@ class Classifier:
         self.device = device
         self.precision = precision
         self.directory = directory
-        self.shapes = static_shapes_for(static_shapes, device, precision, self.pad_to or self.max_length,
+        self.shapes = prediction_shapes(static_shapes, device, precision, self.pad_to or self.max_length,
                                         session is None)
         self.static = None if self.shapes is None else StaticForward(
             lambda m, x, n: m(x, n), device, precision, self.shapes.capture, fill=tokenizer.pad_id)
@@ -265,7 +265,7 @@ class Classifier:
         return self.task.evaluate(list(texts), list(labels), probs, self.labels, self.thresholds, mistakes)
 
 
-def static_shapes_for(option: str, device: torch.device, precision: str, cap: int, torch_backend: bool
+def prediction_shapes(option: str, device: torch.device, precision: str, cap: int, torch_backend: bool
                       ) -> Shapes | None:
     """``static_shapes`` (auto, on, off) for prediction: the shapes, or None (the eager path)."""
     if option not in STATIC_SHAPES:

@@ -49,7 +49,7 @@ class Family:
     hf_export_config: Callable[[Any], dict[str, Any]] | None = None
     to_hf: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
     # Linears (names inside a block) that stay fp32 under int8 inference: their inputs carry
-    # outlier channels that one int8 scale cannot represent (see gptclf.inference.quantize).
+    # outlier channels that one int8 scale cannot represent (gptclf.inference.onnx, quantize_graph).
     int8_fp32_linears: tuple[str, ...] = ()
     # The class head's bias by default (--head-bias / --no-head-bias). Hugging Face's
     # *ForSequenceClassification heads have none; GPT-2 keeps the book's, which export folds into ln_f.

@@ -61,12 +61,6 @@ def model_names() -> list[str]:
     return sorted({n for f in FAMILIES.values() for k, p in f.presets.items() for n in (k, *p.aliases)})
 
 
-def canonical_name(name: str) -> str:
-    """The preset a name or alias stands for; other names (paths, hub ids) as given."""
-    found = find_preset(name)
-    return found[0] if found else name
-
-
 def recipe_for(name: str) -> dict[str, Any]:
     """The preset's measured defaults for options the user leaves out ({} if it has none)."""
     found = find_preset(name)

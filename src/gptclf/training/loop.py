@@ -252,7 +252,7 @@ class Trainer:
         # The whole step's example count (or class weight) divides each micro-batch's loss.
         total = self.task.step_total(self.train_ds.labels[flat], self.class_weight)
         self.optimizer.zero_grad(set_to_none=True)
-        if self.static_step is not None:  # one process, one micro-batch (static_shapes_for checked)
+        if self.static_step is not None:  # one process, one micro-batch (training_shapes checked)
             idx = group[0]
             loss_sum = self.static_step(*self.train_feed.inputs(idx), self.train_ds.labels[idx],  # type: ignore[attr-defined]
                                         torch.tensor(1.0 / total, dtype=torch.float32))

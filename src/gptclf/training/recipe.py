@@ -25,7 +25,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,6 +41,7 @@ from ..device import configure_backends, pick_device, resolve_precision
 from ..errors import DataWarning, GptclfError
 from ..loading import check_model_name, load_backbone
 from ..loading.backbone import Backbone
+from ..progress import Log
 from ..models.classifier import SequenceClassifier, freeze_for_finetuning, replace_head
 from ..files import read_json_object
 from ..graphs import Shapes
@@ -54,10 +55,9 @@ from .loop import History, Trainer
 from .memory import available_memory, estimate_for_model, memory_warning
 from .state import Checkpointer, data_fingerprint, discard_partial, find_partial, load_checkpoint, partial_dir, \
     read_run_info, write_run_info
-from .static_step import static_shapes_for
+from .static_step import training_shapes
 from .trunk_cache import Feeds, build_feeds
 
-Log = Callable[[str], None]
 SPLITS = (("train", "train"), ("val", "validation"), ("test", "test"))  # (key, name in messages)
 
 
@@ -290,7 +290,7 @@ def _run(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch
     class_weight = _class_weights(cfg, enc, splits, s.log)
     pad_to = enc.max_length if cfg.padding == "longest" else None
     _log_memory_estimate(model, cfg, frozen, enc.max_length, enc.datasets.values(), pad_to, s.device, s.log)
-    shapes = static_shapes_for(cfg, model, s.device, s.precision, enc.max_length, ctx.world_size, s.log)
+    shapes = training_shapes(cfg, model, s.device, s.precision, enc.max_length, ctx.world_size, s.log)
     feeds = build_feeds(cfg, model, frozen, enc.datasets, enc.backbone.tokenizer.pad_id, pad_to, s.device,
                         s.precision, s.log, shapes)
     try:

@@ -22,7 +22,7 @@ from ..graphs import Shapes, StaticRunner, capture_available, graph_autocast
 from ..models.classifier import SequenceClassifier
 
 
-def static_shapes_for(cfg: TrainConfig, model: nn.Module, device: torch.device, precision: str, cap: int,
+def training_shapes(cfg: TrainConfig, model: nn.Module, device: torch.device, precision: str, cap: int,
                       world_size: int, log: Callable[[str], None]) -> Shapes | None:
     """``--static-shapes`` resolved for this run: the shapes, or None (the eager path), saying why
     when ``on`` was asked for but cannot apply."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -34,6 +34,7 @@ from ..models.classifier import SequenceClassifier, parse_trainable
 from ..files import read_json_object
 from ..rundir.base import BaseWeights
 from ..rundir.weights import describe_run_size
+from ..progress import Log
 from ..rundir.save import directory_bytes
 from .distributed import init_distributed, shutdown
 from .loop import History
@@ -41,7 +42,6 @@ from .recipe import Encoded, encode_splits, evaluate_splits, make_trainer, prepa
     setup_classifier
 from .trunk_cache import CachedFeeder, Feeder, Feeds, TokenFeeder, TrunkCache, cache_mode
 
-Log = Callable[[str], None]
 DEFAULT_TRAINABLES = ("last_layer", "1", "2", "4")
 LR_FACTORS = (1.0, 2.5)
 
