@@ -18,6 +18,17 @@ from gptclf.training.recipe import run_training
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ATOL = 2e-6
+# Weights are compared per tensor in norm, not element by element. The two paths see the
+# same rows in differently shaped batches, so each gradient differs from the other by
+# float32 rounding (u = 6e-8 times the reduction length, about 1e-6 relative). AdamW
+# divides every element's step by that element's own running RMS: where a gradient is at
+# the rounding level (an embedding row of a token seen once), the step is rounding noise
+# scaled up towards lr. A handful of such elements differ by a few 1e-6 and how many
+# depends on the CPU's kernels (2.4e-6 on one machine, 5.3e-6 on another), while the
+# tensor as a whole agrees to about 6e-7 of its norm. RTOL leaves 16x margin over that and
+# still fails loudly for a real bug: a padded row leaking into the loss or a gradient
+# changes a tensor by about 1/batch of its update, 1e-2 of its norm and more.
+RTOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +80,7 @@ def _same(a: Path, b: Path) -> None:
         if k.endswith("att.qkv.bias"):  # the key bias's true gradient is 0: AdamW scales its rounding noise
             d = x.numel() // 3
             x, y = torch.cat([x[:d], x[2 * d:]]), torch.cat([y[:d], y[2 * d:]])
-        assert torch.allclose(x, y, atol=ATOL, rtol=0), (k, (x - y).abs().max())
+        assert (x - y).norm() <= RTOL * x.norm(), (k, ((x - y).norm() / x.norm()).item())
     ha, hb = (json.loads((r / "history.json").read_text()) for r in (a, b))
     assert len(ha["steps"]) == len(hb["steps"]) > 3
     for sa, sb in zip(ha["steps"], hb["steps"]):
