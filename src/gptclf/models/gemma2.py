@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import GptclfError
 from .family import TOKENIZER_JSON, Family, Preset
-from .llama import LlamaConfig, RotaryEmbedding, apply_rope, hf_common, sliding_window_mask
+from .llama import GroupedQueryAttention, LlamaConfig, RotaryEmbedding, hf_common
 
 
 @dataclass
@@ -92,49 +92,6 @@ class GemmaRMSNorm(nn.Module):
         return (h * (1.0 + self.weight.float())).type_as(x)
 
 
-class GemmaAttention(nn.Module):
-    def __init__(self, cfg: Gemma2Config, rope: RotaryEmbedding, window: int | None) -> None:
-        super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.qkv = nn.Linear(cfg.emb_dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=False)
-        self.out_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.emb_dim, bias=False)
-        self.qk_norm = cfg.qk_norm
-        if cfg.qk_norm:
-            self.q_norm = GemmaRMSNorm(cfg.head_dim, cfg.norm_eps)
-            self.k_norm = GemmaRMSNorm(cfg.head_dim, cfg.norm_eps)
-        self.scale = (cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5
-        self.softcap = cfg.attn_softcap
-        self.rope, self.window, self.drop_rate, self.causal = rope, window, cfg.drop_rate, True
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, t, _ = x.shape
-        qkv = self.qkv(x).view(b, t, self.n_heads + 2 * self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=1)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        cos, sin = self.rope(t, x.device, x.dtype)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        group = self.n_heads // self.n_kv_heads
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        if self.window is not None and t > self.window:
-            attn_mask = sliding_window_mask(t, self.window, self.causal, attn_mask, x.device)
-        elif attn_mask is None and self.causal and self.softcap is not None:
-            attn_mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-        if self.softcap is None:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale,
-                                               dropout_p=self.drop_rate if self.training else 0.0,
-                                               is_causal=self.causal and attn_mask is None)
-        else:
-            # Soft-capping acts on the raw scores, which SDPA never exposes: attention by hand.
-            scores = (q @ k.transpose(-2, -1)) * self.scale
-            scores = self.softcap * torch.tanh(scores / self.softcap)
-            if attn_mask is not None:
-                scores = scores.masked_fill(~attn_mask, float("-inf"))
-            probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-            y = F.dropout(probs, self.drop_rate, self.training) @ v
-        return self.out_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
-
-
 class GeGLU(nn.Module):
     def __init__(self, cfg: Gemma2Config) -> None:
         super().__init__()
@@ -151,7 +108,8 @@ class GemmaBlock(nn.Module):
     def __init__(self, cfg: Gemma2Config, rope: RotaryEmbedding, window: int | None) -> None:
         super().__init__()
         self.norm1 = GemmaRMSNorm(cfg.emb_dim, cfg.norm_eps)        # before attention
-        self.att = GemmaAttention(cfg, rope, window)
+        self.att = GroupedQueryAttention(cfg, rope, window, norm=GemmaRMSNorm, softcap=cfg.attn_softcap,
+                                         scale=(cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5)
         self.post_att_norm = GemmaRMSNorm(cfg.emb_dim, cfg.norm_eps)
         self.norm2 = GemmaRMSNorm(cfg.emb_dim, cfg.norm_eps)        # before the MLP
         self.ff = GeGLU(cfg)

@@ -255,19 +255,29 @@ def sliding_window_mask(t: int, window: int, causal: bool, attn_mask: torch.Tens
 
 
 class GroupedQueryAttention(nn.Module):
-    def __init__(self, cfg: LlamaConfig, rope: RotaryEmbedding, window: int | None = None) -> None:
+    """Attention with fewer key/value heads than query heads, RoPE, optional q/k norms and a
+    sliding window: Llama's, and with ``scale`` and ``softcap`` also Gemma's.
+
+    ``norm`` is the q/k norm's class (Gemma scales by ``1 + w``), ``scale`` replaces
+    ``1/sqrt(head_dim)`` (Gemma's ``query_pre_attn_scalar``), ``softcap`` squashes the raw
+    scores with ``softcap * tanh(s / softcap)`` (Gemma 2)."""
+
+    def __init__(self, cfg: LlamaConfig, rope: RotaryEmbedding, window: int | None = None, *,
+                 norm: type[nn.Module] = RMSNorm, scale: float | None = None,
+                 softcap: float | None = None) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         # Rows: n_heads query heads, then n_kv_heads key heads, then n_kv_heads value heads.
         self.qkv = nn.Linear(cfg.emb_dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=cfg.qkv_bias)
         if cfg.qk_norm:
-            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
-            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+            self.q_norm = norm(cfg.head_dim, cfg.norm_eps)
+            self.k_norm = norm(cfg.head_dim, cfg.norm_eps)
         self.qk_norm = cfg.qk_norm
         self.window = window
         self.out_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.emb_dim, bias=False)
         self.rope = rope
         self.drop_rate = cfg.drop_rate
+        self.scale, self.softcap = scale, softcap
         # Same switch as GPT-2's: with causal=False, attn_mask alone decides what is visible.
         self.causal = True
 
@@ -287,13 +297,29 @@ class GroupedQueryAttention(nn.Module):
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         if self.window is not None and t > self.window:  # shorter inputs never reach the window's edge
             attn_mask = sliding_window_mask(t, self.window, self.causal, attn_mask, x.device)
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=attn_mask,
-            dropout_p=self.drop_rate if self.training else 0.0,
-            is_causal=self.causal and attn_mask is None,
-        )
+        if self.softcap is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v,
+                attn_mask=attn_mask, scale=self.scale,
+                dropout_p=self.drop_rate if self.training else 0.0,
+                is_causal=self.causal and attn_mask is None,
+            )
+        else:
+            y = self._capped_attention(q, k, v, attn_mask)
         return self.out_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+    def _capped_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """Soft-capping acts on the raw scores, which SDPA never exposes: attention by hand."""
+        t = q.shape[-2]
+        if attn_mask is None and self.causal:
+            attn_mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+        scores = (q @ k.transpose(-2, -1)) * (self.scale or self.head_dim ** -0.5)
+        scores = self.softcap * torch.tanh(scores / self.softcap)
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        return F.dropout(probs, self.drop_rate, self.training) @ v
 
 
 class SwiGLU(nn.Module):
@@ -462,8 +488,12 @@ def unpermute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, half, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
-def convert_gguf(take: Any, cfg: LlamaConfig) -> dict[str, torch.Tensor]:
-    """llama.cpp's tensor names onto ours; ``take(name)`` dequantizes one tensor to fp32."""
+def convert_gguf(take: Any, cfg: LlamaConfig, permute_qk: bool = True) -> dict[str, torch.Tensor]:
+    """llama.cpp's tensor names onto ours; ``take(name)`` dequantizes one tensor to fp32.
+
+    ``permute_qk``: llama.cpp reorders Llama's query/key rows for its adjacent-pair RoPE
+    (undone here); families whose RoPE it runs in NEOX mode (Qwen) are stored as they are.
+    The q/k/v biases and q/k norms are read where the config has them (Qwen 2, Qwen 3)."""
     sd: dict[str, torch.Tensor] = {
         "tok_emb.weight": take("token_embd.weight"),
         "final_norm.weight": take("output_norm.weight"),
@@ -471,15 +501,22 @@ def convert_gguf(take: Any, cfg: LlamaConfig) -> dict[str, torch.Tensor]:
     sd["out_head.weight"] = sd["tok_emb.weight"] if cfg.tie_embeddings else take("output.weight")
     for i in range(cfg.n_layers):
         b = f"blk.{i}."
+        q, k = take(b + "attn_q.weight"), take(b + "attn_k.weight")
+        if permute_qk:
+            q, k = unpermute_qk(q, cfg.n_heads), unpermute_qk(k, cfg.n_kv_heads)
         fuse_layer(
-            sd, i,
-            q=unpermute_qk(take(b + "attn_q.weight"), cfg.n_heads),
-            k=unpermute_qk(take(b + "attn_k.weight"), cfg.n_kv_heads),
+            sd, i, q=q, k=k,
             v=take(b + "attn_v.weight"), o=take(b + "attn_output.weight"),
             gate=take(b + "ffn_gate.weight"), up=take(b + "ffn_up.weight"), down=take(b + "ffn_down.weight"),
             norm1=take(b + "attn_norm.weight"), norm2=take(b + "ffn_norm.weight"),
         )
+        if cfg.qkv_bias:
+            sd[f"trf_blocks.{i}.att.qkv.bias"] = torch.cat([take(b + f"attn_{x}.bias") for x in "qkv"])
+        if cfg.qk_norm:
+            sd[f"trf_blocks.{i}.att.q_norm.weight"] = take(b + "attn_q_norm.weight")
+            sd[f"trf_blocks.{i}.att.k_norm.weight"] = take(b + "attn_k_norm.weight")
     return sd
+
 
 # ------------------------------------------------------------------ export to Hugging Face
 

@@ -10,13 +10,12 @@ in older files, ``max_window_layers``) marks.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-import torch
-
 from .family import TOKENIZER_JSON, Family, Preset
-from .llama import (LlamaConfig, LlamaModel, config_from_gguf_for, convert_hf_state_dict, fuse_layer,
-                    hf_common, hf_export_config, hf_sliding, to_hf_state_dict)
+from .llama import (LlamaConfig, LlamaModel, config_from_gguf_for, convert_gguf,
+                    convert_hf_state_dict, hf_common, hf_export_config, hf_sliding, to_hf_state_dict)
 
 
 @dataclass
@@ -32,26 +31,6 @@ class Qwen2Config(LlamaConfig):
             sliding["layer_types"] = ["sliding_attention" if i >= first else "full_attention"
                                       for i in range(hf["num_hidden_layers"])]
         return cls(**hf_common(hf, norm_eps=hf.get("rms_norm_eps", 1e-6)), **sliding)
-
-
-def convert_gguf(take: Any, cfg: Qwen2Config) -> dict[str, torch.Tensor]:
-    """llama.cpp's ``qwen2`` tensors onto ours. Qwen's rotary layout is already "rotate_half"
-    (llama.cpp's NEOX mode), so unlike Llama's no query/key rows are permuted."""
-    sd: dict[str, torch.Tensor] = {"tok_emb.weight": take("token_embd.weight"),
-                                   "final_norm.weight": take("output_norm.weight")}
-    sd["out_head.weight"] = sd["tok_emb.weight"] if cfg.tie_embeddings else take("output.weight")
-    for i in range(cfg.n_layers):
-        b = f"blk.{i}."
-        fuse_layer(sd, i, q=take(b + "attn_q.weight"), k=take(b + "attn_k.weight"), v=take(b + "attn_v.weight"),
-                   o=take(b + "attn_output.weight"), gate=take(b + "ffn_gate.weight"),
-                   up=take(b + "ffn_up.weight"), down=take(b + "ffn_down.weight"),
-                   norm1=take(b + "attn_norm.weight"), norm2=take(b + "ffn_norm.weight"))
-        if cfg.qkv_bias:
-            sd[f"trf_blocks.{i}.att.qkv.bias"] = torch.cat([take(b + f"attn_{x}.bias") for x in "qkv"])
-        if cfg.qk_norm:
-            sd[f"trf_blocks.{i}.att.q_norm.weight"] = take(b + "attn_q_norm.weight")
-            sd[f"trf_blocks.{i}.att.k_norm.weight"] = take(b + "attn_k_norm.weight")
-    return sd
 
 
 # Published shapes (each model's config.json). No recipe: no Qwen weights are obtainable
@@ -75,7 +54,8 @@ FAMILY = Family(
     convert_hf=convert_hf_state_dict,
     gguf_archs=("qwen2",),
     config_from_gguf=config_from_gguf_for(Qwen2Config, "qwen2"),
-    convert_gguf=convert_gguf,
+    # Qwen's rotary layout is already "rotate_half" (llama.cpp's NEOX mode): no q/k rows to un-permute.
+    convert_gguf=partial(convert_gguf, permute_qk=False),
     hf_export_config=lambda cfg: hf_export_config(cfg, "qwen2", "Qwen2ForSequenceClassification"),
     to_hf=to_hf_state_dict,
     presets={

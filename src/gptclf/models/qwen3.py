@@ -6,12 +6,12 @@ head before the rotary embedding, and a head width (``head_dim``, 128) that is n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from .family import TOKENIZER_JSON, Family, Preset
-from .llama import (LlamaConfig, LlamaModel, config_from_gguf_for, convert_hf_state_dict, hf_common,
+from .llama import (LlamaConfig, LlamaModel, config_from_gguf_for, convert_gguf, convert_hf_state_dict, hf_common,
                     hf_export_config, hf_sliding, to_hf_state_dict)
-from .qwen2 import convert_gguf
 
 
 @dataclass
@@ -44,7 +44,7 @@ FAMILY = Family(
     convert_hf=convert_hf_state_dict,
     gguf_archs=("qwen3",),
     config_from_gguf=config_from_gguf_for(Qwen3Config, "qwen3"),
-    convert_gguf=convert_gguf,
+    convert_gguf=partial(convert_gguf, permute_qk=False),  # NEOX rotary, like Qwen2
     hf_export_config=lambda cfg: hf_export_config(cfg, "qwen3", "Qwen3ForSequenceClassification"),
     to_hf=to_hf_state_dict,
     presets={
