@@ -93,6 +93,9 @@ class TrainConfig:
     test: str | None = opt(None, "your own test file (else a seeded 20% split)", DATA)
     text_column: str = opt("text", "the column holding the text", DATA)
     label_column: str = opt("label", "the column holding the label", DATA)
+    no_header: bool = opt(False, "the CSV/TSV file(s) have no header row: two columns, label and text in either "
+                          "order (the one with few distinct values is the label), like the SMS collection's own "
+                          "label<TAB>text. Default: detected (a first row of data, no column name in it)", DATA)
     task: str | None = opt(None, "what a label cell holds: one label (single-label, the chapter's) or a set of "
                            "labels (multi-label, as --multi-label). Default: single-label", DATA,
                            choices=tuple(tasks.TASKS))

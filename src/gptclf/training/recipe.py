@@ -69,7 +69,7 @@ def prepare_data(cfg: TrainConfig, examples: list[Example] | None = None) -> Dat
     split 70/10/20 (``--split``; or the given files). ``cfg`` is resolved."""
     task = tasks.get(cfg.task)
     return load_splits(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
-                       label_column=cfg.label_column, balance=cfg.balance, seed=cfg.seed, split=cfg.split,
+                       label_column=cfg.label_column, header=False if cfg.no_header else None, balance=cfg.balance, seed=cfg.seed, split=cfg.split,
                        examples=examples, task=task, read_labels=task.label_reader(cfg.label_delimiter))
 
 
