@@ -19,9 +19,10 @@ one forward pass has run longer than ``--timeout``, so an orchestrator can resta
 
 Failure modes are explicit: a full queue answers 503 with ``Retry-After``, a request
 that waits too long 504, a body over its byte limit 413, texts that break the schema
-(none, too many, too long) 422, a body not sent as JSON 415, a client too slow to send its body 408 (one too slow to send
-its headers has its connection closed), all as ``{"error": {"code", "message"}}``; an
-unexpected error answers a generic 500 with no stack trace or file path.
+(none, too many, too long) 422, a body not sent as JSON 415, a client too slow to send
+its body 408 (one too slow to send its headers has its connection closed), all as
+``{"error": {"code", "message"}}``; an unexpected error answers a generic 500 with no
+stack trace or file path.
 """
 
 from __future__ import annotations
