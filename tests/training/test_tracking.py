@@ -111,3 +111,11 @@ def test_a_missing_package_is_a_clear_error(report_to: str, package: str, tmp_pa
     with pytest.raises(GptclfError, match=f"--report-to {report_to} needs") as e:
         open_tracker(report_to, str(tmp_path / "t"), tmp_path / "run", print)
     assert f"gptclf[{report_to}]" in str(e.value)
+
+
+def test_tune_refuses_to_report_rather_than_ignore_it() -> None:
+    from gptclf.config import TrainConfig, TuneOptions
+    from gptclf.training.tune import run_tune
+
+    with pytest.raises(GptclfError, match="gptclf tune does not report to mlflow"):
+        run_tune(TrainConfig(report_to="mlflow"), TuneOptions())
