@@ -13,6 +13,21 @@ from helpers import HAS_SMOLLM2, ROOT, env_with, random_classifier, tiny_gpt2_di
 SMS_FILE = ROOT.parent / "shared" / "data" / "sms_spam_collection" / "SMSSpamCollection"
 
 
+# The slow tests (``-m "not slow"`` leaves them out; docs/testing.md): every test that needs one of
+# these fixtures, which train a model on the real SMS data or load the real SmolLM2-135M, and every
+# test of these modules (real servers, processes killed and resumed, DDP, the recipe search, a
+# trained model per family). The default ``python -m pytest -q`` runs them all, as CI does.
+SLOW_FIXTURES = frozenset({"tiny_run", "tiny_classifier", "small_sms", "smollm2_file"})
+SLOW_MODULES = frozenset({"test_soak.py", "test_openapi_real_server.py", "test_serve.py", "test_trainloop.py",
+                          "test_killed_while_saving.py", "test_tune_search.py", "test_hf_export.py", "test_cli.py"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())) or item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     # Never touch the user's cache or the network from a test.

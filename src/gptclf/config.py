@@ -29,6 +29,7 @@ POOLINGS = ("last", "last-nonpad", "mean", "first")
 TRAINABLE_CHOICES = ("last_layer", "last_block", "last_two_blocks", "all", "lora")
 SCHEDULES = ("constant", "cosine", "linear")
 STOPPING_METRICS = ("val_loss", "val_accuracy")
+REPORT_TO = ("none", "tensorboard", "mlflow")  # experiment trackers (gptclf.training.tracking)
 # The default --max-length: min(the backbone's context, this). Longer texts are cut (and
 # marked ``truncated``); batches are padded only to their longest text, so the cap costs
 # nothing on short texts, and it bounds the memory a single long text can take.
@@ -93,6 +94,9 @@ class TrainConfig:
     test: str | None = opt(None, "your own test file (else a seeded 20% split)", DATA)
     text_column: str = opt("text", "the column holding the text", DATA)
     label_column: str = opt("label", "the column holding the label", DATA)
+    no_header: bool = opt(False, "the CSV/TSV file(s) have no header row: two columns, label and text in either "
+                          "order (the one with few distinct values is the label), like the SMS collection's own "
+                          "label<TAB>text. Default: detected (a first row of data, no column name in it)", DATA)
     task: str | None = opt(None, "what a label cell holds: one label (single-label, the chapter's) or a set of "
                            "labels (multi-label, as --multi-label). Default: single-label", DATA,
                            choices=tuple(tasks.TASKS))
@@ -175,6 +179,12 @@ class TrainConfig:
                                "fingerprint of its weights ('gptclf export' makes a self-contained copy later)",
                                OUTPUT)
     progress: bool = opt(True, "no progress bars", OUTPUT, flag="--quiet")
+    report_to: str = opt("none", "log the losses, accuracies, learning rate, examples/s, the options and the final "
+                         "metrics to TensorBoard or MLflow (MLflow also keeps the run directory as an artifact); "
+                         "pip install 'gptclf[tensorboard]' or 'gptclf[mlflow]'", OUTPUT, choices=REPORT_TO)
+    tracking_uri: str | None = opt(None, "--report-to mlflow: the tracking URI (default MLFLOW_TRACKING_URI, else "
+                                   "./mlruns); tensorboard: the log directory (default tensorboard/<run name> "
+                                   "beside the run directory)", OUTPUT, metavar="URI")
     overwrite: bool = opt(False, "discard <out>.partial/, the checkpoints a failed or interrupted run to the "
                           "same --out left, and start again (a finished --out is never overwritten)", OUTPUT)
 

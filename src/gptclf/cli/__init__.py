@@ -1,9 +1,9 @@
-"""The ``gptclf`` command line: ``train``, ``tune``, ``predict``, ``evaluate``, ``serve``, ``export``.
+"""The ``gptclf`` command line: ``train``, ``tune``, ``predict``, ``evaluate``, ``serve``, ``export``, ``runs``.
 
 Every option's help is the documentation; ``gptclf train`` with no options is the
 book's chapter-6 run. User errors print one message and a hint, never a traceback.
 Each command lives in its own module (``train.py``, ``predict.py``, ``serve.py``,
-``export.py``) and imports what it needs only when it runs, so ``--help`` is fast.
+``export.py``, ``runs.py``) and imports what it needs only when it runs, so ``--help`` is fast.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import GptclfError
-from . import export, predict, serve, train, tune
+from . import export, predict, runs, serve, train, tune
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_evaluate_parser(sub)
     serve.add_parser(sub)
     export.add_parser(sub)
+    runs.add_parser(sub)
     return parser
 
 

@@ -183,19 +183,21 @@ def default_split(data: str) -> str:
 def load_splits(data: str = "sms-spam", *, balance: str, split: str, val: str | None = None,
                 test: str | None = None, text_column: str = "text", label_column: str = "label", seed: int = 123,
                 train_frac: float = 0.7, val_frac: float = 0.1, examples: list[Example] | None = None,
-                task: "Task | None" = None, read_labels: LabelReader | None = None) -> DataSplits:
+                task: "Task | None" = None, read_labels: LabelReader | None = None,
+                header: bool | None = None) -> DataSplits:
     """Read the data (or take ``examples``, in memory), balance it and split it, with the checks a user needs.
 
     ``balance`` and ``split`` are resolved options (:meth:`gptclf.config.TrainConfig.resolved`
     owns their defaults). ``task`` (:mod:`gptclf.tasks`) checks the examples' labels; label
-    cells are read by ``read_labels`` (the task's, e.g. label sets). The labels are every label
+    cells are read by ``read_labels`` (the task's, e.g. label sets); ``header`` says whether the
+    files have a header row (None: detected, :class:`gptclf.data.tables.Table`). The labels are every label
     of the training split in natural order."""
     if examples is not None:
         source = data
     elif is_sms_spam(data):
         examples, source = load_sms_spam(data)
     else:
-        examples = read_table(data, text_column, label_column, read_labels=read_labels)
+        examples = read_table(data, text_column, label_column, read_labels=read_labels, header=header)
         source = str(Path(data).expanduser())
     examples = drop_empty_texts(examples, source)
     if not examples:
@@ -210,7 +212,8 @@ def load_splits(data: str = "sms-spam", *, balance: str, split: str, val: str | 
     if balance == "undersample":
         examples, dropped = _undersample(examples, seed, source)
     cut = stratified_split if split == "stratified" else random_split
-    read = lambda path: read_table(path, text_column, label_column, read_labels=read_labels)  # noqa: E731
+    read = lambda path: read_table(path, text_column, label_column, read_labels=read_labels,  # noqa: E731
+                                   header=header)
     tr, va, te = _split(examples, val, test, read, seed, train_frac, val_frac, cut)
     for name, part, opt in (("validation", va, "--val"), ("test", te, "--test")):
         if not part:

@@ -10,6 +10,10 @@ command accepts, every command accepts, and every command reads it the same way:
   ``.json``); any other suffix (``.txt``, none) is sniffed from the first line;
 * text is decoded line by line (:mod:`gptclf.data.text`): UTF-8, else cp1252 with a warning;
 * a column named twice (a CSV header or a JSON object's keys) is refused, never guessed;
+* a CSV/TSV file may have no header row (the SMS collection's own ``label<TAB>text``): two
+  columns whose first row is data (:func:`looks_like_data`), or ``header=False``
+  (``--no-header``); :func:`read_table` then tells the label column by its few distinct
+  values and says so. A headerless TSV is read without quote characters, as that format has none;
 * rows stream from disk (JSON lists excepted), so a file of any size reads in bounded memory;
 * JSON numbers are cells as they are written (``1``, not ``1.0``); objects and lists are not text;
 * a label cell is read by a :data:`LabelReader`: one label per row (:func:`one_label`, the
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Tuple, Union
 
-from ..errors import GptclfError
+from ..errors import GptclfError, warn
 from .text import decoded_lines
 
 FORMATS = ("csv", "tsv", "jsonl", "json")
@@ -37,6 +41,12 @@ ARROW_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".
 # The separator of a label set in a string cell: "|" rather than ",", so that a CSV cell "sports|politics"
 # needs no quotes, and label names rarely hold one.
 DEFAULT_LABEL_DELIMITER = "|"
+# Column names a header row is likely to hold: a first row with one of them (or a column the
+# caller asked for) is a header, never data.
+KNOWN_COLUMNS = frozenset({
+    "text", "texts", "label", "labels", "message", "messages", "sms", "sentence", "review", "content", "body",
+    "document", "comment", "tweet", "title", "question", "category", "class", "target", "topic", "sentiment",
+    "y", "id", "tag", "tags", "intent"})
 
 
 @dataclass(frozen=True)
@@ -89,7 +99,10 @@ def _sniff(first_line: str) -> str:
     first = first_line.lstrip()[:1]
     if first in ("{", "["):
         return "jsonl" if first == "{" else "json"
-    return "tsv" if first_line.count("\t") > first_line.count(",") else "csv"
+    # A tie goes to TSV: a tab in a CSV row is rare, a comma in a TSV's text is not (the SMS
+    # collection's first line has one of each).
+    tabs = first_line.count("\t")
+    return "tsv" if tabs and tabs >= first_line.count(",") else "csv"
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -117,11 +130,18 @@ class Table:
     ``columns`` is known after construction (the header; for JSON the keys of the first
     record) and ``format`` is the format read; iterate the object for :class:`Row` s.
     ``on_bytes`` is told how many bytes were read (for a progress bar).
+
+    ``header``: a CSV/TSV file's first row is its header (True), is data (False; the columns are
+    then named ``column 1``, ``column 2``, ...), or is detected (None: data when
+    :func:`looks_like_data`, ``expect`` being the column names the caller will look for).
+    ``headerless`` says which it was.
     """
 
     def __init__(self, path: str | Path, fmt: str | None = None,
-                 on_bytes: Callable[[int], None] | None = None) -> None:
+                 on_bytes: Callable[[int], None] | None = None, header: bool | None = True,
+                 expect: tuple[str, ...] = ()) -> None:
         self.path = Path(path).expanduser()
+        self.header, self.expect, self.headerless = header, expect, False
         if not self.path.exists():
             raise GptclfError(f"{self.path}: no such file")
         self._file: IO[bytes] | None = None
@@ -173,6 +193,11 @@ class Table:
         if not head or not head[-1].strip():
             raise GptclfError(f"{self.path} is empty", hint="the file needs a header row and at least one row of data")
         self.format = _sniff(head[-1]) if fmt == "auto" else fmt
+        if self.header is not True and self.format not in ("csv", "tsv"):
+            if self.header is False:
+                raise GptclfError(f"{self.path}: --no-header is for CSV and TSV files; this one is {self.format}")
+            self.header = True  # JSON records name their keys
+        self._first_line = head[-1]
         self._lines = _chain(head, lines)
         if self.format == "json":
             self._records = self._json_rows()
@@ -194,6 +219,13 @@ class Table:
         # csv's default 128 KiB field limit would reject a long (legitimate) text; the
         # tokenizer truncates long texts later, with a warning that counts them.
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+        if self.header is not True:
+            quoting = csv.QUOTE_NONE if self.format == "tsv" else csv.QUOTE_MINIMAL
+            first = next(csv.reader([self._first_line], delimiter=delimiter, quoting=quoting), [])
+            if self.header is False or looks_like_data(first, self.expect):
+                self.headerless = True
+                self.columns = [f"column {i}" for i in range(1, len(first) + 1)]
+                return self._delimited_records(csv.reader(self._lines, delimiter=delimiter, quoting=quoting), kind)
         reader = csv.reader(self._lines, delimiter=delimiter)
         try:
             header = next(reader)
@@ -217,7 +249,7 @@ class Table:
                     continue  # a blank line; a row of empty fields is kept and checked like any other
                 if len(row) != n:
                     raise GptclfError(
-                        f"{where}: {len(row)} fields, the header has {n}",
+                        f"{where}: {len(row)} fields, the {'first row' if self.headerless else 'header'} has {n}",
                         hint="quote fields that contain the delimiter "
                              f"({'tab' if kind == 'TSV' else 'comma'}) or a newline, and close every quote")
                 yield Row(line, dict(zip(self.columns, row)))
@@ -324,6 +356,15 @@ def arrow_batches(files: list[Path]) -> Iterator[Any]:
         yield from batches
 
 
+def looks_like_data(cells: list[str], expect: tuple[str, ...] = ()) -> bool:
+    """Whether a first row of two cells is data rather than a header: neither cell is a column
+    name (:data:`KNOWN_COLUMNS` or one in ``expect``) and one reads as text (it has a space),
+    as ``ham<TAB>Go until jurong point, crazy..`` does and ``message,category`` does not."""
+    names = KNOWN_COLUMNS | {e.lower() for e in expect if e}
+    cells = [c.strip() for c in cells]
+    return len(cells) == 2 and not any(c.lower() in names for c in cells) and any(" " in c for c in cells)
+
+
 def _chain(head: list[str], rest: Iterator[str]) -> Iterator[str]:
     yield from head
     yield from rest
@@ -343,8 +384,9 @@ def cell_text(v: object, where: str, column: str) -> str:
                       "expected a string or a number")
 
 
-def find_column(name: str, columns: list[str], path: Path | str, role: str) -> str:
-    """``name`` among ``columns`` (exact, else the one case-insensitive match), or a clear error."""
+def find_column(name: str, columns: list[str], path: Path | str, role: str, delimited: bool = False) -> str:
+    """``name`` among ``columns`` (exact, else the one case-insensitive match), or a clear error
+    (``delimited``: a CSV/TSV file, whose first row might be data: the error names --no-header)."""
     if name in columns:
         return name
     folded = [c for c in columns if c.lower() == name.lower()]
@@ -354,28 +396,58 @@ def find_column(name: str, columns: list[str], path: Path | str, role: str) -> s
     hint = f"pass --{role}-column NAME"
     if close:
         hint = f"did you mean --{role}-column {close[0]!r}? " + hint
+    if delimited:
+        hint += "; if the file has no header row (label,text or text,label), pass --no-header"
     raise GptclfError(f"{path}: no {role} column {name!r}; the columns are {columns[:50]}", hint=hint)
 
 
 def read_table(path: Path | str, text_column: str = "text", label_column: str | None = "label",
-               fmt: str | None = None, read_labels: LabelReader | None = None) -> list[Example]:
+               fmt: str | None = None, read_labels: LabelReader | None = None,
+               header: bool | None = None) -> list[Example]:
     """Every row of a file of labelled (or, with ``label_column=None``, plain) texts, each label
-    cell read by ``read_labels`` (default :func:`one_label`)."""
-    with Table(path, fmt) as table:
+    cell read by ``read_labels`` (default :func:`one_label`). ``header`` as :class:`Table`'s
+    (None: detected); a headerless file's columns are told apart by :func:`headerless_columns`."""
+    expect = (text_column, label_column or "")
+    with Table(path, fmt, header=header, expect=expect) as table:
         rows = list(table)
         if not rows:
             raise GptclfError(f"{table.path} has a header but no rows")
         columns = table.columns
         if table.format in ("json", "jsonl"):  # records may differ in their keys
             columns = sorted({k for r in rows for k in r.record})
-        tcol = find_column(text_column, columns, table.path, "text")
-        lcol = find_column(label_column, columns, table.path, "label") if label_column else None
+        if table.headerless:
+            tcol, lcol = headerless_columns(table, rows, text_column, label_column, detected=header is None)
+        else:
+            delimited = table.format in ("csv", "tsv")
+            tcol = find_column(text_column, columns, table.path, "text", delimited)
+            lcol = find_column(label_column, columns, table.path, "label", delimited) if label_column else None
         wheres = [f"{table.path}:{r.line}" for r in rows]
         texts = [cell_text(r.record.get(tcol), w, tcol) for r, w in zip(rows, wheres)]
         if lcol is None:
             return [Example(t, None, r.line) for t, r in zip(texts, rows)]
         labels = (read_labels or one_label)([r.record.get(lcol) for r in rows], wheres, lcol)
         return [Example.of(t, lab, r.line) for t, lab, r in zip(texts, labels, rows)]
+
+
+def headerless_columns(table: Table, rows: list[Row], text_column: str, label_column: str | None,
+                       detected: bool) -> tuple[str, str | None]:
+    """The text and label columns of a headerless two-column table: the label column is the one
+    with fewer distinct values (then the shorter cells; a tie reads the SMS collection's order,
+    label first). A detected header (``detected``) must pass one more check: the first row's
+    label recurs further down, as a class does, where a header's name would not."""
+    if len(table.columns) != 2:
+        raise GptclfError(f"{table.path}: --no-header reads two columns (label and text, either order); the "
+                          f"first row has {len(table.columns)}", hint="add a header row naming the columns")
+    a, b = ([str(r.record[c]) for r in rows] for c in table.columns)
+    first_is_label = (len(set(a)), sum(map(len, a))) <= (len(set(b)), sum(map(len, b)))
+    lcol, tcol = table.columns if first_is_label else table.columns[::-1]
+    labels = a if first_is_label else b
+    if detected and labels.count(labels[0]) < 2:
+        find_column(text_column, [rows[0].record[c] for c in table.columns], table.path, "text", True)
+    order = "label,text" if first_is_label else "text,label"
+    warn(f"{table.path}: no header row (the first row is data); read as {order}: {len(set(labels))} distinct "
+         f"labels in {lcol}" + ("" if detected else " (--no-header)"))
+    return tcol, (lcol if label_column else None)
 
 
 def one_label(cells: list[Any], wheres: list[str], column: str) -> list[str]:

@@ -51,12 +51,13 @@ class Trainer:
                  device: torch.device, precision: str, log: Callable[[str], None], *,
                  dist: DistContext | None = None, checkpointer: Checkpointer | None = None,
                  stopper: EarlyStopping | None = None, class_weight: torch.Tensor | None = None,
-                 shapes: Shapes | None = None) -> None:
+                 shapes: Shapes | None = None, on_record: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.model, self.optimizer, self.cfg, self.device, self.precision, self.log = (
             model, optimizer, cfg, device, precision, log)
         self.train_feed, self.val_feed, self.train_ds, self.val_ds = train_feed, val_feed, train_ds, val_ds
         self.dist = dist or DistContext()
-        self.checkpointer, self.stopper, self.class_weight = checkpointer, stopper, class_weight
+        # on_record is told each record history keeps, with the learning rate and speed (--report-to).
+        self.checkpointer, self.stopper, self.class_weight, self.on_record = checkpointer, stopper, class_weight, on_record
         self.bare = getattr(model, "_orig_mod", model)  # names without torch.compile's prefix
         self.history = History()
         self.shuffle_gen = torch.Generator().manual_seed(cfg.seed)
@@ -314,6 +315,8 @@ class Trainer:
                                    "train_loss": train_loss, "val_loss": val_loss})
         self.log(f"Ep {epoch + 1} (Step {self.global_step:06d}): "
                  f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
+        rate = (self.examples_seen - self._seen0) / max(time.perf_counter() - self._t0, 1e-9)
+        self._record("step", {**self.history.steps[-1], "examples_per_second": rate})
 
     def _end_epoch(self, epoch: int) -> bool:
         """The epoch's accuracies (and early stopping); True when training should stop."""
@@ -329,7 +332,12 @@ class Trainer:
         if self.stopper is not None:
             stopped = self._track_best(epoch, entry)
         self.history.epochs.append(entry)
+        self._record("epoch", {**entry, "step": self.global_step})
         return stopped
+
+    def _record(self, kind: str, entry: dict[str, Any]) -> None:
+        if self.on_record is not None:
+            self.on_record(kind, {**entry, "lr": self.optimizer.param_groups[0]["lr"]})
 
     def _track_best(self, epoch: int, entry: dict[str, float]) -> bool:
         # The book's epoch accuracies use eval_iter batches; choosing the best epoch

@@ -23,7 +23,7 @@ import copy
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ from .memory import available_memory, estimate_for_model, memory_warning
 from .state import Checkpointer, data_fingerprint, discard_partial, find_partial, load_checkpoint, partial_dir, \
     read_run_info, write_run_info
 from .static_step import training_shapes
+from .tracking import Tracker, open_tracker
 from .trunk_cache import Feeds, build_feeds
 
 SPLITS = (("train", "train"), ("val", "validation"), ("test", "test"))  # (key, name in messages)
@@ -69,7 +70,7 @@ def prepare_data(cfg: TrainConfig, examples: list[Example] | None = None) -> Dat
     split 70/10/20 (``--split``; or the given files). ``cfg`` is resolved."""
     task = tasks.get(cfg.task)
     return load_splits(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
-                       label_column=cfg.label_column, balance=cfg.balance, seed=cfg.seed, split=cfg.split,
+                       label_column=cfg.label_column, header=False if cfg.no_header else None, balance=cfg.balance, seed=cfg.seed, split=cfg.split,
                        examples=examples, task=task, read_labels=task.label_reader(cfg.label_delimiter))
 
 
@@ -258,7 +259,7 @@ def _has_type(value: Any, annotation: str) -> bool:
 
 @dataclass
 class RunSetting:
-    """Where and how the run computes, and what it resumes from."""
+    """Where and how the run computes, what it resumes from, and where it reports (--report-to)."""
 
     ctx: DistContext
     device: torch.device
@@ -267,6 +268,7 @@ class RunSetting:
     checkpointer: Checkpointer
     resume_from: Path | None
     log: Log
+    tracker: Tracker = field(default_factory=Tracker)
 
 
 def _run(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch.device | None,
@@ -275,6 +277,15 @@ def _run(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch
     cfg = cfg.resolved()
     t_start = time.perf_counter()
     s = run_setting(cfg, log, ctx, dist_device, resume_from)
+    # Opened before any data is read (a missing package fails at once); closed with the run's outcome.
+    with open_tracker(cfg.report_to, cfg.tracking_uri, s.out, s.log, enabled=ctx.is_main) as s.tracker:
+        return _train(cfg, s, options, examples, t_start)
+
+
+def _train(cfg: TrainConfig, s: RunSetting, options: dict[str, Any], examples: list[Example] | None,
+           t_start: float) -> Path:
+    """The phases of :func:`run_training` once the run's setting is known."""
+    ctx, resume_from = s.ctx, s.resume_from
     splits = prepare_data(cfg, examples)
     s.log(f"data: {splits.source}: {len(splits.train)} train / {len(splits.val)} val / "
           f"{len(splits.test)} test, labels {splits.labels} (balance {splits.balance}, {splits.split} split)\n"
@@ -284,6 +295,7 @@ def _run(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch
     s.log(f"model: {cfg.model} ({cfg.init}), max length {enc.max_length} tokens, pad id {enc.backbone.tokenizer.pad_id}, "
           f"padding {cfg.padding}, pooling {cfg.pooling}, device {s.device} ({s.precision})"
           + (f", {ctx.world_size} processes" if ctx.world_size > 1 else ""))
+    s.tracker.log_options(asdict(cfg))
     base = BaseWeights.of(enc.backbone.model)  # before the head swap and any training
     resume = _checkpoint_to_resume(cfg, s, enc, options, base)
     model, frozen = _model(cfg, enc, splits, s)
@@ -302,6 +314,7 @@ def _run(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch
         save(s.out, model, cfg, splits, enc, metrics, history, base,
              resumed=resume_from is not None, log=s.log)
         _report_saved(s, metrics)
+        s.tracker.finish(metrics, s.out)
     barrier(ctx)
     if metrics["interrupted"]:
         raise KeyboardInterrupt
@@ -431,7 +444,8 @@ def _fit_and_evaluate(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds,
     if cfg.compile:
         model = torch.compile(model, dynamic=True)  # type: ignore[assignment]
     trainer, stopper = make_trainer(cfg, model, feeds, enc, s.device, s.precision, s.log, dist=s.ctx,
-                                    checkpointer=s.checkpointer, class_weight=class_weight, shapes=shapes)
+                                    checkpointer=s.checkpointer, class_weight=class_weight, shapes=shapes,
+                                    on_record=s.tracker.record)
     if resume is not None:
         trainer.restore(*resume)
     t0 = time.perf_counter()

@@ -277,6 +277,9 @@ def search_table(trials: list[Trial], best: Trial) -> str:
 def run_tune(cfg: TrainConfig, opts: TuneOptions, log: Log | None = None) -> Path:
     """``gptclf tune``: search, then write the winner as a normal run directory (plus the search table)."""
     opts.check()
+    if cfg.report_to != "none":  # refused rather than ignored: a user would look for a run that never comes
+        raise GptclfError(f"gptclf tune does not report to {cfg.report_to} (--report-to)",
+                          hint="tune, then train the winner's options with gptclf train --report-to")
     ctx, dist_device = init_distributed(cfg.device)
     try:
         if ctx.world_size > 1:

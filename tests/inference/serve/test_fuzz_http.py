@@ -73,7 +73,7 @@ def expected_status(body: bytes, content_type: str | None) -> int:
     if not texts:
         return 422
     if len(texts) > LIMITS.max_texts or any(len(t) > LIMITS.max_text_chars for t in texts):
-        return 413
+        return 422  # the schema's maxItems / maxLength: a validation error, not the byte limit
     return 200
 
 

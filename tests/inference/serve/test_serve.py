@@ -105,8 +105,8 @@ def test_model_health_page_and_openapi(client: TestClient, tiny_run: Path) -> No
     (b'{"text": ["a"]}', 422, "invalid_request"),
     (b'["a"]', 422, "invalid_request"),
     (b'{"texts": []}', 422, "empty_texts"),
-    (json.dumps({"texts": ["x"] * 9}).encode(), 413, "too_many_texts"),
-    (json.dumps({"texts": ["ok", "y" * 501]}).encode(), 413, "text_too_long"),
+    (json.dumps({"texts": ["x"] * 9}).encode(), 422, "too_many_texts"),
+    (json.dumps({"texts": ["ok", "y" * 501]}).encode(), 422, "text_too_long"),
     (json.dumps({"texts": ["z" * 400] * 8, "pad": "p" * 20_000}).encode(), 413, "body_too_large"),
 ])
 def test_bad_requests_get_a_clear_json_error(client: TestClient, body: bytes, status: int, code: str) -> None:

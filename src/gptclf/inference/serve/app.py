@@ -18,10 +18,11 @@ them, on every model family. ``/healthz`` answers 503 with ``"status": "stalled"
 one forward pass has run longer than ``--timeout``, so an orchestrator can restart it.
 
 Failure modes are explicit: a full queue answers 503 with ``Retry-After``, a request
-that waits too long 504, limits (body size, texts per request, text length) a 4xx, a
-body not sent as JSON 415, a client too slow to send its body 408 (one too slow to send
-its headers has its connection closed), all as ``{"error": {"code", "message"}}``; an
-unexpected error answers a generic 500 with no stack trace or file path.
+that waits too long 504, a body over its byte limit 413, texts that break the schema
+(none, too many, too long) 422, a body not sent as JSON 415, a client too slow to send
+its body 408 (one too slow to send its headers has its connection closed), all as
+``{"error": {"code", "message"}}``; an unexpected error answers a generic 500 with no
+stack trace or file path.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class ClassifyRequest(BaseModel):
 def request_model(s: ServeSettings) -> type[BaseModel]:
     """The request body with this server's limits in its schema (minItems, maxItems, maxLength),
     so a generated client knows them. They are declared, not enforced by pydantic: the handler
-    (:func:`check_texts`) refuses with its own documented codes (422 empty, 413 over a limit)."""
+    (:func:`check_texts`) refuses with its own documented codes, all 422: a schema violation is a
+    validation error; 413 is the body's byte limit only (BodyLimitMiddleware)."""
 
     class ClassifyRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -88,7 +90,8 @@ class ErrorDetail(BaseModel):
     code: str = Field(description="what went wrong, for programs: e.g. too_many_texts, overloaded")
     message: str = Field(description="what went wrong and what to do, for people")
     # Present only on the errors they concern (never null): the schema says so, not "integer or null".
-    limit: int | SkipJsonSchema[None] = Field(None, description="the limit exceeded (413)",
+    limit: int | SkipJsonSchema[None] = Field(None, description="the limit exceeded (body_too_large, "
+                                              "too_many_texts, text_too_long)",
                                               json_schema_extra=_no_default)
     index: int | SkipJsonSchema[None] = Field(None, description="which text of the request (text_too_long, "
                                               "unprocessable_text)", json_schema_extra=_no_default)
@@ -105,11 +108,11 @@ COMMON_ERRORS = {408: "the client took too long to send its body (code request_t
                  413: "the body is over --max-body-bytes (code body_too_large)",
                  500: "internal error, no details (code internal_error)"}
 CLASSIFY_ERRORS = {400: "the body is not valid JSON (code invalid_json)",
-                   413: "over a size limit: body bytes (body_too_large), texts per request (too_many_texts) "
-                        "or characters per text (text_too_long, with its index); limit says which",
                    415: "body not sent as application/json (code unsupported_media_type)",
-                   422: "wrong types or unknown keys (invalid_request), an empty list (empty_texts), or a text "
-                        "the model cannot take (unprocessable_text, with its index)",
+                   422: "the body breaks the schema: wrong types or unknown keys (invalid_request), an empty "
+                        "list (empty_texts), more texts than maxItems (too_many_texts) or a text over maxLength "
+                        "(text_too_long, with its index; limit says which); or a text the model cannot take "
+                        "(unprocessable_text, with its index)",
                    503: "queue full (code overloaded); retry after Retry-After seconds",
                    504: "no answer within the server's --timeout (code timeout)"}
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "required": True,
@@ -323,11 +326,11 @@ def check_texts(texts: list[str], s: ServeSettings) -> None:
     if not texts:
         raise ApiError(422, "empty_texts", "texts must contain at least one text")
     if len(texts) > s.max_texts:
-        raise ApiError(413, "too_many_texts", f"{len(texts)} texts in one request; the limit is "
+        raise ApiError(422, "too_many_texts", f"{len(texts)} texts in one request; the limit is "
                        f"{s.max_texts}", limit=s.max_texts)
     for i, t in enumerate(texts):
         if len(t) > s.max_text_chars:
-            raise ApiError(413, "text_too_long", f"texts[{i}] has {len(t)} characters; the limit is "
+            raise ApiError(422, "text_too_long", f"texts[{i}] has {len(t)} characters; the limit is "
                            f"{s.max_text_chars}", limit=s.max_text_chars, index=i)
 
 

@@ -26,8 +26,8 @@ class ServeSettings:
                                   "is closed) and then its body (else 408): slow or stalled clients cannot hold "
                                   "connections", LIMITS, flag="--client-timeout")
     max_body_bytes: int = opt(1_000_000, "413 above this", LIMITS)
-    max_texts: int = opt(64, "texts per request; 413 above", LIMITS)
-    max_text_chars: int = opt(10_000, "characters per text; 413 above", LIMITS)
+    max_texts: int = opt(64, "texts per request; 422 above", LIMITS)
+    max_text_chars: int = opt(10_000, "characters per text; 422 above", LIMITS)
     cors_origins: list[str] = opt(None, "allow browser pages from ORIGIN to call the API (repeatable; off by "
                                   "default)", factory=list, flag="--cors-origin", metavar="ORIGIN")
     retry_after_s: int = 1          # the Retry-After of a 503
