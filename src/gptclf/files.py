@@ -168,6 +168,14 @@ def read_json_object(path: Path, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
     return obj
 
 
+def plain_name(name: Any) -> bool:
+    """Whether ``name`` is a bare file name: no folder part, no ``..``, not absolute. A model
+    directory's JSON files come with the model, possibly from someone else, and may only
+    name files inside the directory."""
+    return (isinstance(name, str) and bool(name) and name not in (".", "..") and "/" not in name
+            and "\\" not in name and "\0" not in name and not Path(name).is_absolute())
+
+
 def file_inside(directory: Path, name: str) -> Path:
     """``directory / name``, refused when it is a link (or under one) that resolves outside
     ``directory``: a model directory may come from someone else, and its files must not

@@ -39,7 +39,7 @@ from torch import nn
 
 from .. import tasks
 from ..errors import GptclfError
-from ..files import atomic_directory, read_json_object, write_json_atomic
+from ..files import atomic_directory, file_inside, plain_name, read_json_object, write_json_atomic
 from ..models import registry
 
 MANIFEST = "onnx.json"
@@ -272,7 +272,7 @@ def _write_files(clf: Any, tmp: Path, int8: bool, source: Path | None) -> None:
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
-    info = read_json_object(directory / MANIFEST)
+    info = read_json_object(file_inside(directory, MANIFEST))  # bounded; no link out of the directory
     if info.get("format") != FORMAT:
         raise GptclfError(f"{directory / MANIFEST} is not a gptclf ONNX manifest ({info.get('format')!r})",
                           hint="export it again with 'gptclf export --format onnx'")
@@ -282,10 +282,18 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 def graph_path(directory: Path, precision: str) -> Path:
     """The graph file of ``precision`` ('fp32' or 'int8') in an exported directory."""
     files = read_manifest(directory).get("files", {})
+    if not isinstance(files, dict):
+        raise GptclfError(f"{directory / MANIFEST}: 'files' is {type(files).__name__}, not an object "
+                          "of graph file names", hint="export it again with 'gptclf export --format onnx'")
     if precision not in files:
         raise GptclfError(f"{directory} has no {precision} ONNX graph",
                           hint="export it again with 'gptclf export --format onnx' (it writes fp32 and int8)")
-    return directory / files[precision]
+    name = files[precision]
+    if not plain_name(name):
+        raise GptclfError(f"{directory / MANIFEST}: the {precision} graph {str(name)[:100]!r} is not a plain "
+                          "file name", hint="an ONNX directory's onnx.json may only name files inside it")
+    file_inside(directory, name + ".data")  # the graph's external weights, if any, stay inside too
+    return file_inside(directory, name)
 
 
 def cache_path(directory: Path) -> Path:
