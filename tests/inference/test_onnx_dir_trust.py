@@ -72,3 +72,48 @@ def test_no_file_may_link_out_of_the_directory(exported: Path, tmp_path: Path, n
     os.symlink(outside, d / name)
     with pytest.raises(GptclfError, match="outside the model directory"):
         Classifier.load(d, quantize="int8" if name == "model.int8.onnx" else None)
+
+
+def _set_labels(d: Path, labels: list[str]) -> None:
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["labels"] = labels
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("labels", [["a", "b", "c"], ["a", "b", "c", "d", "e"]])
+def test_label_count_must_match_the_graph(exported: Path, tmp_path: Path, labels: list[str]) -> None:
+    d = _copy(exported, tmp_path)
+    _set_labels(d, labels)
+    for quantize in (None, "int8"):
+        with pytest.raises(GptclfError, match=f"config.json has {len(labels)} labels"):
+            Classifier.load(d, quantize=quantize)
+
+
+def test_a_one_column_graph_is_not_broadcast_to_every_label(exported: Path, tmp_path: Path,
+                                                            micro_gpt2_config: Path) -> None:
+    """A graph whose output is [batch, 1] would be broadcast to config.json's two labels."""
+    from helpers import random_classifier
+
+    d = _copy(exported, tmp_path)
+    for f in d.glob("model.onnx*"):
+        f.unlink()
+    gonnx.export_graph(random_classifier(micro_gpt2_config, labels=("only",)), d / "model.onnx")
+    with pytest.raises(GptclfError, match="outputs 1 probabilities per text but config.json has 2 labels"):
+        Classifier.load(d)
+
+
+def test_pad_id_outside_the_vocabulary_is_refused(exported: Path, tmp_path: Path) -> None:
+    """A tokenizer.json run whose pad id is past the embedding (50,257 rows): ORT would index
+    out of range at the first padded batch."""
+    from helpers import write_tiny_tokenizer
+
+    d = _copy(exported, tmp_path)
+    write_tiny_tokenizer(d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["tokenizer"] = {"type": "hf-tokenizers", "file": "tokenizer.json", "pad_id": 60000}
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(GptclfError, match="pad id 60000 is outside the vocabulary of 50257"):
+        Classifier.load(d)
+    cfg["tokenizer"]["pad_id"] = 0
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert Classifier.load(d).tokenizer.pad_id == 0

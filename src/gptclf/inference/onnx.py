@@ -172,6 +172,28 @@ class OnnxSession:
                               hint="the file is truncated or corrupted; export it again") from None
         self.path = path
 
+    def check_outputs(self, num_labels: int, pad_id: int) -> None:
+        """Refuse a graph whose probabilities are not ``[batch, num_labels]``: checked on the
+        declared shape and on one row of padding, so a mismatch with config.json's labels is
+        this error at load, not a failure (or a label broadcast to every other) per request."""
+        declared = {o.name: o.shape for o in self.session.get_outputs()}
+        if "probabilities" not in declared:
+            raise GptclfError(f"{self.path} has no 'probabilities' output", hint="export it again")
+        shape = declared["probabilities"]
+        got = shape[-1] if isinstance(shape, list) and len(shape) == 2 else None
+        if isinstance(got, int) and got != num_labels:
+            raise GptclfError(f"{self.path} outputs {got} probabilities per text but config.json has "
+                              f"{num_labels} labels", hint="the graph is not this run's; export it again")
+        try:
+            probe = self(np.array([[pad_id]]), np.array([1]))
+        except Exception as e:  # ORT's own exception types: the graph cannot run on its inputs
+            raise GptclfError(f"{self.path} fails on one padded row ({type(e).__name__}: {str(e)[:200]})",
+                              hint="the graph is not this run's; export it again") from None
+        if probe.shape != (1, num_labels):
+            raise GptclfError(f"{self.path} outputs shape {list(probe.shape)} for one text, not "
+                              f"[1, {num_labels}] (config.json's labels)", hint="the graph is not this run's; "
+                              "export it again")
+
     def __call__(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         feed = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
                 "lengths": np.ascontiguousarray(lengths, dtype=np.int64)}
