@@ -128,6 +128,48 @@ def atomic_directory(out: str | Path, replace: bool = False) -> Iterator[Path]:
         raise
 
 
+def lock_file(path: Path) -> int | None:
+    """Take ``path`` (created if absent) as an exclusive lock; its descriptor, or None when
+    another process holds it. flock: the kernel releases it when the holder dies, so a killed
+    run leaves no stale lock; the holder's pid is written into the file for the message."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (the directory checks still refuse a finished run)
+        return os.open(os.devnull, os.O_RDONLY)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # else its holder unlinked it between our open and lock: take the new file
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            return fd
+        os.close(fd)
+
+
+def lock_holder(path: Path) -> str:
+    """The pid written by :func:`lock_file`'s holder ('?' when unreadable)."""
+    try:
+        return path.read_text(encoding="ascii", errors="replace")[:20].strip() or "?"
+    except OSError:
+        return "?"
+
+
+def unlock_file(fd: int, path: Path) -> None:
+    """Release :func:`lock_file`'s lock and remove the file (a later locker re-creates it)."""
+    with contextlib.suppress(OSError):
+        if os.fstat(fd).st_ino == os.stat(path).st_ino:
+            os.unlink(path)
+    os.close(fd)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
