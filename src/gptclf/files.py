@@ -218,6 +218,15 @@ def plain_name(name: Any) -> bool:
             and "\\" not in name and "\0" not in name and not Path(name).is_absolute())
 
 
+def _link_root(directory: Path) -> Path:
+    """Where links out of ``directory`` may point: the directory itself, or for a snapshot of
+    the Hugging Face cache (``models--org--name/snapshots/<rev>``, whose files are links to
+    ``../../blobs/``) the cached repository's folder."""
+    if directory.parent.name == "snapshots" and directory.parent.parent.name.startswith(("models--", "datasets--")):
+        return directory.parent.parent
+    return directory
+
+
 def file_inside(directory: Path, name: str) -> Path:
     """``directory / name``, refused when it is a link (or under one) that resolves outside
     ``directory``: a model directory may come from someone else, and its files must not
@@ -225,7 +234,7 @@ def file_inside(directory: Path, name: str) -> Path:
     path = Path(directory) / name
     if not os.path.lexists(path):
         return path  # the caller says what is missing
-    root = Path(directory).resolve()
+    root = _link_root(Path(directory).resolve())
     target = path.resolve()
     if target != root and root not in target.parents:
         raise GptclfError(f"{path} is a link to {target}, outside the model directory {root}",
