@@ -128,6 +128,48 @@ def atomic_directory(out: str | Path, replace: bool = False) -> Iterator[Path]:
         raise
 
 
+def lock_file(path: Path) -> int | None:
+    """Take ``path`` (created if absent) as an exclusive lock; its descriptor, or None when
+    another process holds it. flock: the kernel releases it when the holder dies, so a killed
+    run leaves no stale lock; the holder's pid is written into the file for the message."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (the directory checks still refuse a finished run)
+        return os.open(os.devnull, os.O_RDONLY)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # else its holder unlinked it between our open and lock: take the new file
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            return fd
+        os.close(fd)
+
+
+def lock_holder(path: Path) -> str:
+    """The pid written by :func:`lock_file`'s holder ('?' when unreadable)."""
+    try:
+        return path.read_text(encoding="ascii", errors="replace")[:20].strip() or "?"
+    except OSError:
+        return "?"
+
+
+def unlock_file(fd: int, path: Path) -> None:
+    """Release :func:`lock_file`'s lock and remove the file (a later locker re-creates it)."""
+    with contextlib.suppress(OSError):
+        if os.fstat(fd).st_ino == os.stat(path).st_ino:
+            os.unlink(path)
+    os.close(fd)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -168,6 +210,23 @@ def read_json_object(path: Path, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
     return obj
 
 
+def plain_name(name: Any) -> bool:
+    """Whether ``name`` is a bare file name: no folder part, no ``..``, not absolute. A model
+    directory's JSON files come with the model, possibly from someone else, and may only
+    name files inside the directory."""
+    return (isinstance(name, str) and bool(name) and name not in (".", "..") and "/" not in name
+            and "\\" not in name and "\0" not in name and not Path(name).is_absolute())
+
+
+def _link_root(directory: Path) -> Path:
+    """Where links out of ``directory`` may point: the directory itself, or for a snapshot of
+    the Hugging Face cache (``models--org--name/snapshots/<rev>``, whose files are links to
+    ``../../blobs/``) the cached repository's folder."""
+    if directory.parent.name == "snapshots" and directory.parent.parent.name.startswith(("models--", "datasets--")):
+        return directory.parent.parent
+    return directory
+
+
 def file_inside(directory: Path, name: str) -> Path:
     """``directory / name``, refused when it is a link (or under one) that resolves outside
     ``directory``: a model directory may come from someone else, and its files must not
@@ -175,7 +234,7 @@ def file_inside(directory: Path, name: str) -> Path:
     path = Path(directory) / name
     if not os.path.lexists(path):
         return path  # the caller says what is missing
-    root = Path(directory).resolve()
+    root = _link_root(Path(directory).resolve())
     target = path.resolve()
     if target != root and root not in target.parents:
         raise GptclfError(f"{path} is a link to {target}, outside the model directory {root}",

@@ -205,6 +205,7 @@ def load_splits(data: str = "sms-spam", *, balance: str, split: str, val: str | 
     if task is not None:
         task.check_examples(examples, source)
     classes = Counter(lab for e in examples for lab in e.label_set())
+    _check_label_text(classes, examples, source)
     if len(classes) < 2:
         raise GptclfError(f"{source}: only one class ({next(iter(classes), None)!r}) in the labels",
                           hint="a classifier needs at least two classes; check --label-column")
@@ -227,6 +228,20 @@ def load_splits(data: str = "sms-spam", *, balance: str, split: str, val: str | 
     _warn_missing_classes(labels, tr, va, te)
     _warn_leakage(tr, va, te)
     return DataSplits(tr, va, te, labels, source, balance, split, dropped, task)
+
+
+def _check_label_text(classes: Counter, examples: list[Example], source: str) -> None:
+    """Refuse a label that is not writable UTF-8 (a lone surrogate: ``"\\ud800"`` is valid JSON)
+    before training, not when config.json is saved at its end. Texts are cleaned (U+FFFD, as
+    the tokenizers see them); a label is a name the run keeps, and two labels must not merge."""
+    for lab in classes:
+        try:
+            lab.encode("utf-8")
+        except UnicodeEncodeError:
+            line = next(e.line for e in examples if lab in e.label_set())
+            raise GptclfError(f"{source}: the label {ascii(lab)[:80]} (first at line {line}) holds a lone "
+                              "surrogate, which cannot be written as UTF-8",
+                              hint="fix the label in the data: a \\ud800-style JSON escape without its pair") from None
 
 
 def _undersample(examples: list[Example], seed: int, source: str) -> tuple[list[Example], dict[str, int]]:

@@ -20,7 +20,8 @@ on the current one; the rows still come out in input order.
 
 The output (CSV, TSV or JSONL, from its suffix) is written to a temporary file beside it
 and renamed over it only when every row is written (:func:`gptclf.files.atomic_path`): an
-error or Ctrl-C leaves no partial file behind.
+error or Ctrl-C leaves no partial file behind. An output that is the input file, or whose
+suffix names a format not written here (``.parquet``, ``.json``), is refused before any row.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import numpy as np
 
 from .. import tasks
 from ..data.encoding import unicode_clean
-from ..data.tables import DEFAULT_LABEL_DELIMITER, Row, Table, cell_text, find_column
+from ..data.tables import ARROW_SUFFIXES, DEFAULT_LABEL_DELIMITER, SUFFIXES, Row, Table, cell_text, find_column
 from ..errors import DataWarning, GptclfError, TextError
 from ..files import atomic_path
 from ..progress import PlainProgress
@@ -52,6 +53,7 @@ TRUNCATED_COLUMN = "truncated"
 OUTPUT_FORMATS = ("csv", "tsv", "jsonl")
 PREFETCH = 2  # chunks read and tokenized ahead of the model
 OUTPUT_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+READABLE_SUFFIXES = {**SUFFIXES, **ARROW_SUFFIXES}  # a name that promises one of these must get it
 
 
 def added_columns(labels: list[str], task: Task = tasks.SINGLE_LABEL) -> list[str]:
@@ -110,11 +112,9 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
         bar.update(n)
         lines.update(n)
 
+    out_fmt = _output_format(Path(input_path).expanduser(), output_path, output_format)
     with bar, Table(input_path, input_format, on_bytes=read) as table:
-        out_fmt = output_format or OUTPUT_SUFFIXES.get(output_path.suffix.lower()) or \
-            (table.format if table.format in OUTPUT_FORMATS else "jsonl")
-        if out_fmt not in OUTPUT_FORMATS:
-            raise GptclfError(f"unknown output format {out_fmt!r}", hint=f"use one of {', '.join(OUTPUT_FORMATS)}")
+        out_fmt = out_fmt or (table.format if table.format in OUTPUT_FORMATS else "jsonl")
         tcol = find_column(text_column, table.columns, table.path, "text")
         task = getattr(classifier, "task", tasks.SINGLE_LABEL)
         extra = added_columns(labels, task)
@@ -144,6 +144,24 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
                       f"tokens and were truncated (in {truncated_chunks} of {chunks} chunks)",
                       DataWarning, stacklevel=2)
     return BatchResult(rows, chunks, time.perf_counter() - t0, output_path)
+
+
+def _output_format(input_path: Path, output_path: Path, output_format: str | None) -> str | None:
+    """The output's format: ``output_format``, else its suffix's (None: unknown suffix, the
+    input's). Refused: a file that is the input (renamed over it, the input would be lost) and
+    a suffix naming a format this writer does not write (CSV inside ``x.parquet``)."""
+    if output_path.resolve() == input_path.resolve() or (
+            output_path.exists() and input_path.exists() and output_path.samefile(input_path)):
+        raise GptclfError(f"--output {output_path} is the input file: it would be replaced",
+                          hint="write the predictions to another file")
+    suffix = output_path.suffix.lower()
+    out_fmt = output_format or OUTPUT_SUFFIXES.get(suffix)
+    if out_fmt is None and suffix in READABLE_SUFFIXES:
+        raise GptclfError(f"--output {output_path}: predict writes {', '.join(OUTPUT_FORMATS)}, not {suffix[1:]}",
+                          hint="name the output .csv, .tsv or .jsonl")
+    if out_fmt is not None and out_fmt not in OUTPUT_FORMATS:
+        raise GptclfError(f"unknown output format {out_fmt!r}", hint=f"use one of {', '.join(OUTPUT_FORMATS)}")
+    return out_fmt
 
 
 def _label_delimiter(classifier: Any) -> str:

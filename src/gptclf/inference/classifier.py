@@ -31,8 +31,9 @@ from ..data.encoding import fit_to_length, tokenize_texts
 from ..device import autocast, pad_multiple, pick_device, resolve_precision
 from ..errors import GptclfError, TextError, is_interrupt
 from ..graphs import Shapes, StaticForward, capture_available
+from ..models import registry
 from ..models.classifier import SequenceClassifier
-from ..rundir.load import load_run, read_run_config
+from ..rundir.load import check_tokenizer, load_run, read_run_config
 from ..tokenizers import tokenizer_from_config
 
 
@@ -124,7 +125,9 @@ class Classifier:
             graphs = onnx.cached_export(directory, lambda: cls.load(directory, device="cpu", backend="torch"))
         cfg = read_run_config(graphs)
         tokenizer = tokenizer_from_config(cfg.tokenizer, graphs)
+        check_tokenizer(graphs, tokenizer, registry.config_from_dict(cfg.architecture).vocab_size)
         session = onnx.OnnxSession(onnx.graph_path(graphs, "int8" if quantize else "fp32"), threads)
+        session.check_outputs(len(cfg.labels), tokenizer.pad_id)
         # directory stays the run's own (its metrics.json is what `gptclf serve` reports).
         return cls(None, tokenizer, cfg, torch.device("cpu"), "int8" if quantize else "fp32", directory, session)
 

@@ -39,7 +39,7 @@ from torch import nn
 
 from .. import tasks
 from ..errors import GptclfError
-from ..files import atomic_directory, read_json_object, write_json_atomic
+from ..files import atomic_directory, file_inside, plain_name, read_json_object, write_json_atomic
 from ..models import registry
 
 MANIFEST = "onnx.json"
@@ -172,6 +172,28 @@ class OnnxSession:
                               hint="the file is truncated or corrupted; export it again") from None
         self.path = path
 
+    def check_outputs(self, num_labels: int, pad_id: int) -> None:
+        """Refuse a graph whose probabilities are not ``[batch, num_labels]``: checked on the
+        declared shape and on one row of padding, so a mismatch with config.json's labels is
+        this error at load, not a failure (or a label broadcast to every other) per request."""
+        declared = {o.name: o.shape for o in self.session.get_outputs()}
+        if "probabilities" not in declared:
+            raise GptclfError(f"{self.path} has no 'probabilities' output", hint="export it again")
+        shape = declared["probabilities"]
+        got = shape[-1] if isinstance(shape, list) and len(shape) == 2 else None
+        if isinstance(got, int) and got != num_labels:
+            raise GptclfError(f"{self.path} outputs {got} probabilities per text but config.json has "
+                              f"{num_labels} labels", hint="the graph is not this run's; export it again")
+        try:
+            probe = self(np.array([[pad_id]]), np.array([1]))
+        except Exception as e:  # ORT's own exception types: the graph cannot run on its inputs
+            raise GptclfError(f"{self.path} fails on one padded row ({type(e).__name__}: {str(e)[:200]})",
+                              hint="the graph is not this run's; export it again") from None
+        if probe.shape != (1, num_labels):
+            raise GptclfError(f"{self.path} outputs shape {list(probe.shape)} for one text, not "
+                              f"[1, {num_labels}] (config.json's labels)", hint="the graph is not this run's; "
+                              "export it again")
+
     def __call__(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         feed = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
                 "lengths": np.ascontiguousarray(lengths, dtype=np.int64)}
@@ -272,7 +294,7 @@ def _write_files(clf: Any, tmp: Path, int8: bool, source: Path | None) -> None:
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
-    info = read_json_object(directory / MANIFEST)
+    info = read_json_object(file_inside(directory, MANIFEST))  # bounded; no link out of the directory
     if info.get("format") != FORMAT:
         raise GptclfError(f"{directory / MANIFEST} is not a gptclf ONNX manifest ({info.get('format')!r})",
                           hint="export it again with 'gptclf export --format onnx'")
@@ -282,10 +304,18 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 def graph_path(directory: Path, precision: str) -> Path:
     """The graph file of ``precision`` ('fp32' or 'int8') in an exported directory."""
     files = read_manifest(directory).get("files", {})
+    if not isinstance(files, dict):
+        raise GptclfError(f"{directory / MANIFEST}: 'files' is {type(files).__name__}, not an object "
+                          "of graph file names", hint="export it again with 'gptclf export --format onnx'")
     if precision not in files:
         raise GptclfError(f"{directory} has no {precision} ONNX graph",
                           hint="export it again with 'gptclf export --format onnx' (it writes fp32 and int8)")
-    return directory / files[precision]
+    name = files[precision]
+    if not plain_name(name):
+        raise GptclfError(f"{directory / MANIFEST}: the {precision} graph {str(name)[:100]!r} is not a plain "
+                          "file name", hint="an ONNX directory's onnx.json may only name files inside it")
+    file_inside(directory, name + ".data")  # the graph's external weights, if any, stay inside too
+    return file_inside(directory, name)
 
 
 def cache_path(directory: Path) -> Path:

@@ -4,7 +4,6 @@ safetensors: nothing is unpickled."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -12,11 +11,16 @@ from typing import Any
 import torch
 
 from ..errors import GptclfError
+from ..files import file_inside, plain_name, read_json, read_json_object
 from ..models import registry
 from ..models.family import TOKENIZER_GPT2_BPE
 from ..tokenizers.base import Tokenizer
 from .backbone import Backbone
 from .state_dict import load_converted_state_dict
+
+
+# A Hugging Face config.json is a few kilobytes; one that claims more is not one (or is /dev/zero).
+HF_CONFIG_BYTES = 1 << 20
 
 
 def download_hf(repo_id: str, weights: bool = True) -> Path:
@@ -46,20 +50,21 @@ def read_safetensors_dir(directory: Path) -> dict[str, torch.Tensor]:
     """All tensors of ``model.safetensors`` or of the shards named in its index."""
     from safetensors.torch import load_file
 
-    single = directory / "model.safetensors"
-    index = directory / "model.safetensors.index.json"
+    # A directory may come from someone else: no file of it is read through a link out of it.
+    single = file_inside(directory, "model.safetensors")
+    index = file_inside(directory, "model.safetensors.index.json")
     if single.exists():
         files = [single]
     elif index.exists():
         try:
-            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            shards = set(read_json(index)["weight_map"].values())
+        except (KeyError, TypeError, AttributeError) as e:
             raise GptclfError(f"{index} is not a valid safetensors index ({type(e).__name__}: {e})") from None
         for s in shards:
             # The index names files inside the directory, never '../' or absolute paths.
-            if not isinstance(s, str) or not s or "/" in s or "\\" in s or s in (".", ".."):
-                raise GptclfError(f"{index} names the shard {s!r}, which is not a file in {directory}")
-        files = [directory / s for s in sorted(shards)]
+            if not plain_name(s):
+                raise GptclfError(f"{index} names the shard {str(s)[:100]!r}, which is not a file in {directory}")
+        files = [file_inside(directory, s) for s in sorted(shards)]
     else:
         raise GptclfError(f"no model.safetensors in {directory}",
                           hint="gptclf reads safetensors only (never pickles); save the model with "
@@ -75,16 +80,11 @@ def read_safetensors_dir(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def load_hf_dir(directory: Path, init: str, source: dict[str, Any]) -> Backbone:
-    cfg_path = directory / "config.json"
+    cfg_path = file_inside(directory, "config.json")
     if not cfg_path.exists():
         raise GptclfError(f"{directory} has no config.json",
                           hint="a model directory needs config.json + model.safetensors (Hugging Face format)")
-    try:
-        hf_cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as e:
-        raise GptclfError(f"{cfg_path} is not valid JSON ({type(e).__name__}: {e})") from None
-    if not isinstance(hf_cfg, dict):
-        raise GptclfError(f"{cfg_path} is not a JSON object")
+    hf_cfg = read_json_object(cfg_path, HF_CONFIG_BYTES)
     if "gptclf" in hf_cfg or str(hf_cfg.get("format", "")).startswith("gptclf/"):
         raise GptclfError(f"{directory} is a fine-tuned gptclf classifier, not a backbone",
                           hint="use it with 'gptclf predict/evaluate --model DIR'")

@@ -57,10 +57,15 @@ def load_run(directory: str | Path) -> LoadedRun:
                           f"context of {arch.context_length} tokens")
     backbone = load_classifier_backbone(directory, cfg)
     tokenizer = tokenizer_from_config(cfg.tokenizer, directory)
-    if tokenizer.vocab_size > arch.vocab_size:
-        raise GptclfError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but the "
-                          f"model's embedding only {arch.vocab_size}")
-    if not 0 <= tokenizer.pad_id < arch.vocab_size:
-        raise GptclfError(f"{directory}: pad id {tokenizer.pad_id} is outside the vocabulary "
-                          f"of {arch.vocab_size} tokens")
+    check_tokenizer(directory, tokenizer, arch.vocab_size)
     return LoadedRun(cfg, backbone, tokenizer)
+
+
+def check_tokenizer(directory: Path, tokenizer: Tokenizer, vocab_size: int) -> None:
+    """The tokenizer's ids, pad id included, all index the model's embedding of ``vocab_size``."""
+    if tokenizer.vocab_size > vocab_size:
+        raise GptclfError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but the "
+                          f"model's embedding only {vocab_size}")
+    if not 0 <= tokenizer.pad_id < vocab_size:
+        raise GptclfError(f"{directory}: pad id {tokenizer.pad_id} is outside the vocabulary "
+                          f"of {vocab_size} tokens")

@@ -26,11 +26,12 @@ checkpoints live beside it in ``runs/20261125-221500.partial/`` (see
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -38,20 +39,54 @@ from torch import nn
 from .. import tasks
 from ..config import RunConfig
 from ..errors import GptclfError
-from ..files import atomic_directory, read_json_object, remove_stale_temporaries, temporary_name, \
-    write_json_atomic, write_text_atomic
+from ..files import atomic_directory, lock_file, lock_holder, read_json_object, remove_stale_temporaries, \
+    temporary_name, unlock_file, write_json_atomic, write_text_atomic
 from .plots import plot_history
 from .report import write_run_report
 
 
-def default_run_dir(root: str | Path = "runs") -> Path:
+def _lock_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.lock")
+
+
+@contextlib.contextmanager
+def claim_run_dir(out: str | Path | None, root: str | Path = "runs") -> Iterator[Path]:
+    """The output directory of a run, locked against every other gptclf process for as long as
+    the block runs (from before training to after the save): ``out``, refused at once if
+    another run holds it, or (``None``) the first ``root/<timestamp>[-n]`` that no finished,
+    unfinished or running run has, so two runs started in the same second get two names."""
+    root = Path(out).parent if out is not None else Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GptclfError(f"cannot create the output folder {root}: {e.strerror or e}") from None
+    if out is not None:
+        path, fd = Path(out), lock_file(_lock_path(Path(out)))
+        if fd is None:
+            raise GptclfError(f"another gptclf process (pid {lock_holder(_lock_path(path))}) is writing to {path}",
+                              hint="wait for it to finish, or choose another --out")
+    else:
+        path, fd = _free_default(root)
+    try:
+        yield path
+    finally:
+        unlock_file(fd, _lock_path(path))
+
+
+def _free_default(root: Path) -> tuple[Path, int]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path(root) / stamp
-    n = 1
-    while path.exists():
-        n += 1
-        path = Path(root) / f"{stamp}-{n}"
-    return path
+    for n in range(1, 10_000):
+        path = root / (stamp if n == 1 else f"{stamp}-{n}")
+        if path.exists() or path.with_name(path.name + ".partial").exists():
+            continue
+        fd = lock_file(_lock_path(path))
+        if fd is None:
+            continue  # a run started this second holds it
+        if path.exists() or path.with_name(path.name + ".partial").exists():
+            unlock_file(fd, _lock_path(path))  # it finished (or began) between the check and the lock
+            continue
+        return path, fd
+    raise GptclfError(f"{root}: no free run name for {stamp}", hint="pass --out")
 
 
 def classifier_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import GptclfError
-from ..files import file_inside, read_json
+from ..files import file_inside, plain_name, read_json
 from .base import require
 
 
@@ -124,8 +124,7 @@ def from_config(cfg: dict[str, Any], directory: Path | None) -> HFTokenizer:
     file = cfg.get("file", "tokenizer.json")
     # config.json comes with the model, possibly from someone else: it may only name a file
     # inside the model directory, never '../../somewhere' or an absolute path.
-    if (not isinstance(file, str) or not file or file in (".", "..") or "/" in file or "\\" in file
-            or "\0" in file or Path(file).is_absolute()):
+    if not plain_name(file):
         raise GptclfError(f"{directory}: the tokenizer file {file!r} in config.json is not a plain file name",
                           hint="a model directory's config.json may only name files inside the directory")
     pad_id = cfg.get("pad_id")

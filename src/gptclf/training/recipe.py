@@ -19,13 +19,14 @@ and optionally ``torch.compile``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -46,7 +47,7 @@ from ..models.classifier import SequenceClassifier, freeze_for_finetuning, repla
 from ..files import read_json_object
 from ..graphs import Shapes
 from ..rundir.base import BaseWeights, fingerprint_matches
-from ..rundir.save import TEST_SPLIT, default_run_dir, directory_bytes, examples_jsonl, save_run
+from ..rundir.save import TEST_SPLIT, claim_run_dir, directory_bytes, examples_jsonl, save_run
 from ..rundir.weights import describe_run_size, weights_to_save
 from .controls import EarlyStopping, stopper_for
 from .distributed import DistContext, barrier, broadcast_text, init_distributed, shutdown
@@ -215,8 +216,10 @@ def run_training(cfg: TrainConfig, log: Log | None = None, *, resume_from: str |
     memory (``gptclf.train(texts=..., labels=...)``); ``cfg.data`` then only describes it.
     """
     ctx, dist_device = init_distributed(cfg.device)
+    resume = Path(resume_from) if resume_from else None
     try:
-        return _run(cfg, log, ctx, dist_device, Path(resume_from) if resume_from else None, examples)
+        with claimed_out(cfg, ctx, resume) as out:
+            return _run(cfg, log, ctx, dist_device, out, resume, examples)
     finally:
         shutdown(ctx)
 
@@ -271,12 +274,12 @@ class RunSetting:
     tracker: Tracker = field(default_factory=Tracker)
 
 
-def _run(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch.device | None,
+def _run(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch.device | None, out: Path,
          resume_from: Path | None, examples: list[Example] | None = None) -> Path:
     options = asdict(cfg)  # as given: what a resumed run starts again with
     cfg = cfg.resolved()
     t_start = time.perf_counter()
-    s = run_setting(cfg, log, ctx, dist_device, resume_from)
+    s = run_setting(cfg, log, ctx, dist_device, out, resume_from)
     # Opened before any data is read (a missing package fails at once); closed with the run's outcome.
     with open_tracker(cfg.report_to, cfg.tracking_uri, s.out, s.log, enabled=ctx.is_main) as s.tracker:
         return _train(cfg, s, options, examples, t_start)
@@ -321,9 +324,25 @@ def _train(cfg: TrainConfig, s: RunSetting, options: dict[str, Any], examples: l
     return s.out
 
 
+@contextlib.contextmanager
+def claimed_out(cfg: TrainConfig, ctx: DistContext, resume_from: Path | None) -> Iterator[Path]:
+    """The run's output directory (--out, the resumed run's, or a new ``runs/<timestamp>``),
+    locked by rank 0 against other gptclf processes from now until the run is saved
+    (:func:`gptclf.rundir.save.claim_run_dir`); every rank gets rank 0's name."""
+    out: str | None = cfg.out or None
+    if resume_from is not None:
+        out = str(read_run_info(resume_from)["out"])
+    if not ctx.is_main:
+        yield Path(broadcast_text("", ctx))
+        return
+    with claim_run_dir(out) as path:
+        yield Path(broadcast_text(str(path), ctx))
+
+
 def run_setting(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device: torch.device | None,
-             resume_from: Path | None) -> RunSetting:
-    """Device, precision, seed, and the output directory (checked before any data is read)."""
+                out: Path, resume_from: Path | None) -> RunSetting:
+    """Device, precision, seed, and the output directory (``out``, claimed: :func:`claimed_out`;
+    checked before any data is read)."""
     log = log or (lambda s: tqdm.write(s, file=sys.stderr))
     if not ctx.is_main:
         log = lambda s: None  # noqa: E731 - one voice: rank 0's
@@ -336,14 +355,11 @@ def run_setting(cfg: TrainConfig, log: Log | None, ctx: DistContext, dist_device
     check_model_name(cfg.model)
     if resume_from is not None:
         info = read_run_info(resume_from)
-        out = Path(info["out"])
         if info.get("world_size", 1) != ctx.world_size:
             raise GptclfError(f"this run was started on {info.get('world_size', 1)} process(es), "
                               f"not {ctx.world_size}: its batches depend on it",
                               hint=f"resume with torchrun --nproc_per_node {info.get('world_size', 1)}"
                               if info.get("world_size", 1) > 1 else "resume without torchrun")
-    else:
-        out = Path(broadcast_text(str(Path(cfg.out) if cfg.out else default_run_dir()), ctx))
     _check_out(out, resume_from is not None, cfg.overwrite and resume_from is None, ctx.is_main)
     barrier(ctx)  # every rank checks before rank 0 creates <out>.partial
     checkpointer = Checkpointer(partial_dir(out), cfg.checkpoint_every, enabled=ctx.is_main)

@@ -38,7 +38,7 @@ from ..progress import Log
 from ..rundir.save import directory_bytes
 from .distributed import init_distributed, shutdown
 from .loop import History
-from .recipe import Encoded, encode_splits, evaluate_splits, make_trainer, prepare_data, run_setting, save, \
+from .recipe import Encoded, claimed_out, encode_splits, evaluate_splits, make_trainer, prepare_data, run_setting, save, \
     setup_classifier
 from .trunk_cache import CachedFeeder, Feeder, Feeds, TokenFeeder, TrunkCache, cache_mode
 
@@ -285,26 +285,32 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, log: Log | None = None) -> Pat
         if ctx.world_size > 1:
             raise GptclfError("gptclf tune runs in one process", hint="run it without torchrun")
         cfg = replace(cfg.resolved(), keep_best=True)
-        t_start = time.perf_counter()
-        s = run_setting(cfg, log, ctx, dist_device, None)
-        splits = prepare_data(cfg)
-        s.log(f"data: {splits.source}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test")
-        enc = encode_splits(cfg, splits)
-        cfg = cfg.for_backbone(enc.backbone.model.config.arch)
-        pristine = enc.backbone.model  # never trained: every candidate copies it
-        pad_to = enc.max_length if cfg.padding == "longest" else None
-        trials, best, trunk = search(cfg, opts, enc, len(splits.labels), s, pristine, pad_to)
-        try:
-            out = _save_winner(cfg, best, trials, enc, splits, s, pristine, trunk, t_start)
-        finally:
-            trunk.close()
-        s.log("\n" + search_table(trials, best))
-        weights = read_json_object(Path(out) / "metrics.json").get("weights") or {}
-        s.log(f"best: {best.candidate.describe()} -> saved run to {out}: "
-              f"{describe_run_size(directory_bytes(Path(out)), weights, Path(out))}")
-        return out
+        with claimed_out(cfg, ctx, None) as out:
+            return _tune(cfg, opts, log, ctx, dist_device, out)
     finally:
         shutdown(ctx)
+
+
+def _tune(cfg: TrainConfig, opts: TuneOptions, log: Log | None, ctx: Any, dist_device: Any, out: Path) -> Path:
+    """:func:`run_tune` in its claimed output directory ``out``."""
+    t_start = time.perf_counter()
+    s = run_setting(cfg, log, ctx, dist_device, out, None)
+    splits = prepare_data(cfg)
+    s.log(f"data: {splits.source}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test")
+    enc = encode_splits(cfg, splits)
+    cfg = cfg.for_backbone(enc.backbone.model.config.arch)
+    pristine = enc.backbone.model  # never trained: every candidate copies it
+    pad_to = enc.max_length if cfg.padding == "longest" else None
+    trials, best, trunk = search(cfg, opts, enc, len(splits.labels), s, pristine, pad_to)
+    try:
+        out = _save_winner(cfg, best, trials, enc, splits, s, pristine, trunk, t_start)
+    finally:
+        trunk.close()
+    s.log("\n" + search_table(trials, best))
+    weights = read_json_object(Path(out) / "metrics.json").get("weights") or {}
+    s.log(f"best: {best.candidate.describe()} -> saved run to {out}: "
+          f"{describe_run_size(directory_bytes(Path(out)), weights, Path(out))}")
+    return out
 
 
 def _save_winner(cfg: TrainConfig, best: Trial, trials: list[Trial], enc: Encoded, splits: Any, s: Any,
