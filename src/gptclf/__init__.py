@@ -50,7 +50,7 @@ def audit(data: Any = None, *, texts: Any = None, labels: Any = None, **options:
     written there. Needs ``pip install 'gptclf[audit]'``."""
     from dataclasses import fields
 
-    from .audit.run import run_audit
+    from .auditing.run import run_audit
     from .config import AuditOptions, TrainConfig
 
     names = {f.name for f in fields(AuditOptions)}

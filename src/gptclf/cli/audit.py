@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from ..audit.run import run_audit
+    from ..auditing.run import run_audit
 
     cfg = train_config(args)
     cfg.out = cfg.out or f"audits/{time.strftime('%Y%m%d-%H%M%S')}"

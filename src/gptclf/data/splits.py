@@ -146,7 +146,7 @@ class DataSplits:
     split: str = "random"
     dropped: dict[str, int] | None = None  # rows removed by undersampling, per class
     task: "Task | None" = None  # what the labels are (gptclf.tasks); None: one label per example
-    audit_dropped: dict | None = None  # rows left out by --drop-label-issues: which, and why (gptclf.audit.drop)
+    audit_dropped: dict | None = None  # rows left out by --drop-label-issues: which, and why (gptclf.auditing.drop)
 
     def summary(self) -> dict:
         return {

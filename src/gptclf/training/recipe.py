@@ -71,7 +71,7 @@ def prepare_data(cfg: TrainConfig, examples: list[Example] | None = None) -> Dat
     read_labels = task.label_reader(cfg.label_delimiter)
     audit_dropped = None
     if cfg.drop_label_issues:  # every row as read, less those the audit flags, before balancing and splitting
-        from ..audit.drop import drop_label_issues
+        from ..auditing.drop import drop_label_issues
         from ..data.splits import read_examples
 
         rows, source = (examples, cfg.data) if examples is not None else \

@@ -3,7 +3,7 @@ its position in its file, with the split ``gptclf train`` would put it in, and t
 
 An audit numbers rows as the files hold them (empty texts too, so ``row`` is a position a person
 can find), and fingerprints each file by its row count and a hash of its texts: that is what
-``gptclf train --drop-label-issues`` checks before it drops anything (:mod:`gptclf.audit.drop`).
+``gptclf train --drop-label-issues`` checks before it drops anything (:mod:`gptclf.auditing.drop`).
 """
 
 from __future__ import annotations

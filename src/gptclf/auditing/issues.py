@@ -72,7 +72,9 @@ def _multi_label(examples: Sequence[Example], labels: list[str], probs: np.ndarr
     given = [[index[lab] for lab in e.label_set()] for e in examples]
     flagged = find_label_issues(given, probs, n_jobs=1)
     quality = get_label_quality_scores(given, probs)
-    per_label = np.stack(find_multilabel_issues_per_class(given, probs, n_jobs=1), axis=1)  # [rows, labels]
+    per_label = np.asarray(find_multilabel_issues_per_class(given, probs, n_jobs=1), dtype=bool)
+    if per_label.shape != probs.shape:  # older cleanlab: a list of one mask per label
+        per_label = per_label.T
     suggested = [delimiter.join(lab for lab, p in zip(labels, row) if p >= 0.5) for row in probs]
     wrong = [delimiter.join(lab for lab, bad in zip(labels, row) if bad) for row in per_label]
     return LabelIssues(flagged | per_label.any(1), quality, suggested, wrong)

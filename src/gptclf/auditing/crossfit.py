@@ -6,7 +6,7 @@ row serves every fold: each fold trains only the trainable tail and head, freshl
 train`` trains (:func:`~gptclf.training.recipe.make_trainer`, the run's recipe; ``--audit-epochs``
 may shorten it), and predicts its own fold. No fold ever sees the labels it predicts: there is
 no best-epoch selection or early stopping on them. The same cache gives each row's pooled trunk
-vector, which the duplicate, leak and outlier checks compare (:mod:`gptclf.audit.issues`).
+vector, which the duplicate, leak and outlier checks compare (:mod:`gptclf.auditing.issues`).
 """
 
 from __future__ import annotations
