@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 import os
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["load_model", "Classifier", "GptclfError", "TrainConfig", "train", "__version__"]
+__all__ = ["load_model", "Classifier", "GptclfError", "TrainConfig", "train", "audit", "__version__"]
 
 from .errors import GptclfError
 
@@ -39,6 +39,31 @@ def train(data: Any = None, *, texts: Any = None, labels: Any = None, **options:
     from .config import TrainConfig
     from .training.recipe import run_training
 
+    examples = _in_memory(data, texts, labels, options)
+    return run_training(TrainConfig(**options), examples=examples)
+
+
+def audit(data: Any = None, *, texts: Any = None, labels: Any = None, **options: Any) -> Any:
+    """Run ``gptclf audit`` from Python: the data forms and options of :func:`train` plus the audit's
+    (``folds``, ``audit_epochs``, ``similarity``, ``outlier_threshold``). Returns the audit as a pandas
+    DataFrame (the columns of audit.csv, most suspicious first); with ``out=DIR`` it is also
+    written there. Needs ``pip install 'gptclf[audit]'``."""
+    from dataclasses import fields
+
+    from .auditing.run import run_audit
+    from .config import AuditOptions, TrainConfig
+
+    names = {f.name for f in fields(AuditOptions)}
+    audit_options = AuditOptions(**{k: options.pop(k) for k in list(options) if k in names})
+    examples = _in_memory(data, texts, labels, options)
+    return run_audit(TrainConfig(**options), audit_options, examples=examples)
+
+
+def _in_memory(data: Any, texts: Any, labels: Any, options: dict[str, Any]) -> Any:
+    """The examples ``data`` (or ``texts`` and ``labels``) holds in memory (None for a file), with
+    ``options["data"]`` set to what the run records as its source."""
+    from .config import TrainConfig
+
     examples = None
     task_options = TrainConfig(**options)  # the label rule of its task (one label, or a set per text)
     read_labels = task_options.target_task.label_reader(task_options.label_delimiter)
@@ -57,7 +82,7 @@ def train(data: Any = None, *, texts: Any = None, labels: Any = None, **options:
         data = f"in-memory ({len(examples)} rows)"
     if data is not None:
         options["data"] = os.fspath(data)
-    return run_training(TrainConfig(**options), examples=examples)
+    return examples
 
 
 def __getattr__(name: str) -> Any:

@@ -114,6 +114,10 @@ class TrainConfig:
         None, "how the 70/10/20 split is drawn (seeded): within each class, or the book's plain shuffle. "
         "Default: random for the chapter's SMS data (the book's exact split), stratified for yours", DATA,
         choices=("stratified", "random"))
+    drop_label_issues: str | None = opt(
+        None, "train without the rows that this audit (the audit.csv of 'gptclf audit' on the same --data file) "
+        "flags as label issues; the rows dropped are recorded in config.json and the report. An audit of "
+        "other rows is refused", DATA, metavar="AUDIT_CSV")
     max_length: int | None = opt(
         None, "truncate texts to this many tokens, at training and prediction. Default: what the backbone "
         f"supports, capped at {MAX_LENGTH_CAP} (dynamic padding makes a long limit free); with --padding "
@@ -479,3 +483,32 @@ class TuneOptions:
             raise GptclfError("--budget-s must be positive")
         if self.prune_epochs < 0:
             raise GptclfError("--prune-epochs must be >= 0")
+
+
+AUDIT = "audit (gptclf audit)"
+
+
+@dataclass
+class AuditOptions:
+    """The options ``gptclf audit`` adds to ``gptclf train``'s (whose data and recipe options it
+    takes; ``--out`` is the audit's folder): the cross-fitting and the thresholds of each issue."""
+
+    folds: int = opt(5, "cross-fitting folds: each row's probabilities come from a model trained on the "
+                     "other folds (stratified, seeded by --seed)", AUDIT, metavar="K")
+    audit_epochs: int | None = opt(None, "train each fold for this many epochs (default: --epochs, the run's "
+                                   "recipe)", AUDIT, metavar="N")
+    similarity: float = opt(0.97, "near-duplicate: two rows whose pooled trunk vectors (centred) have at least "
+                            "this cosine similarity", AUDIT, metavar="COS")
+    outlier_threshold: float = opt(0.37037, "outlier: a row whose mean distance to its 10 nearest neighbours "
+                                   "exceeds Q3 + (1/T - 1) x IQR of all rows' (cleanlab Datalab's rule and "
+                                   "default T)", AUDIT, metavar="T")
+
+    def check(self) -> None:
+        if self.folds < 2:
+            raise GptclfError(f"--folds must be at least 2, not {self.folds}")
+        if self.audit_epochs is not None and self.audit_epochs < 1:
+            raise GptclfError("--audit-epochs must be at least 1")
+        if not 0 < self.similarity <= 1:
+            raise GptclfError("--similarity must be in (0, 1]")
+        if not 0 < self.outlier_threshold <= 1:
+            raise GptclfError("--outlier-threshold must be in (0, 1]")

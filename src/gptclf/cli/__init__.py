@@ -1,4 +1,4 @@
-"""The ``gptclf`` command line: ``train``, ``tune``, ``predict``, ``evaluate``, ``serve``, ``export``, ``runs``.
+"""The ``gptclf`` command line: ``train``, ``tune``, ``audit``, ``predict``, ``evaluate``, ``serve``, ``export``, ``runs``.
 
 Every option's help is the documentation; ``gptclf train`` with no options is the
 book's chapter-6 run. User errors print one message and a hint, never a traceback.
@@ -16,7 +16,7 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import GptclfError
-from . import export, predict, runs, serve, train, tune
+from . import audit, export, predict, runs, serve, train, tune
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train.add_parser(sub)
     tune.add_parser(sub)
+    audit.add_parser(sub)
     predict.add_predict_parser(sub)
     predict.add_evaluate_parser(sub)
     serve.add_parser(sub)

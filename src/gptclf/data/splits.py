@@ -146,6 +146,7 @@ class DataSplits:
     split: str = "random"
     dropped: dict[str, int] | None = None  # rows removed by undersampling, per class
     task: "Task | None" = None  # what the labels are (gptclf.tasks); None: one label per example
+    audit_dropped: dict | None = None  # rows left out by --drop-label-issues: which, and why (gptclf.auditing.drop)
 
     def summary(self) -> dict:
         return {
@@ -157,6 +158,7 @@ class DataSplits:
             "test_counts": class_counts(self.test, self.labels),
             "balance": self.balance, "split": self.split,
             **({"dropped": self.dropped} if self.dropped else {}),
+            **({"dropped_by_audit": self.audit_dropped} if self.audit_dropped else {}),
             **(self.task.split_notes({"train": self.train, "val": self.val, "test": self.test}) if self.task else {}),
         }
 
@@ -180,6 +182,17 @@ def default_split(data: str) -> str:
     return "random" if is_sms_spam(data) else "stratified"
 
 
+def read_examples(data: str, text_column: str = "text", label_column: str = "label",
+                  read_labels: LabelReader | None = None, header: bool | None = None) -> tuple[list[Example], str]:
+    """Every row of ``data`` (the SMS Spam Collection or the user's table), empty texts too, in
+    file order, and the name of its source: what :func:`load_splits` starts from, and what
+    ``gptclf audit`` numbers its rows by."""
+    if is_sms_spam(data):
+        return load_sms_spam(data)
+    return (read_table(data, text_column, label_column, read_labels=read_labels, header=header),
+            str(Path(data).expanduser()))
+
+
 def load_splits(data: str = "sms-spam", *, balance: str, split: str, val: str | None = None,
                 test: str | None = None, text_column: str = "text", label_column: str = "label", seed: int = 123,
                 train_frac: float = 0.7, val_frac: float = 0.1, examples: list[Example] | None = None,
@@ -194,11 +207,8 @@ def load_splits(data: str = "sms-spam", *, balance: str, split: str, val: str | 
     of the training split in natural order."""
     if examples is not None:
         source = data
-    elif is_sms_spam(data):
-        examples, source = load_sms_spam(data)
     else:
-        examples = read_table(data, text_column, label_column, read_labels=read_labels, header=header)
-        source = str(Path(data).expanduser())
+        examples, source = read_examples(data, text_column, label_column, read_labels, header)
     examples = drop_empty_texts(examples, source)
     if not examples:
         raise GptclfError(f"{source}: no non-empty texts", hint=f"check --text-column ({text_column!r})")

@@ -56,7 +56,7 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _kv_table(d: dict[str, Any]) -> str:
+def kv_table(d: dict[str, Any]) -> str:
     def cell(v: Any) -> str:
         if isinstance(v, float):
             return _num(v)
@@ -110,6 +110,28 @@ def _search_table(rows: list[dict[str, Any]], winner: dict[str, Any] | None) -> 
             f"(&#9733; the saved winner)</p><table>{head}{body}</table>")
 
 
+def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], text_columns: Sequence[str] = ()) -> str:
+    """A table of ``rows`` (every cell escaped; numbers right-aligned, ``text_columns`` wrapped)."""
+    wide = {i for i, c in enumerate(columns) if c in text_columns}
+
+    def cell(i: int, v: Any) -> str:
+        if i in wide:
+            return f"<td class=text>{_e(v)}</td>"
+        return f"<td class=num>{_num(v)}</td>" if isinstance(v, (int, float)) else f"<td>{_e(v)}</td>"
+
+    head = "<tr>" + "".join(f"<th>{_e(c)}</th>" for c in columns) + "</tr>"
+    return f"<table>{head}" + "".join("<tr>" + "".join(cell(i, v) for i, v in enumerate(r)) + "</tr>"
+                                      for r in rows) + "</table>"
+
+
+def html_page(title: str, sections: Sequence[tuple[str, str]]) -> str:
+    """A page in the run report's style: ``sections`` are (heading, ready HTML) pairs."""
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>"
+            f"<p class=muted>written {_e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>"
+            + "".join(f"<h2>{_e(h)}</h2>{body}" for h, body in sections) + "</body></html>\n")
+
+
 def render_report(title: str, *, data_summary: dict[str, Any] | None = None,
                   settings: dict[str, Any] | None = None, headline: dict[str, Any] | None = None,
                   reports: dict[str, dict[str, Any]] | None = None, plots: Sequence[str] = (),
@@ -121,11 +143,11 @@ def render_report(title: str, *, data_summary: dict[str, Any] | None = None,
              f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>"
              f"<p class=muted>written {_e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>"]
     if headline:
-        parts.append("<h2>Summary</h2>" + _kv_table(headline))
+        parts.append("<h2>Summary</h2>" + kv_table(headline))
     if data_summary:
-        parts.append("<h2>Data</h2>" + _kv_table(data_summary))
+        parts.append("<h2>Data</h2>" + kv_table(data_summary))
     if settings:
-        parts.append("<h2>Settings</h2>" + _kv_table(settings))
+        parts.append("<h2>Settings</h2>" + kv_table(settings))
     if search:
         parts.append("<h2>Recipe search</h2>" + _search_table(search, search_winner))
     if plots:

@@ -70,9 +70,21 @@ def prepare_data(cfg: TrainConfig, examples: list[Example] | None = None) -> Dat
     """The chapter's data steps: read (or take ``examples``, in memory), balance (``--balance``),
     split 70/10/20 (``--split``; or the given files). ``cfg`` is resolved."""
     task = tasks.get(cfg.task)
-    return load_splits(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
-                       label_column=cfg.label_column, header=False if cfg.no_header else None, balance=cfg.balance, seed=cfg.seed, split=cfg.split,
-                       examples=examples, task=task, read_labels=task.label_reader(cfg.label_delimiter))
+    read_labels = task.label_reader(cfg.label_delimiter)
+    header = False if cfg.no_header else None
+    audit_dropped = None
+    if cfg.drop_label_issues:  # every row as read, less those the audit flags, before balancing and splitting
+        from ..auditing.drop import drop_label_issues
+        from ..data.splits import read_examples
+
+        rows, source = (examples, cfg.data) if examples is not None else \
+            read_examples(cfg.data, cfg.text_column, cfg.label_column, read_labels, header)
+        examples, audit_dropped = drop_label_issues(cfg.drop_label_issues, rows, source)
+    splits = load_splits(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
+                         label_column=cfg.label_column, header=header, balance=cfg.balance, seed=cfg.seed, split=cfg.split,
+                         examples=examples, task=task, read_labels=read_labels)
+    splits.audit_dropped = audit_dropped
+    return splits
 
 
 @dataclass
@@ -293,6 +305,9 @@ def _train(cfg: TrainConfig, s: RunSetting, options: dict[str, Any], examples: l
     s.log(f"data: {splits.source}: {len(splits.train)} train / {len(splits.val)} val / "
           f"{len(splits.test)} test, labels {splits.labels} (balance {splits.balance}, {splits.split} split)\n"
           + splits.describe())
+    if splits.audit_dropped:
+        s.log(f"data: dropped {splits.audit_dropped['n_rows']} row(s) that {cfg.drop_label_issues} flags as label "
+              f"issues ({splits.audit_dropped['given_labels']})")
     enc = encode_splits(cfg, splits)
     cfg = cfg.for_backbone(enc.backbone.model.config.arch)
     s.log(f"model: {cfg.model} ({cfg.init}), max length {enc.max_length} tokens, pad id {enc.backbone.tokenizer.pad_id}, "
