@@ -156,3 +156,25 @@ def test_past_max_windows_a_text_is_truncated(end_runs: dict[str, Path]) -> None
     p = clf.predict([long])[0]
     assert p["windows"] == 16 and p["truncated"] and p["label"] == "neg"  # the last window is kept
     assert clf.longest_text == 64 + 15 * (64 - 8)
+
+
+def test_serve_onnx_and_hf_export_of_a_chunked_run(end_runs: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from gptclf.inference.serve.app import create_app
+    from gptclf.rundir.hf_export import export_hf
+
+    clf = Classifier.load(end_runs["chunk"], device="cpu")
+    texts, labels = end_decided(4, seed=3)
+    with TestClient(create_app(clf)) as client:
+        info = client.get("/v1/model").json()
+        assert info["long_text"] == "chunk" and info["longest_text"] == clf.longest_text
+        results = client.post("/v1/classify", json={"texts": texts}).json()["results"]
+    assert [r["label"] for r in results] == labels and all(r["windows"] == 6 for r in results)
+    with pytest.raises(GptclfError, match="windows"):
+        export_hf(end_runs["chunk"], tmp_path / "hf")
+    pytest.importorskip("onnxruntime")
+    ort = Classifier.load(end_runs["chunk"], backend="onnxruntime")
+    np.testing.assert_allclose(ort.predict_proba(texts), clf.predict_proba(texts), atol=1e-4)
+    assert [p["windows"] for p in ort.predict(texts)] == [6] * 4

@@ -127,7 +127,8 @@ class Classifier:
             graphs = onnx.cached_export(directory, lambda: cls.load(directory, device="cpu", backend="torch"))
         cfg = read_run_config(graphs)
         tokenizer = tokenizer_from_config(cfg.tokenizer, graphs)
-        session = onnx.OnnxSession(onnx.graph_path(graphs, "int8" if quantize else "fp32"), threads)
+        session = onnx.OnnxSession(onnx.graph_path(graphs, "int8" if quantize else "fp32"), threads,
+                                   head=onnx.read_manifest(graphs).get("window_head"))
         # directory stays the run's own (its metrics.json is what `gptclf serve` reports).
         return cls(None, tokenizer, cfg, torch.device("cpu"), "int8" if quantize else "fp32", directory, session)
 
@@ -260,7 +261,9 @@ class Classifier:
         budget (never a long text's windows all at once), then each text's windows combined and
         classified."""
         if self.session is not None:
-            return self.session.chunked(fitted, batch_size, self.max_batch_tokens)
+            logits = torch.from_numpy(self.session.chunked(fitted.rows, fitted.windows, self.tokenizer.pad_id,
+                                                           batch_size, self.max_batch_tokens))
+            return self.task.probabilities(logits / self.temperature).numpy()
         assert self.model is not None and fitted.offsets is not None
         lengths = np.fromiter((len(t) for t in fitted.rows), dtype=np.int64, count=len(fitted.rows))
         vectors = torch.zeros((len(fitted.rows), self.model.config.emb_dim), device=self.device)
