@@ -178,3 +178,23 @@ def test_serve_onnx_and_hf_export_of_a_chunked_run(end_runs: dict[str, Path], tm
     ort = Classifier.load(end_runs["chunk"], backend="onnxruntime")
     np.testing.assert_allclose(ort.predict_proba(texts), clf.predict_proba(texts), atol=1e-4)
     assert [p["windows"] for p in ort.predict(texts)] == [6] * 4
+
+
+def test_predict_file_and_evaluate_cli_of_a_chunked_run(end_runs: dict[str, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    from helpers import cli
+
+    texts, labels = end_decided(6, seed=5)
+    src = tmp_path / "in.csv"
+    src.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in zip(texts, labels)))
+    code, out, err = cli(capsys, "predict", "--model", str(end_runs["chunk"]), "--input", str(src),
+                         "--output", str(tmp_path / "out.csv"))
+    assert code == 0, err
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert lines[0].endswith(",truncated,windows") and all(x.endswith(",false,6") for x in lines[1:])
+    assert [x.split(",")[2] for x in lines[1:]] == labels
+    code, out, err = cli(capsys, "evaluate", "--model", str(end_runs["chunk"]), "--data", str(src), "--json")
+    assert code == 0, err
+    assert json.loads(out)["accuracy"] == 1.0
+    code, out, err = cli(capsys, "predict", "--model", str(end_runs["chunk"]), "--json", texts[0])
+    assert json.loads(out)["windows"] == 6
