@@ -198,3 +198,31 @@ def test_predict_file_and_evaluate_cli_of_a_chunked_run(end_runs: dict[str, Path
     assert json.loads(out)["accuracy"] == 1.0
     code, out, err = cli(capsys, "predict", "--model", str(end_runs["chunk"]), "--json", texts[0])
     assert json.loads(out)["windows"] == 6
+
+
+def test_multi_label_lora_chunked_run_saves_and_loads_its_window_pool(tiny_gpt2: Path, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    texts, labels = end_decided(40, seed=2, words=150)
+    sets = [[lab] + (["long"] if i % 3 == 0 else []) for i, lab in enumerate(labels)]
+    run = Path(gptclf.train(texts=texts, labels=sets, multi_label=True, model=str(tiny_gpt2), trainable="lora",
+                            max_length=64, long_text="chunk", aggregation="max", stride=16, epochs=1,
+                            eval_freq=1000, progress=False, out=str(tmp_path / "run")))
+    config = json.loads((run / "config.json").read_text())
+    assert config["long_text"]["aggregation"] == "max" and config["long_text"]["stride"] == 16
+    with safe_open(str(run / "model.safetensors"), framework="pt") as f:
+        assert any(k.startswith("out_head.") for k in f.keys())
+    clf = Classifier.load(run, device="cpu")
+    p = clf.predict(texts[:2])
+    assert all("labels" in x and x["windows"] == 3 for x in p)  # 152 tokens, room 64, step 48: 0, 48, 88
+
+
+def test_attention_pool_is_saved_with_a_trained_only_run(end_runs: dict[str, Path]) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(end_runs["chunk"] / "model.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+        query = f.get_tensor("window_pool.query")
+    assert "out_head.weight" in keys and query.abs().sum() > 0  # it trained away from the mean
+    clf = Classifier.load(end_runs["chunk"], device="cpu")
+    assert torch.equal(clf.model.backbone.window_pool.query, query)
