@@ -129,6 +129,8 @@ def test_chunk_reads_the_end_that_truncation_cuts_off(end_runs: dict[str, Path])
     assert config["train"]["long_text"] == "chunk"
     assert chunk["text_lengths"]["train"]["chunked"] == chunk["n_train"]
     assert "long_text" not in json.loads((end_runs["truncate"] / "config.json").read_text())
+    page = (end_runs["chunk"] / "report.html").read_text()
+    assert f"{chunk['n_train']} chunked into {6 * chunk['n_train']} windows" in page
 
 
 def test_a_chunked_run_predicts_whole_texts_in_windows(end_runs: dict[str, Path]) -> None:
@@ -226,3 +228,18 @@ def test_attention_pool_is_saved_with_a_trained_only_run(end_runs: dict[str, Pat
     assert "out_head.weight" in keys and query.abs().sum() > 0  # it trained away from the mean
     clf = Classifier.load(end_runs["chunk"], device="cpu")
     assert torch.equal(clf.model.backbone.window_pool.query, query)
+
+
+def test_tune_searches_a_chunked_run_on_one_window_cache(tiny_gpt2: Path, tmp_path: Path) -> None:
+    from gptclf.config import TrainConfig, TuneOptions
+    from gptclf.training.tune import run_tune
+
+    texts, labels = end_decided(60, seed=4, words=150)
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in zip(texts, labels)))
+    out = run_tune(TrainConfig(model=str(tiny_gpt2), data=str(data), max_length=64, epochs=1, eval_freq=1000,
+                               trainable="last_block", lr=2e-3, progress=False, out=str(tmp_path / "run")),
+                   TuneOptions(trainables="last_layer,1", lrs="2e-3", trials=2), log=lambda m: None)
+    config = json.loads((out / "config.json").read_text())
+    assert config["long_text"]["mode"] == "chunk" and len(json.loads((out / "metrics.json").read_text())["search"]) == 2
+    assert Classifier.load(out, device="cpu").predict(texts[:1])[0]["windows"] == 3

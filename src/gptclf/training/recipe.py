@@ -435,9 +435,13 @@ def _log_memory_estimate(model: SequenceClassifier, cfg: TrainConfig, frozen: in
                          datasets: Any, pad_to: int | None, device: torch.device, log: Log) -> None:
     """Print what the run will need before it starts, and warn when that exceeds what there is."""
     uses_cache = cfg.cache != "off" and frozen > 0
-    cache_tokens = sum(len(d) * pad_to if pad_to else int(d.lengths.sum()) for d in datasets) if uses_cache else 0
-    longest = max((int(d.lengths.max()) for d in datasets if len(d)), default=max_length)
-    est = estimate_for_model(model.backbone, frozen, cfg.batch_size, pad_to or min(max_length, longest),
+    datasets = list(datasets)
+    rows = [d.window_rows() if d.offsets is not None else d for d in datasets]  # what the model runs on
+    cache_tokens = sum(len(d) * pad_to if pad_to else int(d.lengths.sum()) for d in rows) if uses_cache else 0
+    longest = max((int(d.row_lengths.max()) for d in rows if len(d)), default=max_length)
+    # A chunked batch holds every window of its texts: at most batch size x the most windows a text has.
+    windows = max((int(d.windows.max()) for d in datasets if d.windows is not None and len(d)), default=1)
+    est = estimate_for_model(model.backbone, frozen, cfg.batch_size * windows, pad_to or min(max_length, longest),
                              cfg.grad_checkpointing, cache_tokens)
     log(est.describe())
     available, where = available_memory(device)

@@ -276,6 +276,17 @@ class WindowFeeder:
 Feeder = Callable[[SequenceClassifier, Sequence[int]], torch.Tensor]  # TokenFeeder, CachedFeeder or WindowFeeder
 
 
+def model_rows(ds: EncodedDataset) -> EncodedDataset:
+    """What the model runs on: the texts, or a chunked split's windows."""
+    return ds.window_rows() if ds.offsets is not None else ds
+
+
+def per_text(feed: TokenFeeder | CachedFeeder, ds: EncodedDataset, cfg: TrainConfig) -> Feeder:
+    """``feed`` (over :func:`model_rows`) as a feeder of ``ds``'s texts: a chunked split's through a
+    :class:`WindowFeeder`, a batch's worth of tokens a pass (a truncated batch at its widest)."""
+    return feed if ds.offsets is None else WindowFeeder(feed, ds, cfg.batch_size * ds.max_length)
+
+
 def cache_mode(cfg: TrainConfig, model: SequenceClassifier, frozen: int, datasets: Sequence[EncodedDataset],
                 pad_to: int | None, device: torch.device, log: Callable[[str], None]) -> str:
     """Decide where the trunk cache lives (or that there is none), and say why."""
@@ -323,7 +334,7 @@ def build_feeds(cfg: TrainConfig, model: SequenceClassifier, frozen: int, datase
                 log: Callable[[str], None], shapes: Shapes | None = None) -> Feeds:
     """Decide on the cache, build it for every split (or not) and return the feeders (on the
     static ``shapes``, if given: :mod:`gptclf.graphs`)."""
-    rows = {name: ds.window_rows() if ds.offsets is not None else ds for name, ds in datasets.items()}
+    rows = {name: model_rows(ds) for name, ds in datasets.items()}
     mode = cache_mode(cfg, model, frozen, list(rows.values()), pad_to, device, log)
     t0 = time.perf_counter()
     feeds: dict[str, Feeder] = {}
@@ -337,9 +348,7 @@ def build_feeds(cfg: TrainConfig, model: SequenceClassifier, frozen: int, datase
                                          name, mode=mode, progress=cfg.progress, log=log)
                 caches.append(cache)
                 feed = CachedFeeder(cache, frozen, device, shapes)
-            # A chunked text's windows go a batch's worth of tokens at a time (a truncated batch at its widest).
-            feeds[name] = feed if ds is datasets[name] else \
-                WindowFeeder(feed, datasets[name], cfg.batch_size * datasets[name].max_length)
+            feeds[name] = per_text(feed, datasets[name], cfg)
     except BaseException:
         for c in caches:
             c.close()
