@@ -88,7 +88,7 @@ class Encoded:
 
     def length_summaries(self) -> dict[str, Any]:
         """Each split's text lengths and windows (metrics.json ``text_lengths``)."""
-        return {key: length_summary(ds.text_lengths, self.room, ds.windows)
+        return {key: {**length_summary(ds.text_lengths, self.room, ds.windows), "fed_tokens": int(ds.lengths.sum())}
                 for key, ds in self.datasets.items() if ds.text_lengths is not None}
 
 
