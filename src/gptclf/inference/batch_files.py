@@ -137,9 +137,7 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
                                 lambda p: _added_values(task, labels, p, thresholds, delimiter))
             for chunk, probs, flags in scored:
                 truncated_chunks += any(flags)
-                # Tokenizing again is cheap next to the model's windows.
-                windows = classifier.windows([_text(r, tcol, table) for r in chunk]) if chunked else [None] * len(chunk)
-                for row, p, cut, n in zip(chunk, probs, flags, windows):
+                for row, p, cut, n in zip(chunk, probs, flags, _windows(classifier, chunk, tcol, table, chunked)):
                     write(row, p, cut, n)
                 rows += len(chunk)
                 chunks += 1
@@ -204,6 +202,11 @@ def _scored_chunks(classifier: Any, table: Table, tcol: str, chunk_size: int, ba
         warnings.filterwarnings("ignore", message=".*were truncated", category=DataWarning)
         yield ((chunk, _named(lambda: classifier.proba_from_ids(enc[0], batch_size), table.path, chunk), enc[1])
                for chunk, enc in ((c, _named(lambda: e, table.path, c)) for c, e in encoded))
+
+
+def _windows(classifier: Any, chunk: list[Row], tcol: str, table: Table, chunked: bool) -> list[int | None]:
+    """A chunked model's windows per row (tokenizing again is cheap next to the model's windows)."""
+    return classifier.windows([_text(r, tcol, table) for r in chunk]) if chunked else [None] * len(chunk)
 
 
 def _text(row: Row, tcol: str, table: Table) -> str:
