@@ -40,7 +40,7 @@ import numpy as np
 from gptclf.cli import build_parser
 from gptclf.cli.train import train_config
 from gptclf.data.splits import DataSplits
-from gptclf.metrics import expected_calibration_error
+from gptclf.metrics import classification_report, expected_calibration_error
 from gptclf.training.recipe import prepare_data
 
 C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -81,6 +81,7 @@ def tfidf_lr(splits: DataSplits, log=print) -> dict[str, Any]:
     p_test = _full_proba(clf, x_test, len(splits.labels))
     return {"name": "tfidf+lr", "C": c, "val_accuracy": val_acc,
             "test_accuracy": float((p_test.argmax(1) == y["test"]).mean()),
+            "test_macro_f1": classification_report(y["test"], p_test.argmax(1), splits.labels)["macro_f1"],
             "test_ece": expected_calibration_error(y["test"], p_test), "seconds": time.perf_counter() - t0}
 
 

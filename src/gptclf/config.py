@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from . import tasks
+from .data.long_text import AGGREGATIONS, AUTO_CHUNK_SHARE, DEFAULT_MAX_WINDOWS, DEFAULT_OVERLAP, \
+    LONG_TEXT_MODES, LongText
 from .data.tables import DEFAULT_LABEL_DELIMITER
 from .errors import GptclfError, warn
 
@@ -124,6 +126,18 @@ class TrainConfig:
         "longest the longest training text (the book)", DATA)
     padding: str | None = opt(None, "pad each batch to its longest text (default) or every text to "
                               "--max-length (the book)", DATA, choices=("dynamic", "longest"))
+    long_text: str | None = opt(
+        None, "texts longer than --max-length: cut them (truncate), keep their first quarter and last three "
+        f"quarters (head-tail), or read them whole in overlapping windows, combined by a learned "
+        f"--aggregation (chunk). Default: chunk when more than {AUTO_CHUNK_SHARE:.0%} of the training texts "
+        "would be cut, else truncate (docs/long-texts.md)", DATA, choices=LONG_TEXT_MODES)
+    stride: int | None = opt(None, "--long-text chunk: tokens consecutive windows share (default: "
+                             f"{DEFAULT_OVERLAP:g} of a window's text tokens)", DATA, metavar="N")
+    max_windows: int = opt(DEFAULT_MAX_WINDOWS, "--long-text chunk: at most N windows a text (the first N-1 and "
+                           "the last; the text is then truncated), so one huge text cannot exhaust memory", DATA,
+                           metavar="N")
+    aggregation: str = opt("attention", "--long-text chunk: how a text's windows become one vector: a learned "
+                           "attention over them, the feature-wise max, or the mean", DATA, choices=AGGREGATIONS)
     context_length: int | None = opt(None, "pad every text to N tokens (= --padding longest --max-length N); "
                                      "1024 is the chapter's 'pad to the full context' experiment for GPT-2", DATA)
     epochs: int = opt(5, "passes over the training split", TRAINING)
@@ -191,6 +205,11 @@ class TrainConfig:
                                    "beside the run directory)", OUTPUT, metavar="URI")
     overwrite: bool = opt(False, "discard <out>.partial/, the checkpoints a failed or interrupted run to the "
                           "same --out left, and start again (a finished --out is never overwritten)", OUTPUT)
+
+    def long_text_config(self, mode: str | None = None) -> LongText:
+        """:class:`gptclf.data.long_text.LongText` of these options (``mode``: the one chosen, when
+        ``--long-text`` was left out)."""
+        return LongText(mode or self.long_text or "truncate", self.stride, self.max_windows, self.aggregation)
 
     def lora_config(self):  # -> peft.lora.LoRAConfig
         from .peft.lora import LoRAConfig, parse_targets
@@ -265,6 +284,7 @@ class TrainConfig:
             self.eval_batch_size = self.batch_size
             self.keep_best = False  # the book saves the last epoch's weights
             self.calibrate = False
+            self.long_text = self.long_text or "truncate"
         if self.context_length is not None:
             if self.context_length < 1:
                 raise GptclfError("--context-length must be at least 1")
@@ -310,6 +330,7 @@ class TrainConfig:
             raise GptclfError("--checkpoint-every must be >= 0 (0: no checkpoints)")
         if self.max_length is not None and self.max_length < 1:
             raise GptclfError(f"--max-length must be at least 1 token, not {self.max_length}")
+        self.long_text_config().check()
         task = tasks.get(self.task)
         task.check_options(self.balance)
         task.label_reader(self.label_delimiter)  # refuses an empty --label-delimiter where it is used
@@ -354,6 +375,7 @@ class RunConfig:
     temperature: float = 1.0            # divides the logits before the softmax (temperature scaling)
     task: str = tasks.DEFAULT_TASK      # gptclf.tasks: what the outputs mean (absent: single-label)
     thresholds: dict[str, float] | None = None  # per label: predicted when p >= its threshold (a task's)
+    long_text: dict[str, Any] | None = None  # gptclf.data.long_text.LongText.to_config (absent: truncate)
     extra: dict[str, Any] = field(default_factory=dict)
 
     FORMAT = "gptclf/1"
@@ -364,6 +386,11 @@ class RunConfig:
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    @property
+    def long_text_mode(self) -> LongText:
+        """How the run fits long texts (:mod:`gptclf.data.long_text`)."""
+        return LongText.from_config(self.long_text)
 
     @classmethod
     def for_model(cls, backbone: Any, tokenizer: Any, **values: Any) -> "RunConfig":
@@ -381,7 +408,7 @@ class RunConfig:
         # Written only when they differ from the default, so older config.json files round-trip
         # (no LoRA, a head bias, temperature 1, full weights, single-label).
         defaults = {"lora": None, "head_bias": True, "temperature": 1.0, "weights": "full", "base_weights": None,
-                    "task": tasks.DEFAULT_TASK, "thresholds": None}
+                    "task": tasks.DEFAULT_TASK, "thresholds": None, "long_text": None}
         out.update({k: v for k, v in values.items() if k not in out and not (k in defaults and v == defaults[k])})
         out.update(tasks.get(self.task).config_markers())
         out.update({k: v for k, v in self.extra.items() if k not in out})
@@ -417,6 +444,7 @@ class RunConfig:
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf"):
             raise GptclfError(f"{where}: temperature {t!r} is not a positive number")
         task = tasks.task_of_config(d, labels, where)
+        LongText.from_config(d.get("long_text"), where)
         if d.get("lora") is not None and not isinstance(d["lora"], dict):
             raise GptclfError(f"{where}: 'lora' must be a JSON object")
         d = _one_base_spelling(d)

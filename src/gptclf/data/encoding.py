@@ -10,22 +10,47 @@ import numpy as np
 import torch
 
 from ..errors import GptclfError, warn
+from .long_text import LongText, fit_texts
 
 
 @dataclass
 class EncodedDataset:
-    """Token ids (unpadded, truncated to ``max_length``) and integer labels."""
+    """Token ids (unpadded, fitted to ``max_length``) and integer labels.
+
+    With ``--long-text chunk`` (``offsets`` given) ``ids`` holds one row per window and text
+    ``i`` is ``ids[offsets[i]:offsets[i+1]]``; ``len`` and ``lengths`` still count texts."""
 
     ids: list[list[int]]
     labels: torch.Tensor  # int64 [n]; -1 where unlabelled; --multi-label: float32 0/1 [n, num_labels]
     max_length: int
+    offsets: np.ndarray | None = None  # chunk: each text's window range in ids
+    text_lengths: np.ndarray | None = None  # each text's own tokens before fitting (no template)
+    truncated: np.ndarray | None = None  # bool per text: tokens were dropped
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.ids) if self.offsets is None else len(self.offsets) - 1
+
+    @property
+    def row_lengths(self) -> np.ndarray:
+        """Tokens of each row of ``ids`` (a text, or a window)."""
+        return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+        """Tokens each text is fed as (all its windows' together): what batches are sorted by."""
+        rows = self.row_lengths
+        if self.offsets is None:
+            return rows
+        return np.add.reduceat(rows, self.offsets[:-1]) if len(rows) else np.zeros(len(self), np.int64)
+
+    @property
+    def windows(self) -> np.ndarray | None:
+        """Windows per text (chunk), else None."""
+        return None if self.offsets is None else np.diff(self.offsets)
+
+    def window_rows(self) -> "EncodedDataset":
+        """Every window as a text of its own (unlabelled): what the trunk cache is built over."""
+        return EncodedDataset(self.ids, torch.full((len(self.ids),), -1, dtype=torch.long), self.max_length)
 
 
 def unicode_clean(text: str) -> str:
@@ -83,33 +108,40 @@ def tokenize_texts(tokenizer, texts: Sequence[str], template: str | None = None
 def fit_to_length(ids: list[list[int]], pre: list[int], post: list[int], max_length: int,
                   where: str) -> list[list[int]]:
     """``prefix + text + suffix`` for each text, cutting the text to fit ``max_length``."""
-    room = max_length - len(pre) - len(post)
-    if room < 1:
-        raise GptclfError(f"{where}: the template alone takes {len(pre) + len(post)} tokens, "
-                          f"which leaves no room for the text within {max_length}",
-                          hint="use a shorter --template or a larger --max-length")
-    long = sum(1 for t in ids if len(t) > room)
-    if long:
-        warn(f"{where}: {long} text(s) longer than {max_length} tokens were truncated")
-    return [pre + t[:room] + post for t in ids]
+    return fit_texts(ids, pre, post, max_length, LongText(), where).rows
 
 
-def encode_examples(tokenizer, texts: Sequence[str], label_ids: Sequence[int] | None,
-                    max_length: int | None, context_length: int, where: str = "data",
-                    template: str | None = None) -> EncodedDataset:
-    ids, pre, post = tokenize_texts(tokenizer, texts, template)
-    extra = len(pre) + len(post)
+def pad_to_length(ids: Sequence[Sequence[int]], extra: int, max_length: int | None, context_length: int,
+                  where: str) -> int:
+    """The max length: as given, or (None) the longest text with its template (the book's), at
+    most the model's context."""
     if max_length is None:
         max_length = longest_encoded_length(ids) + extra
     if max_length > context_length:
         warn(f"{where}: the longest text has {max_length} tokens, more than the model's context "
              f"of {context_length}; truncating to {context_length}")
         max_length = context_length
-    ids = fit_to_length(ids, pre, post, max_length, where)
+    return max_length
+
+
+def encode_examples(tokenizer, texts: Sequence[str], label_ids: Sequence[int] | None,
+                    max_length: int | None, context_length: int, where: str = "data",
+                    template: str | None = None, long_text: LongText | None = None) -> EncodedDataset:
+    ids, pre, post = tokenize_texts(tokenizer, texts, template)
+    return encode_tokens(ids, pre, post, label_ids, max_length, context_length, where, long_text)
+
+
+def encode_tokens(ids: list[list[int]], pre: list[int], post: list[int], label_ids: Sequence[int] | None,
+                  max_length: int | None, context_length: int, where: str = "data",
+                  long_text: LongText | None = None) -> EncodedDataset:
+    """:func:`encode_examples` of texts :func:`tokenize_texts` has tokenized."""
+    max_length = pad_to_length(ids, len(pre) + len(post), max_length, context_length, where)
+    raw = np.fromiter((len(t) for t in ids), dtype=np.int64, count=len(ids))
+    fitted = fit_texts(ids, pre, post, max_length, long_text or LongText(), where)
     if isinstance(label_ids, np.ndarray) and label_ids.ndim == 2:  # --multi-label: 0/1 per label
         labels = torch.from_numpy(label_ids.astype(np.float32))
     else:
         labels = torch.tensor(list(label_ids) if label_ids is not None else [-1] * len(ids), dtype=torch.long)
-    return EncodedDataset(ids, labels, max_length)
+    return EncodedDataset(fitted.rows, labels, max_length, fitted.offsets, raw, np.asarray(fitted.truncated, bool))
 
 

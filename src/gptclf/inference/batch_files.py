@@ -12,7 +12,9 @@ gets one), with every input column kept and these columns added:
   CSV/TSV, the way ``gptclf train`` reads them back
 * ``p_<label>``        one probability column per class (in the model's label order)
 * ``truncated``        whether the text was longer than the model's ``max_length`` tokens
-  and only its start was read (``true``/``false``)
+  and only its start was read (``true``/``false``); a chunked model's (``--long-text chunk``):
+  whether it needed more than its ``max_windows`` windows
+* ``windows``          a chunked model's only: how many windows the text was read as
 
 With a :class:`gptclf.inference.classifier.Classifier`, the next chunks are read and
 tokenized in a worker thread (a bounded queue of ``PREFETCH`` chunks) while the model runs
@@ -50,6 +52,7 @@ from ..tasks import Task
 
 PROB_PREFIX = "p_"
 TRUNCATED_COLUMN = "truncated"
+WINDOWS_COLUMN = "windows"
 OUTPUT_FORMATS = ("csv", "tsv", "jsonl")
 PREFETCH = 2  # chunks read and tokenized ahead of the model
 OUTPUT_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -117,7 +120,8 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
         out_fmt = out_fmt or (table.format if table.format in OUTPUT_FORMATS else "jsonl")
         tcol = find_column(text_column, table.columns, table.path, "text")
         task = getattr(classifier, "task", tasks.SINGLE_LABEL)
-        extra = added_columns(labels, task)
+        chunked = bool(getattr(getattr(classifier, "long_text", None), "chunked", False))
+        extra = added_columns(labels, task) + ([WINDOWS_COLUMN] if chunked else [])
         thresholds = getattr(classifier, "thresholds", np.full(len(labels), 0.5))
         delimiter = None if out_fmt == "jsonl" else _label_delimiter(classifier)
         clash = [c for c in extra if c in table.columns]
@@ -133,8 +137,8 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
                                 lambda p: _added_values(task, labels, p, thresholds, delimiter))
             for chunk, probs, flags in scored:
                 truncated_chunks += any(flags)
-                for row, p, cut in zip(chunk, probs, flags):
-                    write(row, p, cut)
+                for row, p, cut, n in zip(chunk, probs, flags, _windows(classifier, chunk, tcol, table, chunked)):
+                    write(row, p, cut, n)
                 rows += len(chunk)
                 chunks += 1
                 lines.update(0, len(chunk))
@@ -173,7 +177,7 @@ def _label_delimiter(classifier: Any) -> str:
 
 
 def _row_writer(out: Any, out_fmt: str, table: Table, extra: list[str], values: Callable[[Any], list[Any]]
-                ) -> Callable[[Row, Any, bool], None]:
+                ) -> Callable[[Row, Any, bool, int | None], None]:
     """A function that writes one input row with its prediction (the header is written now);
     ``values(p)``: the added columns' values for one row's probabilities."""
     writer = None
@@ -181,10 +185,10 @@ def _row_writer(out: Any, out_fmt: str, table: Table, extra: list[str], values: 
         writer = csv.writer(out, delimiter="\t" if out_fmt == "tsv" else ",", lineterminator="\n")
         writer.writerow([unicode_clean(c) for c in table.columns] + extra)
 
-    def write(row: Row, p: Any, cut: bool) -> None:
+    def write(row: Row, p: Any, cut: bool, windows: int | None = None) -> None:
         added = values(p)
         if writer is None:
-            added.append(bool(cut))
+            added += [bool(cut)] + ([windows] if windows is not None else [])
             # Lone surrogates (from JSON escapes) cannot be UTF-8: U+FFFD, as the model saw.
             out.write(unicode_clean(json.dumps(row.record | dict(zip(extra, added)), ensure_ascii=False)) + "\n")
             return
@@ -193,7 +197,7 @@ def _row_writer(out: Any, out_fmt: str, table: Table, extra: list[str], values: 
             raise GptclfError(f"{table.path}:{row.line}: keys {sorted(unknown)} not in the "
                               f"first record's {table.columns}",
                               hint="write JSONL output, or give every record the same keys")
-        added.append("true" if cut else "false")
+        added += ["true" if cut else "false"] + ([str(windows)] if windows is not None else [])
         writer.writerow([_output_cell(row.record.get(c)) for c in table.columns] + added)
     return write
 
@@ -204,7 +208,7 @@ def _scored_chunks(classifier: Any, table: Table, tcol: str, chunk_size: int, ba
     """``(rows, probabilities, truncated flags)`` per chunk, in order. A Classifier's chunks are
     read and tokenized ahead in a worker thread; any other classifier's one after another."""
     def texts_of(chunk: list[Row]) -> list[str]:
-        return [cell_text(r.record.get(tcol), f"{table.path}:{r.line}", tcol) for r in chunk]
+        return [_text(r, tcol, table) for r in chunk]
 
     chunks = iter_chunks(table, chunk_size)
     if not hasattr(classifier, "proba_from_ids"):
@@ -216,6 +220,15 @@ def _scored_chunks(classifier: Any, table: Table, tcol: str, chunk_size: int, ba
         warnings.filterwarnings("ignore", message=".*were truncated", category=DataWarning)
         yield ((chunk, _named(lambda: classifier.proba_from_ids(enc[0], batch_size), table.path, chunk), enc[1])
                for chunk, enc in ((c, _named(lambda: e, table.path, c)) for c, e in encoded))
+
+
+def _windows(classifier: Any, chunk: list[Row], tcol: str, table: Table, chunked: bool) -> list[int | None]:
+    """A chunked model's windows per row (tokenizing again is cheap next to the model's windows)."""
+    return classifier.windows([_text(r, tcol, table) for r in chunk]) if chunked else [None] * len(chunk)
+
+
+def _text(row: Row, tcol: str, table: Table) -> str:
+    return cell_text(row.record.get(tcol), f"{table.path}:{row.line}", tcol)
 
 
 def _encode_chunk(classifier: Any, texts: list[str]) -> Any:

@@ -27,7 +27,8 @@ import torch
 from .. import tasks
 from ..config import RunConfig
 from ..data.batching import budget_batches, collate, sorted_batches
-from ..data.encoding import fit_to_length, tokenize_texts
+from ..data.encoding import tokenize_texts
+from ..data.long_text import Fitted, fit_texts
 from ..device import autocast, pad_multiple, pick_device, resolve_precision
 from ..errors import GptclfError, TextError, is_interrupt
 from ..graphs import Shapes, StaticForward, capture_available
@@ -63,6 +64,8 @@ class Classifier:
         self.config: dict[str, Any] = run_config.to_json()  # config.json as a dict
         self.labels: list[str] = list(run_config.labels)
         self.max_length: int = int(run_config.max_length)
+        # How texts longer than max_length are read (gptclf.data.long_text): as at training.
+        self.long_text = run_config.long_text_mode
         self.pad_to: int | None = self.max_length if run_config.padding == "longest" else None
         self.max_batch_tokens: int | None = MAX_BATCH_TOKENS  # None: batches of batch_size texts only
         # Temperature scaling fitted at training (1.0: raw scores); every path goes through predict_proba.
@@ -126,7 +129,8 @@ class Classifier:
         cfg = read_run_config(graphs)
         tokenizer = tokenizer_from_config(cfg.tokenizer, graphs)
         check_tokenizer(graphs, tokenizer, registry.config_from_dict(cfg.architecture).vocab_size)
-        session = onnx.OnnxSession(onnx.graph_path(graphs, "int8" if quantize else "fp32"), threads)
+        session = onnx.OnnxSession(onnx.graph_path(graphs, "int8" if quantize else "fp32"), threads,
+                                   head=onnx.read_manifest(graphs).get("window_head"))
         session.check_outputs(len(cfg.labels), tokenizer.pad_id)
         # directory stays the run's own (its metrics.json is what `gptclf serve` reports).
         return cls(None, tokenizer, cfg, torch.device("cpu"), "int8" if quantize else "fp32", directory, session)
@@ -134,17 +138,20 @@ class Classifier:
     # ------------------------------------------------------------------ prediction
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids as at training: the run's template (if any) around each text, cut to max_length."""
-        return self._encode(texts)[0]
+        """Token ids as at training: the run's template (if any) around each text, fitted to
+        max_length (a chunked run's: every text's windows, one after the other)."""
+        return self._encode(texts).rows
 
-    def encode_with_flags(self, texts: Sequence[str]) -> tuple[list[list[int]], list[bool]]:
-        """:meth:`encode`'s ids and whether each text was cut to ``max_length``; with
-        :meth:`proba_from_ids`, :meth:`predict_proba` in two halves (a file's next chunk is
-        tokenized in a worker thread while the model runs: ``gptclf predict --input``)."""
-        return self._encode(texts)
+    def encode_with_flags(self, texts: Sequence[str]) -> tuple[Fitted, list[bool]]:
+        """The fitted texts and whether each lost tokens; with :meth:`proba_from_ids`,
+        :meth:`predict_proba` in two halves (a file's next chunk is tokenized in a worker thread
+        while the model runs: ``gptclf predict --input``)."""
+        fitted = self._encode(texts)
+        return fitted, fitted.truncated
 
-    def _encode(self, texts: Sequence[str]) -> tuple[list[list[int]], list[bool]]:
-        """Token ids (as :meth:`encode`) and whether each text was cut to fit ``max_length``."""
+    def _encode(self, texts: Sequence[str]) -> Fitted:
+        """The texts fitted to ``max_length`` as the run's ``long_text`` says (truncated, head and
+        tail, or windows), and whether each lost tokens."""
         template = self.run_config.template
         try:
             ids, pre, post = tokenize_texts(self.tokenizer, texts, template)
@@ -155,9 +162,7 @@ class Classifier:
             if err is None:
                 raise
             raise err from e
-        room = self.max_length - len(pre) - len(post)
-        truncated = [len(t) > room for t in ids]
-        return fit_to_length(ids, pre, post, self.max_length, "the model's input"), truncated
+        return fit_texts(ids, pre, post, self.max_length, self.long_text, "the model's input")
 
     def _text_error(self, texts: Sequence[str], template: str | None) -> TextError | None:
         """The batch failed to tokenize: find the culprits one text at a time, so the error
@@ -173,9 +178,23 @@ class Classifier:
         return TextError(reasons) if reasons else None
 
     def truncated(self, texts: Sequence[str]) -> list[bool]:
-        """Whether each text is longer than the model's ``max_length`` and gets cut (what every
-        prediction path reports as ``truncated``)."""
-        return self._encode(list(texts))[1]
+        """Whether each text loses tokens: it is longer than the model's ``max_length`` (a chunked
+        run's: than its ``max_windows`` windows) and gets cut (what every prediction path reports as
+        ``truncated``)."""
+        return self._encode(list(texts)).truncated
+
+    def windows(self, texts: Sequence[str]) -> list[int]:
+        """How many windows each text is read as (1 unless the run is chunked)."""
+        return self._encode(list(texts)).windows.tolist()
+
+    @property
+    def longest_text(self) -> int | None:
+        """The most tokens of a text the model reads (None: any text is read, truncated past max_length)."""
+        if not self.long_text.chunked:
+            return None
+        room = self.max_length - sum(len(x) for x in tokenize_texts(self.tokenizer, [""], self.run_config.template)[1:])
+        overlap = self.long_text.overlap(room)
+        return room + (self.long_text.max_windows - 1) * (room - overlap)
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Class probabilities ``[len(texts), num_classes]`` in input order: the softmax of the
@@ -187,22 +206,30 @@ class Classifier:
         can answer the other texts; never returns NaN."""
         return self._predict(texts, batch_size)[0]
 
-    def _predict(self, texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, list[bool]]:
+    def _predict(self, texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, Fitted]:
         if isinstance(texts, str):
             raise TypeError("predict_proba expects a list of texts, not a single string")
         if batch_size < 1:
             raise GptclfError(f"batch size must be at least 1, not {batch_size}")
-        ids, truncated = self._encode(texts)
-        return self.proba_from_ids(ids, batch_size), truncated
+        fitted = self._encode(texts)
+        return self.proba_from_ids(fitted, batch_size), fitted
 
     @torch.inference_mode()
-    def proba_from_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 32) -> np.ndarray:
-        """:meth:`predict_proba` of texts already encoded by :meth:`encode` (so a caller can
-        tokenize the next texts in another thread while the model runs).
+    def proba_from_ids(self, ids: Sequence[Sequence[int]] | Fitted, batch_size: int = 32) -> np.ndarray:
+        """:meth:`predict_proba` of texts already encoded by :meth:`encode` or
+        :meth:`encode_with_flags` (so a caller can tokenize the next texts in another thread while
+        the model runs); a chunked run's texts must come as :meth:`encode_with_flags`'s.
 
         Batches are length-sorted; on CUDA they hold at least ``GPU_BATCH_TOKENS`` padded tokens
         (results never depend on the batching), inputs go through pinned memory, and the
         probabilities stay on the GPU until the last batch, so the host never waits per batch."""
+        if isinstance(ids, Fitted):
+            if ids.offsets is not None:
+                return self._finite(self._chunked_proba(ids, batch_size))
+            ids = ids.rows
+        elif self.long_text.chunked:
+            raise GptclfError("a chunked run's texts go in as windows",
+                              hint="encode them with Classifier.encode_with_flags")
         out = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
         if not len(ids):
             return out
@@ -223,10 +250,35 @@ class Classifier:
             parts.append(self.task.probabilities(self._logits(batch, lens) / self.temperature))
         if parts:
             out[order] = torch.cat(parts).cpu().numpy()
+        return self._finite(out)
+
+    @staticmethod
+    def _finite(out: np.ndarray) -> np.ndarray:
         bad = np.flatnonzero(~np.isfinite(out).all(1))
         if len(bad):  # never hand out NaN as a probability (invalid JSON, a silent wrong label)
             raise TextError({int(i): "the model's scores are not finite" for i in bad})
         return out
+
+    def _chunked_proba(self, fitted: Fitted, batch_size: int) -> np.ndarray:
+        """``--long-text chunk``: every window's pooled vector, length-sorted batches under the token
+        budget (never a long text's windows all at once), then each text's windows combined and
+        classified."""
+        if self.session is not None:
+            logits = torch.from_numpy(self.session.chunked(fitted.rows, fitted.windows, self.tokenizer.pad_id,
+                                                           batch_size, self.max_batch_tokens))
+            return self.task.probabilities(logits / self.temperature).numpy()
+        assert self.model is not None and fitted.offsets is not None
+        lengths = np.fromiter((len(t) for t in fitted.rows), dtype=np.int64, count=len(fitted.rows))
+        vectors = torch.zeros((len(fitted.rows), self.model.config.emb_dim), device=self.device)
+        for idx in sorted_batches(lengths, batch_size, self.max_batch_tokens):
+            batch, lens = collate([fitted.rows[i] for i in idx], self.tokenizer.pad_id, self.pad_to,
+                                  pad_multiple(self.device))
+            with autocast(self.device, self.precision):
+                v = self.model.vectors(self.model.backbone.embed(batch.to(self.device)), lens.to(self.device), 0)
+            vectors[torch.as_tensor(idx, device=self.device)] = v.float()
+        counts = torch.as_tensor(fitted.windows, device=self.device)
+        logits = self.model.classify_windows(vectors, counts).float()
+        return self.task.probabilities(logits / self.temperature).cpu().numpy()
 
     def _logits(self, batch: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         """fp32 logits of one padded batch, on the model's device."""
@@ -248,9 +300,10 @@ class Classifier:
         labels whose probability reaches their threshold (config.json ``thresholds``), most
         probable first, possibly none."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        probs, truncated = self._predict(texts, batch_size)
-        return [self.task.prediction(self.labels, p, cut, not t.strip(), self.thresholds)
-                for p, cut, t in zip(probs, truncated, texts)]
+        probs, fitted = self._predict(texts, batch_size)
+        windows = fitted.windows.tolist() if self.long_text.chunked else [None] * len(texts)
+        return [self.task.prediction(self.labels, p, cut, not t.strip(), self.thresholds, n)
+                for p, cut, t, n in zip(probs, fitted.truncated, texts, windows)]
 
     @property
     def multi_label(self) -> bool:

@@ -74,10 +74,52 @@ class ProbabilityGraph(nn.Module):
         return logits, self.task.probabilities(logits)
 
 
+class VectorGraph(nn.Module):
+    """A chunked run's graph (``--long-text chunk``): each window's pooled vector, the head's input.
+    The window pool and the head, a few thousand numbers, run beside it (:meth:`OnnxSession.chunked`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.m.vectors(self.m.backbone.embed(input_ids), lengths, 0).float()
+
+
+def window_head(model: nn.Module) -> dict[str, Any]:
+    """onnx.json ``window_head``: a chunked run's window pool and class head, as numbers."""
+    b = model.backbone
+    bias = b.out_head.bias
+    query = getattr(b.window_pool, "query", None)
+    return {"aggregation": b.window_pool.mode, "query": None if query is None else query.detach().float().tolist(),
+            "weight": b.out_head.weight.detach().float().tolist(),
+            "bias": None if bias is None else bias.detach().float().tolist()}
+
+
+def pool_windows(vectors: np.ndarray, counts: np.ndarray, head: dict[str, Any]) -> np.ndarray:
+    """:class:`gptclf.models.classifier.WindowPool` and the head in numpy: logits per text."""
+    out = np.zeros((len(counts), vectors.shape[1]), dtype=np.float32)
+    start = 0
+    for i, n in enumerate(counts):
+        v = vectors[start: start + n]
+        start += n
+        if head["aggregation"] == "max":
+            out[i] = v.max(0)
+        elif head["aggregation"] == "mean":
+            out[i] = v.mean(0)
+        else:
+            score = v @ np.asarray(head["query"], dtype=np.float32)
+            w = np.exp(score - score.max())
+            out[i] = (w / w.sum()) @ v
+    logits = out @ np.asarray(head["weight"], dtype=np.float32).T
+    return logits + np.asarray(head["bias"], dtype=np.float32) if head["bias"] is not None else logits
+
+
 def export_graph(model: nn.Module, path: Path, temperature: float = 1.0, task: tasks.Task = tasks.SINGLE_LABEL
                  ) -> None:
     """Trace ``model`` (a SequenceClassifier) into ``path`` with dynamic batch and sequence axes."""
-    graph = ProbabilityGraph(model, temperature, task).eval()
+    chunked = getattr(model, "chunked", False)
+    graph = (VectorGraph(model) if chunked else ProbabilityGraph(model, temperature, task)).eval()
     # Two rows of eight tokens: torch.export specialises a dimension seen as 0 or 1.
     ids = torch.zeros((2, 8), dtype=torch.long)
     lens = torch.tensor([8, 5], dtype=torch.long)
@@ -85,7 +127,8 @@ def export_graph(model: nn.Module, path: Path, temperature: float = 1.0, task: t
     with warnings.catch_warnings(), torch.no_grad(), _quiet_logs("torch.onnx", "torch.export", "onnxscript"):
         warnings.simplefilter("ignore")  # the exporter's notes on torchvision and axis names
         torch.onnx.export(graph, (ids, lens), str(path), dynamo=True, external_data=True, verbose=False,
-                          input_names=["input_ids", "lengths"], output_names=["logits", "probabilities"],
+                          input_names=["input_ids", "lengths"],
+                          output_names=["vectors"] if chunked else ["logits", "probabilities"],
                           dynamic_shapes={"input_ids": {0: batch, 1: seq}, "lengths": {0: batch}})
 
 
@@ -153,8 +196,9 @@ class OnnxSession:
     core); inter-op is 1, since the graph is one chain and a second pool only contends.
     """
 
-    def __init__(self, path: Path, threads: int = 0) -> None:
+    def __init__(self, path: Path, threads: int = 0, head: dict[str, Any] | None = None) -> None:
         require_onnx()
+        self.head = head  # a chunked run's window pool and class head (onnx.json window_head)
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -177,6 +221,10 @@ class OnnxSession:
         declared shape and on one row of padding, so a mismatch with config.json's labels is
         this error at load, not a failure (or a label broadcast to every other) per request."""
         declared = {o.name: o.shape for o in self.session.get_outputs()}
+        if self.head is not None:  # a chunked run's graph gives window vectors; the head runs beside it
+            if "vectors" not in declared:
+                raise GptclfError(f"{self.path} has no 'vectors' output for this chunked run", hint="export it again")
+            return
         if "probabilities" not in declared:
             raise GptclfError(f"{self.path} has no 'probabilities' output", hint="export it again")
         shape = declared["probabilities"]
@@ -198,6 +246,23 @@ class OnnxSession:
         feed = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
                 "lengths": np.ascontiguousarray(lengths, dtype=np.int64)}
         return self.session.run(["probabilities"], feed)[0]
+
+    def chunked(self, rows: list[list[int]], counts: np.ndarray, pad_id: int, batch_size: int,
+                max_tokens: int | None) -> np.ndarray:
+        """A chunked run's logits per text (before the temperature): the graph's window vectors in
+        length-sorted batches under the token budget, then :func:`pool_windows`."""
+        from ..data.batching import collate, sorted_batches
+
+        if self.head is None:
+            raise GptclfError(f"{self.path.parent}: onnx.json has no window_head for this chunked run",
+                              hint="export it again with this gptclf")
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        vectors = np.zeros((len(rows), len(self.head["weight"][0])), dtype=np.float32)
+        for idx in sorted_batches(lengths, batch_size, max_tokens):
+            ids, lens = collate([rows[i] for i in idx], pad_id)
+            feed = {"input_ids": ids.numpy(), "lengths": lens.numpy()}
+            vectors[idx] = self.session.run(["vectors"], feed)[0]
+        return pool_windows(vectors, counts, self.head)
 
 
 def manifest(clf: Any) -> dict[str, Any]:
@@ -221,6 +286,7 @@ def manifest(clf: Any) -> dict[str, Any]:
         "template": cfg.template,
         "tokenizer": cfg.tokenizer,
         "truncation": "template prefix and suffix kept; the text between them cut to fit max_length",
+        "long_text": cfg.long_text,
         "architecture": cfg.architecture.get("arch"),
         "exporter": {"torch": torch.__version__, "api": "torch.onnx.export(dynamo=True)"},
     }
@@ -242,6 +308,8 @@ def parity_inputs(clf: Any, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def check_parity(clf: Any, directory: Path) -> dict[str, Any]:
     """Compare the graphs with the torch model on the same inputs; refuse an fp32 graph that
     disagrees by more than :data:`PARITY_TOLERANCE`."""
+    if clf.long_text.chunked:
+        return _chunked_parity(clf, directory)
     ids, lens = parity_inputs(clf)
     with torch.inference_mode():
         logits = clf.model(torch.from_numpy(ids), torch.from_numpy(lens)).float()
@@ -255,6 +323,27 @@ def check_parity(clf: Any, directory: Path) -> dict[str, Any]:
     if (directory / FILES["int8"]).exists():
         q = OnnxSession(directory / FILES["int8"])(ids, lens)
         out["int8_max_abs_diff"] = float(np.abs(q - ref).max())
+    return out
+
+
+def _chunked_parity(clf: Any, directory: Path) -> dict[str, Any]:
+    """:func:`check_parity` of a chunked run: six random windows as texts of 2, 1 and 3 windows."""
+    from ..data.long_text import Fitted
+
+    ids, lens = parity_inputs(clf)
+    rows = [r[:n].tolist() for r, n in zip(ids, lens)]
+    fitted = Fitted(rows, np.array([0, 2, 3, 6]), [False] * 3)
+    ref = clf.proba_from_ids(fitted)
+    out: dict[str, Any] = {"rows": len(rows)}
+    for key in ("fp32", "int8"):
+        if (directory / FILES[key]).exists():
+            session = OnnxSession(directory / FILES[key], head=window_head(clf.model))
+            logits = session.chunked(rows, fitted.windows, clf.tokenizer.pad_id, 8, None)
+            got = clf.task.probabilities(torch.from_numpy(logits) / clf.temperature).numpy()
+            out[f"{key}_max_abs_diff"] = float(np.abs(got - ref).max())
+    if not out["fp32_max_abs_diff"] <= PARITY_TOLERANCE:
+        raise GptclfError(f"the exported graph's probabilities differ from gptclf's by {out['fp32_max_abs_diff']:.2e} "
+                          f"(tolerance {PARITY_TOLERANCE})", hint="use --backend torch; please report this model")
     return out
 
 
@@ -277,6 +366,10 @@ def _write_files(clf: Any, tmp: Path, int8: bool, source: Path | None) -> None:
     model = clf.model.float().eval()
     export_graph(model, tmp / FILES["fp32"], clf.temperature, clf.task)
     info = manifest(clf)
+    if clf.long_text.chunked:
+        info["window_head"] = window_head(model)
+        info["outputs"] = {"vectors": "float32 [windows, dim]: each window's pooled vector; window_head pools a "
+                                      "text's windows (long_text) and classifies them, then / temperature"}
     if int8:
         arch = clf.run_config.architecture.get("arch", "gpt2")
         info["int8"] = quantize_graph(tmp / FILES["fp32"], tmp / FILES["int8"],

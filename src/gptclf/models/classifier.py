@@ -19,11 +19,52 @@ POOLINGS = ("last", "last-nonpad", "mean", "first")
 TRAINABLE_CHOICES = ("last_layer", "last_block", "last_two_blocks", "all", "lora")
 
 
-def replace_head(model: nn.Module, num_classes: int, bias: bool = True) -> nn.Module:
+class WindowPool(nn.Module):
+    """``--long-text chunk``: one vector per text from its windows' pooled vectors.
+
+    ``attention`` weighs each window by ``softmax(v @ query)`` over the text's windows (the
+    query starts at zero, i.e. as the mean, and trains with the head); ``max`` takes each
+    feature's largest value, ``mean`` the average. A text of one window gets that window's
+    vector exactly in all three, so short texts classify as a truncating run would.
+    """
+
+    def __init__(self, dim: int, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        if mode == "attention":
+            self.query = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, vectors: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """``vectors`` [windows, dim], the windows of text ``i`` consecutive and ``counts[i]`` of
+        them -> [texts, dim]."""
+        owner = torch.repeat_interleave(torch.arange(len(counts), device=vectors.device), counts.to(vectors.device))
+        out = vectors.new_zeros((len(counts), vectors.shape[1]))
+        if self.mode == "max":
+            return out.scatter_reduce(0, owner[:, None].expand_as(vectors), vectors, "amax", include_self=False)
+        if self.mode == "mean":
+            return out.index_add(0, owner, vectors) / counts.to(vectors)[:, None]
+        score = vectors.float() @ self.query.float()
+        top = torch.full((len(counts),), float("-inf"), device=vectors.device).scatter_reduce(
+            0, owner, score, "amax", include_self=True)
+        w = torch.exp(score - top[owner])  # a softmax within each text
+        w = w / torch.zeros_like(top).index_add(0, owner, w)[owner]
+        return out.index_add(0, owner, vectors * w.to(vectors)[:, None])
+
+
+def replace_head(model: nn.Module, num_classes: int, bias: bool = True, aggregation: str | None = None) -> nn.Module:
     """Swap the vocabulary head for ``Linear(emb_dim, num_classes)`` (with bias, as the book;
-    ``bias=False`` is what Hugging Face's ``*ForSequenceClassification`` heads hold)."""
+    ``bias=False`` is what Hugging Face's ``*ForSequenceClassification`` heads hold). With
+    ``aggregation`` (``--long-text chunk``), also the :class:`WindowPool` in front of it."""
     model.out_head = nn.Linear(model.config.emb_dim, num_classes, bias=bias)
+    if aggregation is not None:
+        model.window_pool = WindowPool(model.config.emb_dim, aggregation)
     return model
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """What trains with the head whatever else is frozen: the head and a window pool's query."""
+    pool = getattr(model, "window_pool", None)
+    return list(model.out_head.parameters()) + (list(pool.parameters()) if pool is not None else [])
 
 
 def parse_trainable(trainable: str | int, n_layers: int) -> int:
@@ -61,7 +102,7 @@ def freeze_for_finetuning(model: nn.Module, trainable: str | int) -> int:
     if n > 0:
         for p in model.final_norm.parameters():
             p.requires_grad = True
-    for p in model.out_head.parameters():
+    for p in head_parameters(model):
         p.requires_grad = True
     return n_layers - n
 
@@ -135,19 +176,31 @@ class SequenceClassifier(nn.Module):
         return self._blocks(self.backbone.embed(input_ids), 0, end, mask)
 
     def tail(self, hidden: torch.Tensor, lengths: torch.Tensor, start: int) -> torch.Tensor:
-        """Blocks ``start ..``, then pool, final norm and head.
+        """Blocks ``start ..``, then pool, final norm and head."""
+        return self.backbone.out_head(self.vectors(hidden, lengths, start))
+
+    def vectors(self, hidden: torch.Tensor, lengths: torch.Tensor, start: int) -> torch.Tensor:
+        """Blocks ``start ..``, then pool and final norm: the vector the head reads.
 
         Pooling before the norm and head is exact (both act per position) and saves
         running them on every position.
         """
         h = self._blocks(hidden, start, None, self.attention_mask(lengths, hidden.shape[1], hidden.device))
         if self.pooling == "mean":
-            h = self.backbone.final_norm(h)
-            return self.backbone.out_head(pool(h, lengths, "mean"))
-        return self.backbone.out_head(self.backbone.final_norm(pool(h, lengths, self.pooling)))
+            return pool(self.backbone.final_norm(h), lengths, "mean")
+        return self.backbone.final_norm(pool(h, lengths, self.pooling))
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.tail(self.backbone.embed(input_ids), lengths, 0)
+
+    @property
+    def chunked(self) -> bool:
+        """Whether texts come as windows (``--long-text chunk``): see :meth:`classify_windows`."""
+        return getattr(self.backbone, "window_pool", None) is not None
+
+    def classify_windows(self, vectors: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Logits per text from its windows' :meth:`vectors` (consecutive, ``counts`` a text)."""
+        return self.backbone.out_head(self.backbone.window_pool(vectors, counts))
 
 
 def calc_loss_batch(model: SequenceClassifier, input_ids: torch.Tensor, lengths: torch.Tensor,

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import GptclfError
+from ..models.classifier import head_parameters
 
 __all__ = ["LoRAConfig", "LoRALinear", "apply_lora", "freeze_for_lora", "merge_lora", "trained_state_dict"]
 
@@ -171,7 +172,7 @@ def freeze_for_lora(model: nn.Module, cfg: LoRAConfig) -> int:
             m.lora_B.requires_grad = True
     for p in model.final_norm.parameters():
         p.requires_grad = True
-    for p in model.out_head.parameters():
+    for p in head_parameters(model):
         p.requires_grad = True
     return first_trainable_block(model)
 

@@ -49,7 +49,7 @@ def _backbone(model: nn.Module) -> nn.Module:
 
 def _is_base_tensor(name: str) -> bool:
     # The vocabulary head is replaced by the class head, and LoRA adapters are not the base.
-    return not name.startswith("out_head.") and ".lora_" not in name
+    return not name.startswith(("out_head.", "window_pool.")) and ".lora_" not in name
 
 
 def tensor_digest(t: torch.Tensor) -> str:

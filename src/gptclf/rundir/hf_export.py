@@ -72,6 +72,18 @@ def export_hf(src: str | Path, out: str | Path) -> Path:
 
 
 def _check_expressible(cfg: Any, src: Path) -> None:
+    long_text = cfg.long_text_mode
+    if long_text.chunked:
+        raise GptclfError(f"{src}: the run reads long texts in windows (--long-text chunk), which Hugging Face's "
+                          "*ForSequenceClassification cannot express: it classifies one input of at most "
+                          "max_length tokens, with no learned pooling over windows",
+                          hint="use the run itself, 'gptclf export --format onnx' (the window pool runs beside "
+                               "the graph), or retrain with --long-text truncate to export it")
+    if long_text.mode == "head-tail":
+        raise GptclfError(f"{src}: the run keeps each long text's first and last tokens (--long-text head-tail), "
+                          "which a Hugging Face tokenizer's truncation cannot express",
+                          hint="use the run itself or 'gptclf export --format onnx', or retrain with "
+                               "--long-text truncate to export it")
     if cfg.pooling != "last-nonpad":
         raise GptclfError(f"{src}: pooling {cfg.pooling!r} cannot be exported to Hugging Face",
                           hint="its *ForSequenceClassification reads the last non-padding token only "

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from .. import tasks
 from ..errors import GptclfError
+from ..data.long_text import describe_lengths
 from ..files import read_json_object, write_json_atomic, write_text_atomic
 from .load import read_run_config
 from .weights import describe_weights
@@ -189,6 +190,7 @@ def write_run_report(directory: str | Path, name: str | None = None) -> Path:
                 "max length": config.max_length, **headline}
     if isinstance(metrics.get("weights"), dict):
         headline["model.safetensors"] = describe_weights(metrics["weights"])
+    headline.update(_long_text_lines(metrics))
     reports = {name: metrics[f"{key}_report"] for name, key in (("train", "train"), ("validation", "val"),
                                                                 ("test", "test"))
                if f"{key}_report" in metrics}
@@ -200,6 +202,18 @@ def write_run_report(directory: str | Path, name: str | None = None) -> Path:
                          search=metrics.get("search"), search_winner=metrics.get("search_winner"), task=task)
     out = directory / REPORT_HTML
     write_text_atomic(out, page)
+    return out
+
+
+def _long_text_lines(metrics: dict[str, Any]) -> dict[str, str]:
+    """How long texts were read, how many were chunked, and each split's length distribution."""
+    lengths = metrics.get("text_lengths")
+    if not isinstance(lengths, dict):
+        return {}
+    out = {"long texts": str(metrics.get("long_text", "truncate"))}
+    for key, name in (("train", "train"), ("val", "validation"), ("test", "test")):
+        if isinstance(lengths.get(key), dict):
+            out[f"text lengths ({name})"] = describe_lengths(name, lengths[key]).split(": ", 1)[1]
     return out
 
 

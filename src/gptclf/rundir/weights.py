@@ -163,7 +163,7 @@ def load_classifier_backbone(directory: Path, cfg: RunConfig) -> nn.Module:
     # with the weights (or are absurd) is refused before any memory is allocated.
     arch = registry.config_from_dict(cfg.architecture)
     with torch.device("meta"):
-        skeleton = replace_head(registry.family(arch.arch).model_cls(arch), cfg.num_classes, cfg.head_bias)
+        skeleton = _class_head(registry.family(arch.arch).model_cls(arch), cfg)
     own = skeleton.state_dict()
     if kind == TRAINED_ONLY:
         # Each saved tensor must be one of the model's before the base is rebuilt.
@@ -172,7 +172,7 @@ def load_classifier_backbone(directory: Path, cfg: RunConfig) -> nn.Module:
         return _load_trained_only(directory, cfg, read_safetensors(weights))
     _check_shapes(directory, own, _with_tied(own, file_shapes(weights)))
     backbone = registry.build_model(arch, initialise=False)  # every weight comes from the file (strict)
-    replace_head(backbone, cfg.num_classes, cfg.head_bias)
+    _class_head(backbone, cfg)
     backbone.load_state_dict(_with_tied(backbone.state_dict(), read_safetensors(weights)), strict=True)
     return backbone
 
@@ -193,15 +193,24 @@ def _base_with_head(directory: Path, cfg: RunConfig, what: str) -> nn.Module:
         raise GptclfError(f"{directory}: config.json says the weights are trained-only but names no base model",
                           hint="the run directory is damaged or edited; retrain it")
     model = load_base(directory, name, ref.get("fingerprint"), cfg.architecture, what=what)
-    replace_head(model, cfg.num_classes, cfg.head_bias)
-    return model
+    return _class_head(model, cfg)
+
+
+def _class_head(model: nn.Module, cfg: RunConfig) -> nn.Module:
+    """The run's class head (and a chunked run's window pool) in place of the vocabulary head."""
+    lt = cfg.long_text_mode
+    return replace_head(model, cfg.num_classes, cfg.head_bias, lt.aggregation if lt.chunked else None)
+
+
+def _head_names(model: nn.Module) -> list[str]:
+    """The tensors every trained-only directory holds: the class head's (and the window pool's)."""
+    return [k for k in model.state_dict() if k.startswith(("out_head.", "window_pool."))]
 
 
 def _load_trained_only(directory: Path, cfg: RunConfig, saved: dict[str, torch.Tensor]) -> nn.Module:
     """Base + class head + the saved tensors."""
     model = _base_with_head(directory, cfg, what="fine-tuned weights")
-    head = [k for k in model.state_dict() if k.startswith("out_head.")]
-    return overlay(directory, model, saved, head)
+    return overlay(directory, model, saved, _head_names(model))
 
 
 def _load_adapters(directory: Path, cfg: RunConfig, saved: dict[str, torch.Tensor]) -> nn.Module:
@@ -213,7 +222,7 @@ def _load_adapters(directory: Path, cfg: RunConfig, saved: dict[str, torch.Tenso
                           hint="the run directory is damaged; retrain it")
     model = _base_with_head(directory, cfg, what="LoRA adapters")
     apply_lora(model, LoRAConfig.from_dict(cfg.lora))
-    required = [k for k in model.state_dict() if ".lora_" in k or k.startswith("out_head.")]
+    required = [k for k in model.state_dict() if ".lora_" in k] + _head_names(model)
     overlay(directory, model, saved, required)
     merge_lora(model)
     return model

@@ -146,10 +146,14 @@ class Task(ABC):
         """The decision part of one prediction (``label`` and ``score``, or ``labels``)."""
 
     def prediction(self, labels: Sequence[str], p: np.ndarray, truncated: bool, empty: bool,
-                   thresholds: np.ndarray) -> dict[str, Any]:
-        """One prediction as every path reports it (Python, ``predict --json``, HTTP)."""
-        return {**self.decision(labels, p, thresholds), "scores": {lab: float(v) for lab, v in zip(labels, p)},
-                "truncated": bool(truncated), "empty": bool(empty)}
+                   thresholds: np.ndarray, windows: int | None = None) -> dict[str, Any]:
+        """One prediction as every path reports it (Python, ``predict --json``, HTTP); a chunked
+        run's also says how many ``windows`` the text was read as."""
+        out = {**self.decision(labels, p, thresholds), "scores": {lab: float(v) for lab, v in zip(labels, p)},
+               "truncated": bool(truncated), "empty": bool(empty)}
+        if windows is not None:
+            out["windows"] = int(windows)
+        return out
 
     @abstractmethod
     def decision_text(self, prediction: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ import copy
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 from .. import __version__
 from .. import tasks
 from ..config import RunConfig, TrainConfig
-from ..data.encoding import EncodedDataset, encode_examples
+from ..data.encoding import EncodedDataset, encode_tokens, pad_to_length, tokenize_texts
+from ..data.long_text import LongText, choose_mode, describe_lengths, length_summary, room_for
 from ..data.splits import DataSplits, load_splits
 from ..data.tables import Example
 from ..device import configure_backends, pick_device, resolve_precision
@@ -95,23 +96,39 @@ class Encoded:
     backbone: Backbone
     datasets: dict[str, EncodedDataset]  # "train", "val", "test"
     max_length: int
+    long_text: LongText = LongText()  # --long-text as given or chosen from the training texts
+    long_text_line: str = ""  # why, and how much of the text is read
+    room: int = 0  # text tokens one model input holds (max length less the template)
+
+    def length_summaries(self) -> dict[str, Any]:
+        """Each split's text lengths and windows (metrics.json ``text_lengths``)."""
+        return {key: {**length_summary(ds.text_lengths, self.room, ds.windows), "fed_tokens": int(ds.lengths.sum())}
+                for key, ds in self.datasets.items() if ds.text_lengths is not None}
 
 
 def encode_splits(cfg: TrainConfig, splits: DataSplits, backbone: Backbone | None = None) -> Encoded:
     """Load the backbone (unless given) and turn every split into token ids and the task's targets,
-    cut to :meth:`TrainConfig.max_length_for` the backbone (val and test to the training split's)."""
+    cut to :meth:`TrainConfig.max_length_for` the backbone (val and test to the training split's),
+    long texts fitted as ``--long-text`` says or, left out, as the training texts' lengths call for
+    (:func:`gptclf.data.long_text.choose_mode`)."""
     backbone = backbone or load_backbone(cfg.model, cfg.init)
     tok, ctx_len = backbone.tokenizer, backbone.model.config.context_length
     task = tasks.get(cfg.task)
     index = {lab: i for i, lab in enumerate(splits.labels)}
     datasets: dict[str, EncodedDataset] = {}
     max_length = cfg.max_length_for(ctx_len)
+    long_text, line, room = LongText(), "", 0
     for key, name in SPLITS:
         examples = getattr(splits, key)
-        datasets[key] = encode_examples(tok, [e.text for e in examples], task.targets(examples, index),
-                                        max_length, ctx_len, name, cfg.template)
-        max_length = datasets["train"].max_length
-    return Encoded(backbone, datasets, max_length)
+        ids, pre, post = tokenize_texts(tok, [e.text for e in examples], cfg.template)
+        if key == "train":
+            max_length = pad_to_length(ids, len(pre) + len(post), max_length, ctx_len, name)
+            room = room_for(pre, post, max_length, name)
+            mode, line = choose_mode(ids, room, cfg.long_text)
+            long_text = cfg.long_text_config(mode)
+        datasets[key] = encode_tokens(ids, pre, post, task.targets(examples, index), max_length, ctx_len, name,
+                                      long_text)
+    return Encoded(backbone, datasets, max_length, long_text, line, room)
 
 
 def build_classifier(backbone: Backbone, cfg: TrainConfig, num_classes: int) -> tuple[SequenceClassifier, int]:
@@ -125,7 +142,8 @@ def build_classifier(backbone: Backbone, cfg: TrainConfig, num_classes: int) -> 
     model = backbone.model
     cfg = cfg.for_backbone(model.config.arch)
     torch.manual_seed(cfg.seed)
-    replace_head(model, num_classes, bias=bool(cfg.head_bias))
+    replace_head(model, num_classes, bias=bool(cfg.head_bias),
+                 aggregation=cfg.aggregation if cfg.long_text == "chunk" else None)
     if cfg.trainable == "lora":
         from ..peft.lora import freeze_for_lora
 
@@ -198,7 +216,8 @@ def save(out: Path, model: SequenceClassifier, cfg: TrainConfig, splits: DataSpl
         template=cfg.template, causal_mask=cfg.causal_mask, head_bias=cfg.head_bias, trainable=cfg.trainable,
         base_model=enc.backbone.source, lora=saved.lora, data=splits.summary(), train=asdict(cfg),
         gptclf_version=__version__, examples=page_examples(splits), weights=saved.weights,
-        base_weights=saved.base_weights, task=cfg.task, **tasks.get(cfg.task).run_config_fields(metrics))
+        base_weights=saved.base_weights, task=cfg.task, long_text=enc.long_text.to_config(),
+        **tasks.get(cfg.task).run_config_fields(metrics))
     save_run(out, model, tok, run_config, metrics, history, replace_interrupted=resumed, tensors=saved.tensors,
              files={TEST_SPLIT: examples_jsonl(splits.test)})
 
@@ -309,7 +328,10 @@ def _train(cfg: TrainConfig, s: RunSetting, options: dict[str, Any], examples: l
         s.log(f"data: dropped {splits.audit_dropped['n_rows']} row(s) that {cfg.drop_label_issues} flags as label "
               f"issues ({splits.audit_dropped['given_labels']})")
     enc = encode_splits(cfg, splits)
-    cfg = cfg.for_backbone(enc.backbone.model.config.arch)
+    cfg = replace(cfg.for_backbone(enc.backbone.model.config.arch), long_text=enc.long_text.mode)
+    s.log(enc.long_text_line)
+    for key, name in SPLITS:
+        s.log(describe_lengths(name, enc.length_summaries()[key]))
     s.log(f"model: {cfg.model} ({cfg.init}), max length {enc.max_length} tokens, pad id {enc.backbone.tokenizer.pad_id}, "
           f"padding {cfg.padding}, pooling {cfg.pooling}, device {s.device} ({s.precision})"
           + (f", {ctx.world_size} processes" if ctx.world_size > 1 else ""))
@@ -457,9 +479,13 @@ def _log_memory_estimate(model: SequenceClassifier, cfg: TrainConfig, frozen: in
                          datasets: Any, pad_to: int | None, device: torch.device, log: Log) -> None:
     """Print what the run will need before it starts, and warn when that exceeds what there is."""
     uses_cache = cfg.cache != "off" and frozen > 0
-    cache_tokens = sum(len(d) * pad_to if pad_to else int(d.lengths.sum()) for d in datasets) if uses_cache else 0
-    longest = max((int(d.lengths.max()) for d in datasets if len(d)), default=max_length)
-    est = estimate_for_model(model.backbone, frozen, cfg.batch_size, pad_to or min(max_length, longest),
+    datasets = list(datasets)
+    rows = [d.window_rows() if d.offsets is not None else d for d in datasets]  # what the model runs on
+    cache_tokens = sum(len(d) * pad_to if pad_to else int(d.lengths.sum()) for d in rows) if uses_cache else 0
+    longest = max((int(d.row_lengths.max()) for d in rows if len(d)), default=max_length)
+    # A chunked batch holds every window of its texts: at most batch size x the most windows a text has.
+    windows = max((int(d.windows.max()) for d in datasets if d.windows is not None and len(d)), default=1)
+    est = estimate_for_model(model.backbone, frozen, cfg.batch_size * windows, pad_to or min(max_length, longest),
                              cfg.grad_checkpointing, cache_tokens)
     log(est.describe())
     available, where = available_memory(device)
@@ -529,6 +555,7 @@ def _run_figures(cfg: TrainConfig, model: SequenceClassifier, feeds: Feeds, enc:
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_parameters": sum(p.numel() for p in model.parameters()),
         "device": str(s.device), "precision": s.precision, "trunk_cache": feeds.mode,
+        "long_text": enc.long_text.mode, "text_lengths": enc.length_summaries(),
     }
     if s.ctx.world_size > 1:
         figures["world_size"] = s.ctx.world_size

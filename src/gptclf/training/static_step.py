@@ -33,6 +33,8 @@ def training_shapes(cfg: TrainConfig, model: nn.Module, device: torch.device, pr
         why = "--compile brings its own graphs"
     elif world_size > 1 or cfg.grad_accum > 1:
         why = "it needs one process and one micro-batch per step (no --grad-accum, no torchrun)"
+    elif cfg.long_text == "chunk":
+        why = "--long-text chunk feeds each text as a varying number of windows"
     elif cfg.grad_checkpointing:
         why = "--grad-checkpointing recomputes blocks inside the backward pass"
     elif any(getattr(m, "p", 0.0) > 0 for m in model.modules() if isinstance(m, nn.Dropout)) or any(

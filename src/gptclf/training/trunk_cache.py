@@ -216,6 +216,9 @@ class TokenFeeder(_Feeder):
     def forward(self, model: SequenceClassifier, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return model(x, lengths)
 
+    def vectors(self, model: SequenceClassifier, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return model.vectors(model.backbone.embed(x), lengths, 0)
+
 
 class CachedFeeder(_Feeder):
     """Runs cached trunk outputs through the trainable tail only."""
@@ -230,8 +233,58 @@ class CachedFeeder(_Feeder):
     def forward(self, model: SequenceClassifier, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return model.tail(x, lengths, self.start)
 
+    def vectors(self, model: SequenceClassifier, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return model.vectors(x, lengths, self.start)
 
-Feeder = Callable[[SequenceClassifier, Sequence[int]], torch.Tensor]  # TokenFeeder or CachedFeeder
+
+def budget_slices(rows: Sequence[int], lengths: np.ndarray, max_tokens: int) -> list[Sequence[int]]:
+    """``rows`` in order, cut into runs whose padded size (rows x the longest) stays within
+    ``max_tokens`` (at least one row each)."""
+    out: list[Sequence[int]] = []
+    start, width = 0, 0
+    for j, r in enumerate(rows):
+        w = max(width, int(lengths[r]))
+        if j > start and (j - start + 1) * w > max_tokens:
+            out.append(rows[start:j])
+            start, w = j, int(lengths[r])
+        width = w
+    if len(rows) > start:
+        out.append(rows[start:])
+    return out
+
+
+class WindowFeeder:
+    """``--long-text chunk``: a text's logits from all its windows. ``inner`` (a
+    :class:`TokenFeeder` or :class:`CachedFeeder` over the windows, so the frozen blocks run
+    once per window through the cache) gives each window's pooled vector, at most
+    ``max_tokens`` padded tokens a forward pass; the model's window pool and head combine them."""
+
+    def __init__(self, inner: TokenFeeder | CachedFeeder, ds: EncodedDataset, max_tokens: int) -> None:
+        assert ds.offsets is not None
+        self.inner, self.offsets, self.max_tokens = inner, ds.offsets, max_tokens
+        self.row_lengths = ds.row_lengths
+
+    def __call__(self, model: SequenceClassifier, idx: Sequence[int]) -> torch.Tensor:
+        first, last = self.offsets[list(idx)], self.offsets[[i + 1 for i in idx]]
+        rows = np.concatenate([np.arange(a, b) for a, b in zip(first, last)]).tolist()
+        parts = [self.inner.vectors(model, *self.inner.inputs(part))
+                 for part in budget_slices(rows, self.row_lengths, self.max_tokens)]
+        counts = torch.as_tensor(last - first, dtype=torch.long, device=parts[0].device)
+        return model.classify_windows(torch.cat(parts), counts)
+
+
+Feeder = Callable[[SequenceClassifier, Sequence[int]], torch.Tensor]  # TokenFeeder, CachedFeeder or WindowFeeder
+
+
+def model_rows(ds: EncodedDataset) -> EncodedDataset:
+    """What the model runs on: the texts, or a chunked split's windows."""
+    return ds.window_rows() if ds.offsets is not None else ds
+
+
+def per_text(feed: TokenFeeder | CachedFeeder, ds: EncodedDataset, cfg: TrainConfig) -> Feeder:
+    """``feed`` (over :func:`model_rows`) as a feeder of ``ds``'s texts: a chunked split's through a
+    :class:`WindowFeeder`, a batch's worth of tokens a pass (a truncated batch at its widest)."""
+    return feed if ds.offsets is None else WindowFeeder(feed, ds, cfg.batch_size * ds.max_length)
 
 
 def cache_mode(cfg: TrainConfig, model: SequenceClassifier, frozen: int, datasets: Sequence[EncodedDataset],
@@ -281,25 +334,27 @@ def build_feeds(cfg: TrainConfig, model: SequenceClassifier, frozen: int, datase
                 log: Callable[[str], None], shapes: Shapes | None = None) -> Feeds:
     """Decide on the cache, build it for every split (or not) and return the feeders (on the
     static ``shapes``, if given: :mod:`gptclf.graphs`)."""
-    mode = cache_mode(cfg, model, frozen, list(datasets.values()), pad_to, device, log)
+    rows = {name: model_rows(ds) for name, ds in datasets.items()}
+    mode = cache_mode(cfg, model, frozen, list(rows.values()), pad_to, device, log)
     t0 = time.perf_counter()
     feeds: dict[str, Feeder] = {}
     caches: list[TrunkCache] = []
     try:
-        for name, ds in datasets.items():
+        for name, ds in rows.items():
             if mode == "off":
-                feeds[name] = TokenFeeder(ds, pad_id, pad_to, device, shapes)
-                continue
-            cache = TrunkCache.build(model, ds, frozen, pad_id, pad_to, device, precision, cfg.eval_batch_size,
-                                     name, mode=mode, progress=cfg.progress, log=log)
-            caches.append(cache)
-            feeds[name] = CachedFeeder(cache, frozen, device, shapes)
+                feed: TokenFeeder | CachedFeeder = TokenFeeder(ds, pad_id, pad_to, device, shapes)
+            else:
+                cache = TrunkCache.build(model, ds, frozen, pad_id, pad_to, device, precision, cfg.eval_batch_size,
+                                         name, mode=mode, progress=cfg.progress, log=log)
+                caches.append(cache)
+                feed = CachedFeeder(cache, frozen, device, shapes)
+            feeds[name] = per_text(feed, datasets[name], cfg)
     except BaseException:
         for c in caches:
             c.close()
         raise
     seconds = time.perf_counter() - t0
     if mode != "off":
-        log(f"cached the {frozen} frozen blocks' output for {sum(len(d) for d in datasets.values())} "
-            f"texts in {seconds:.1f}s ({mode})")
+        log(f"cached the {frozen} frozen blocks' output for {sum(len(d) for d in rows.values())} "
+            f"{'windows' if any(d.offsets is not None for d in datasets.values()) else 'texts'} in {seconds:.1f}s ({mode})")
     return Feeds(feeds, caches, mode, seconds if mode != "off" else 0.0)

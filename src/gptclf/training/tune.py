@@ -40,7 +40,7 @@ from .distributed import init_distributed, shutdown
 from .loop import History
 from .recipe import Encoded, claimed_out, encode_splits, evaluate_splits, make_trainer, prepare_data, run_setting, save, \
     setup_classifier
-from .trunk_cache import CachedFeeder, Feeder, Feeds, TokenFeeder, TrunkCache, cache_mode
+from .trunk_cache import CachedFeeder, Feeder, Feeds, TokenFeeder, TrunkCache, cache_mode, model_rows, per_text
 
 DEFAULT_TRAINABLES = ("last_layer", "1", "2", "4")
 LR_FACTORS = (1.0, 2.5)
@@ -139,12 +139,13 @@ class SharedTrunk:
     def __init__(self, cfg: TrainConfig, pristine: torch.nn.Module, cuts: set[int], enc: Encoded,
                  pad_to: int | None, device: torch.device, precision: str, log: Log) -> None:
         self.caches: dict[int, dict[str, TrunkCache]] = {}
-        self.datasets, self.pad_to, self.device = enc.datasets, pad_to, device
+        self.cfg, self.texts, self.pad_to, self.device = cfg, enc.datasets, pad_to, device
+        self.datasets = {k: model_rows(ds) for k, ds in enc.datasets.items()}  # a chunked split's windows
         self.pad_id = enc.backbone.tokenizer.pad_id
         self.seconds = 0.0
         trunk = SequenceClassifier(pristine, cfg.pooling, causal=cfg.causal_mask)
         cached = sorted(c for c in cuts if c > 0)
-        self.mode = cache_mode(cfg, trunk, min(cached, default=0), list(enc.datasets.values()), pad_to, device,
+        self.mode = cache_mode(cfg, trunk, min(cached, default=0), list(self.datasets.values()), pad_to, device,
                                log) if cached else "off"
         if self.mode == "off":
             return
@@ -154,7 +155,7 @@ class SharedTrunk:
             if previous is None:
                 self.caches[cut] = {k: TrunkCache.build(trunk, ds, cut, self.pad_id, pad_to, device, precision,
                                                         cfg.eval_batch_size, k, self.mode, cfg.progress)
-                                    for k, ds in enc.datasets.items()}
+                                    for k, ds in self.datasets.items()}
             else:
                 self.caches[cut] = {k: c.extend(trunk, previous, cut, device, precision, cfg.eval_batch_size)
                                     for k, c in self.caches[previous].items()}
@@ -164,10 +165,11 @@ class SharedTrunk:
 
     def feeds(self, frozen: int) -> Feeds:
         if frozen in self.caches:
-            feeds: dict[str, Feeder] = {k: CachedFeeder(c, frozen, self.device) for k, c in self.caches[frozen].items()}
+            feeds: dict[str, Feeder] = {k: per_text(CachedFeeder(c, frozen, self.device), self.texts[k], self.cfg)
+                                        for k, c in self.caches[frozen].items()}
             return Feeds(feeds, [], self.mode, 0.0)
-        return Feeds({k: TokenFeeder(ds, self.pad_id, self.pad_to, self.device) for k, ds in self.datasets.items()},
-                     [], "off", 0.0)
+        return Feeds({k: per_text(TokenFeeder(ds, self.pad_id, self.pad_to, self.device), self.texts[k], self.cfg)
+                      for k, ds in self.datasets.items()}, [], "off", 0.0)
 
     def close(self) -> None:
         for split in self.caches.values():
@@ -298,7 +300,8 @@ def _tune(cfg: TrainConfig, opts: TuneOptions, log: Log | None, ctx: Any, dist_d
     splits = prepare_data(cfg)
     s.log(f"data: {splits.source}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test")
     enc = encode_splits(cfg, splits)
-    cfg = cfg.for_backbone(enc.backbone.model.config.arch)
+    cfg = replace(cfg.for_backbone(enc.backbone.model.config.arch), long_text=enc.long_text.mode)
+    s.log(enc.long_text_line)
     pristine = enc.backbone.model  # never trained: every candidate copies it
     pad_to = enc.max_length if cfg.padding == "longest" else None
     trials, best, trunk = search(cfg, opts, enc, len(splits.labels), s, pristine, pad_to)

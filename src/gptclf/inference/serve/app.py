@@ -138,13 +138,17 @@ class Health(BaseModel):
     restarts: int = Field(ge=0, description="times the model worker was restarted")
 
 
-def response_model(task: tasks.Task) -> type[BaseModel]:
+def response_model(task: tasks.Task, chunked: bool = False) -> type[BaseModel]:
     """``POST /v1/classify``'s answer for a model of ``task``: one prediction per text, its
     decision's fields as the task declares them (``Prediction``; ``MultiLabelPrediction``...)."""
     fields_ = {name: (kind, Field(description=text)) for name, (kind, text) in task.decision_fields().items()}
     fields_.setdefault("scores", (dict[str, float], Field(description="each label's probability")))
-    fields_["truncated"] = (bool, Field(description="the text was longer than the model's max_length tokens; "
-                                                    "only its start was read"))
+    fields_["truncated"] = (bool, Field(description="tokens of the text were not read: it was longer than the "
+                                                    "model's max_length tokens (a chunked model's: than its "
+                                                    "longest_text)"))
+    if chunked:
+        fields_["windows"] = (int, Field(ge=1, description="how many windows of max_length tokens the text was "
+                                                           "read as (long_text chunk)"))
     fields_["empty"] = (bool, Field(description="the text is empty or only whitespace: the answer is the "
                                                 "model's prior"))
     item = create_model(f"{task.schema_name}Prediction", **fields_)  # type: ignore[call-overload]
@@ -174,7 +178,12 @@ def model_info_model(s: ServeSettings) -> type[BaseModel]:
         labels: list[str]
         backbone: str | None = Field(description="the base model's name (not its path)")
         architecture: str | None
-        max_length: int = Field(ge=1, description="tokens read per text; longer texts are truncated")
+        max_length: int = Field(ge=1, description="tokens read per model input; longer texts are truncated, "
+                                                  "or with long_text chunk read in windows of this many tokens")
+        long_text: str = Field(default="truncate", description="how longer texts are read: truncate, head-tail, "
+                                                               "chunk")
+        longest_text: int | None = Field(default=None, description="chunk: the most tokens of a text read "
+                                                                   "(max_windows windows); the rest is dropped")
         pooling: str | None
         backend: str
         precision: str | None
@@ -235,6 +244,8 @@ def model_info(classifier: Any) -> dict[str, Any]:
         "backbone": Path(str(base.get("name", "") if isinstance(base, dict) else base or "")).name or None,
         "architecture": arch.get("arch"),
         "max_length": classifier.max_length,
+        "long_text": classifier.long_text.mode if hasattr(classifier, "long_text") else "truncate",
+        "longest_text": getattr(classifier, "longest_text", None),
         "pooling": cfg.get("pooling"),
         "backend": getattr(classifier, "backend", "torch"),
         "precision": getattr(classifier, "precision", None),
@@ -372,18 +383,20 @@ def _add_routes(app: FastAPI, classifier: Any, s: ServeSettings) -> None:
         limits = {k: v for k, v in asdict(s).items() if k != "cors_origins"}
         return info | {"limits": limits}
 
+    chunked = bool(getattr(getattr(classifier, "long_text", None), "chunked", False))
     async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
         check_texts(body.texts, s)
         probs = await _probabilities(request.app.state.batcher, body.texts, s)
         # Tokenizing again is cheap next to the forward pass, and keeps the batcher's job plain arrays.
         flags = classifier.truncated(body.texts) if hasattr(classifier, "truncated") else [False] * len(probs)
-        return {"results": [task.prediction(labels, p, cut, not t.strip(), thresholds)
-                            for p, cut, t in zip(probs, flags, body.texts)]}
+        windows = classifier.windows(body.texts) if chunked else [None] * len(probs)
+        return {"results": [task.prediction(labels, p, cut, not t.strip(), thresholds, n)
+                            for p, cut, t, n in zip(probs, flags, body.texts, windows)]}
 
     # The body's model carries this server's limits; set here because annotations are strings.
     classify.__annotations__["body"] = request_model(s)
     # JSON Schema cannot bound a body's bytes: an OpenAPI extension on the body declares it.
-    app.post("/v1/classify", response_model=response_model(task),
+    app.post("/v1/classify", response_model=response_model(task, chunked),
              responses=error_responses(CLASSIFY_ERRORS),
              openapi_extra={"requestBody": {"x-max-body-bytes": s.max_body_bytes}})(classify)
 
