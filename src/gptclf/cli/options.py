@@ -88,3 +88,31 @@ def _markdown_row(action: argparse.Action, field: Any) -> str:
     text = (action.help or "").replace("%%", "%").replace("|", "\\|").replace("\n", " ")
     text = text.rsplit(" (default: ", 1)[0] if default else text
     return f"| {names} | {default} | {text} |"
+
+
+ENGINES = ("local", "ray")
+
+
+def add_engine_options(parser: argparse.ArgumentParser, work: str) -> None:
+    """``--engine``, ``--address``, ``--workers`` and ``--gpus-per-worker`` (``gptclf predict``
+    and ``gptclf train``; ``work`` says what one worker does). Not TrainConfig fields: where a
+    run computes is not one of its training options."""
+    g = parser.add_argument_group("on a Ray cluster (pip install 'gptclf[ray]'; docs/scaling.md)")
+    g.add_argument("--engine", choices=ENGINES, default="local",
+                   help="local: this machine (train: torchrun for several processes); ray: Ray "
+                        + ("Data" if work == "predict" else "Train's TorchTrainer"))
+    g.add_argument("--address", default=None, metavar="ADDR",
+                   help="--engine ray: the cluster to join ('auto': the one this machine belongs to, "
+                        "ray://HOST:10001: a remote one); left out: a local Ray instance")
+    g.add_argument("--workers", type=int, default=1, metavar="N",
+                   help=f"--engine ray: {work} workers ("
+                        + ("Ray actors, each loading the model once" if work == "predict" else
+                           "DDP processes: --batch-size is per worker, as under torchrun") + ")")
+    g.add_argument("--gpus-per-worker", type=float, default=0, metavar="G",
+                   help="--engine ray: GPUs per worker (0: CPU workers)")
+    if work == "predict":
+        g.add_argument("--cpus-per-worker", type=float, default=1, metavar="C",
+                       help="--engine ray: CPUs per worker (its intra-op threads); leave the instance a "
+                            "core for reading and writing")
+        g.add_argument("--output-format", choices=("parquet", "csv", "jsonl"), default="parquet",
+                       help="--engine ray: the format of the files written into the --output directory")

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..data.tables import FORMATS
 from ..data.encoding import unicode_clean
 from ..errors import GptclfError
+from .options import add_engine_options
 
 
 def add_predict_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +35,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
                    help="input format (default: from the file suffix); the output's comes from its suffix")
     f.add_argument("--chunk-size", type=int, default=1000, help="rows read, classified and written at a time")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_engine_options(p, "predict")
     p.set_defaults(func=cmd_predict)
 
 
@@ -123,6 +125,8 @@ def _positive(name: str, value: int) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     _positive("batch-size", args.batch_size)
+    if args.engine == "ray":
+        return _predict_ray(args)
     if args.input or args.output:
         return _predict_file(args)
     texts = _read_texts(args)
@@ -151,6 +155,28 @@ def _predict_file(args: argparse.Namespace) -> int:
                        progress=not args.quiet and sys.stderr.isatty(),
                        log=None if args.quiet or sys.stderr.isatty() else lambda line: print(line, file=sys.stderr))
     print(f"wrote {res.rows} rows to {res.output} in {res.seconds:.1f}s", file=sys.stderr)
+    return 0
+
+
+def _predict_ray(args: argparse.Namespace) -> int:
+    """``--engine ray``: the table(s) of --input scored on Ray Data into the directory --output."""
+    from ..ray.cluster import connect
+    from ..ray.predict import predict_files
+
+    if not (args.input and args.output) or args.texts or args.file:
+        raise GptclfError("--engine ray classifies --input into the directory --output",
+                          hint="gptclf predict --engine ray --input shards/ --output scored/")
+    _positive("workers", args.workers)
+    ray = connect(args.address)
+    if args.quiet:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    res = predict_files(args.input, args.model, args.output, input_format=args.format,
+                        output_format=args.output_format, text_column=args.text_column,
+                        batch_size=args.batch_size, rows_per_batch=args.chunk_size, concurrency=args.workers,
+                        num_cpus=args.cpus_per_worker, num_gpus=args.gpus_per_worker, backend=args.backend,
+                        int8=args.int8, threads=args.threads)
+    print(f"wrote {res.rows} rows to {res.output} in {res.seconds:.1f}s "
+          f"({res.rows / max(res.seconds, 1e-9):.0f} rows/s)", file=sys.stderr)
     return 0
 
 

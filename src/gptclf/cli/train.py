@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import TrainConfig
 from ..errors import GptclfError
-from .options import add_options, given_options
+from .options import add_engine_options, add_options, given_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", default=argparse.SUPPRESS, metavar="RUN",
                    help="continue the interrupted run RUN (its --out, or RUN.partial) with the options "
                         "it was started with; other options must match them or be left out")
+    add_engine_options(p, "train")
     p.set_defaults(func=cmd_train)
 
 
@@ -65,13 +66,11 @@ class PipeSafe:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..training.recipe import run_training
-
     cfg = train_config(args)
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = PipeSafe(sys.stdout), PipeSafe(sys.stderr)
     try:
-        out = _resume(args, cfg) if getattr(args, "resume", None) else run_training(cfg)
+        out = _train(args, cfg)
         if os.environ.get("RANK", "0") != "0":
             return 0  # under torchrun, rank 0 reports
         metrics = json.loads((out / "metrics.json").read_text())
@@ -87,9 +86,31 @@ def cmd_train(args: argparse.Namespace) -> int:
         sys.stdout, sys.stderr = streams
 
 
-def _resume(args: argparse.Namespace, cfg: TrainConfig) -> Path:
+def _train(args: argparse.Namespace, cfg: TrainConfig) -> Path:
+    """The run (a new one, or ``--resume``), here or on Ray; its directory."""
+    from ..training.recipe import resume_training, run_training
+
+    resume = getattr(args, "resume", None)
+    if resume:
+        _check_resume(args, cfg)
+    if args.engine == "ray":
+        return _on_ray(args, cfg)
+    return resume_training(resume, progress=cfg.progress) if resume else run_training(cfg)
+
+
+def _on_ray(args: argparse.Namespace, cfg: TrainConfig) -> Path:
+    """``--engine ray``: the same run on Ray Train workers (gptclf.ray.train)."""
+    from ..ray.train import train
+
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        raise GptclfError("--engine ray starts its own processes", hint="run it without torchrun")
+    return train(cfg, workers=args.workers, gpus_per_worker=args.gpus_per_worker, address=args.address,
+                 resume=getattr(args, "resume", None))
+
+
+def _check_resume(args: argparse.Namespace, cfg: TrainConfig) -> None:
     """``--resume``: the saved options win; a given option that differs from them is an error."""
-    from ..training.recipe import resume_training, saved_config
+    from ..training.recipe import saved_config
 
     saved = asdict(saved_config(args.resume))
     given = asdict(cfg)
@@ -106,4 +127,3 @@ def _resume(args: argparse.Namespace, cfg: TrainConfig) -> Path:
                           + ", ".join(conflicts),
                           hint="leave them out (or give the same values), or start the run again with the new "
                                "options and --overwrite (which discards its checkpoints)")
-    return resume_training(args.resume, progress=cfg.progress)

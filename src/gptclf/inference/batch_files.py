@@ -68,6 +68,22 @@ def _added_values(task: Task, labels: list[str], p: Any, thresholds: Any, delimi
     return task.file_cells(labels, p, thresholds, delimiter) + [round(float(v), 6) for v in p]
 
 
+def prediction_columns(classifier: Any, probs: Any, flags: list[bool], out_fmt: str) -> dict[str, list[Any]]:
+    """The added columns of a chunk, by name, as :func:`predict_file` writes them in ``out_fmt``
+    (``jsonl``, or any columnar format such as Parquet: label sets as lists and ``truncated``
+    as booleans; ``csv``/``tsv``: label sets joined by the run's delimiter, ``"true"``/``"false"``).
+    For other writers of the same output (``gptclf predict --engine ray``)."""
+    labels = list(classifier.labels)
+    task = getattr(classifier, "task", tasks.SINGLE_LABEL)
+    thresholds = getattr(classifier, "thresholds", np.full(len(labels), 0.5))
+    delimiter = _label_delimiter(classifier) if out_fmt in ("csv", "tsv") else None
+    names = added_columns(labels, task)
+    rows = [_added_values(task, labels, p, thresholds, delimiter) for p in probs]
+    columns = {name: [r[i] for r in rows] for i, name in enumerate(names[:-1])}
+    columns[TRUNCATED_COLUMN] = [("true" if c else "false") if delimiter else bool(c) for c in flags]
+    return columns
+
+
 def iter_chunks(rows: Iterable[Row], chunk_size: int) -> Iterator[list[Row]]:
     """Lists of at most ``chunk_size`` rows; only one list is alive at a time."""
     if chunk_size < 1:

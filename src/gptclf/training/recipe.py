@@ -227,7 +227,9 @@ def page_examples(splits: DataSplits, per_label: int = 2, max_chars: int = 200) 
     ``examples``): the model's own kind of text rather than someone else's."""
     out: list[dict[str, str]] = []
     for label in splits.labels:
-        texts = sorted({e.text.strip() for e in splits.train if label in e.label_set() and e.text.strip()}, key=len)
+        # Ties in length broken by the text: a set's order changes with the process's hash seed.
+        texts = sorted({e.text.strip() for e in splits.train if label in e.label_set() and e.text.strip()},
+                       key=lambda t: (len(t), t))
         short = [t for t in texts if len(t) <= max_chars] or [t[:max_chars] for t in texts]
         picks = short[len(short) // 2:][:per_label]  # middling length: neither a one-word nor a wall of text
         out += [{"label": label, "text": t} for t in picks]

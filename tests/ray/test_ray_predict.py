@@ -1,0 +1,130 @@
+"""gptclf.ray.predict and gptclf predict --engine ray on a local Ray instance (2 CPUs): the
+output equals gptclf predict --input's, every row exactly once, a killed actor included."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gptclf.inference.batch_files import predict_file
+from gptclf.inference.classifier import Classifier
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TEXTS = ["WINNER!! You have won a £1000 prize. Call now", "Ok lar... Joking wif u oni...", "",
+         "Are we meeting for lunch?", 'She said "hi, there"\nand left', "007", " ", "long " * 300]
+PROB_TOL = 1.1e-6  # both sides are rounded to 6 decimals: equal scores differ by at most 1e-6 after it
+
+
+def _local(run: Path, src: Path, dst: Path) -> list[dict]:
+    predict_file(Classifier.load(run, device="cpu", threads=1), src, dst)
+    if dst.suffix == ".jsonl":
+        return [json.loads(line) for line in dst.read_text(encoding="utf-8").splitlines()]
+    with open(dst, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_csv(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _same(ray_rows: list[dict], local_rows: list[dict], columns: list[str]) -> None:
+    assert len(ray_rows) == len(local_rows)
+    for a, b in zip(ray_rows, local_rows):
+        for c in columns:
+            if c.startswith("p_") or c == "predicted_score":
+                assert float(a[c]) == pytest.approx(float(b[c]), abs=PROB_TOL), c
+            else:
+                assert a[c] == b[c], (c, a, b)
+
+
+def test_predict_equals_local_on_the_same_file(ray_local: Any, random_run: Path, tmp_path: Path) -> None:
+    import gptclf.ray as gray
+
+    rows = [{"id": str(i), "text": t, "note": f"n{i}"} for i, t in enumerate(TEXTS * 4)]
+    src = _write_csv(tmp_path / "in.csv", rows)
+    local = _local(random_run, src, tmp_path / "local.csv")
+    out = gray.predict(gray.read_tables(src), random_run, rows_per_batch=5, output_format="csv").to_pandas()
+    got = sorted(out.to_dict("records"), key=lambda r: int(r["id"]))
+    assert [r["id"] for r in got] == [r["id"] for r in rows]  # every row exactly once
+    assert list(out.columns) == list(local[0])  # the same columns, in the same order
+    _same(got, local, list(local[0]))
+
+
+def test_bad_rows_are_flagged_as_in_local_prediction(ray_local: Any, random_run: Path, tmp_path: Path) -> None:
+    import gptclf.ray as gray
+
+    texts = ["fine", "\ud800 a lone surrogate", "", "   ", "huge " * 5000, None]
+    rows = [{"id": i, "text": t} for i, t in enumerate(texts)]
+    src = tmp_path / "bad.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    local = _local(random_run, src, tmp_path / "local.jsonl")
+    got = sorted(gray.predict(ray_local.data.from_items(rows), random_run).take_all(), key=lambda r: r["id"])
+    _same(got, local, ["id", "predicted_label", "predicted_score", "p_a", "p_b", "truncated"])
+    assert [r["truncated"] for r in got] == [False, False, False, False, True, False]
+
+
+def test_cli_on_a_sharded_directory(ray_local: Any, random_run: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import pyarrow.parquet as pq
+
+    from gptclf.cli import main
+
+    rows = [{"id": str(i), "text": f"{t} #{i}"} for i, t in enumerate(TEXTS * 5)]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    bounds = [0, 14, 27, len(rows)]  # three shards; the marker file Spark and Ray writers leave is skipped
+    for k in range(3):
+        _write_csv(shards / f"part-{k}.csv", rows[bounds[k]:bounds[k + 1]])
+    (shards / "_SUCCESS").write_text("")
+    whole = _write_csv(tmp_path / "whole.csv", [r for f in sorted(shards.glob("*.csv"))
+                                                for r in csv.DictReader(open(f, encoding="utf-8"))])
+    local = _local(random_run, whole, tmp_path / "local.csv")
+    out = tmp_path / "scored"
+    assert main(["predict", "--model", str(random_run), "--input", str(shards), "--output", str(out),
+                 "--engine", "ray", "--chunk-size", "4", "--quiet"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"wrote {len(local)} rows to {out} in ") and err.endswith(" rows/s)"), err
+    files = sorted(out.glob("*.parquet"))
+    got = [r for f in files for r in pq.read_table(f).to_pylist()]
+    assert [r["id"] for r in got] == [r["id"] for r in local]  # exactly once, in input order
+    got = [r | {"truncated": "true" if r["truncated"] else "false"} for r in got]
+    _same(got, local, list(local[0]))
+
+
+def _kill_one_scorer() -> int | None:
+    """SIGKILL one scoring actor's process (Ray titles it after the callable class), as a node
+    lost mid-job would; its pid, or None when none runs yet."""
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if "MapBatches(Scorer)" in " ".join(proc.info["cmdline"] or []):
+            os.kill(proc.info["pid"], signal.SIGKILL)
+            return proc.info["pid"]
+    return None
+
+
+def test_a_killed_actor_loses_no_row_and_repeats_none(ray_local: Any, random_run: Path) -> None:
+    import gptclf.ray as gray
+
+    n = 1000
+    ds = ray_local.data.from_items([{"id": i, "text": f"message number {i}"} for i in range(n)])
+    scored = gray.predict(ds, random_run, rows_per_batch=10, concurrency=2, num_cpus=0.5)
+    seen: list[int] = []
+    killed, after = None, 0
+    for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+        seen += batch.column("id").to_pylist()
+        if killed is None:
+            killed, after = _kill_one_scorer(), len(seen)
+    assert killed is not None and len(seen) > after, "the job ended before an actor was killed: proves nothing"
+    assert sorted(seen) == list(range(n))
