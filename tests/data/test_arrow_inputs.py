@@ -13,9 +13,6 @@ from gptclf.data.tables import Table, read_table
 from helpers import load_data
 
 pa = pytest.importorskip("pyarrow")
-import pyarrow.feather  # noqa: E402
-import pyarrow.ipc  # noqa: E402
-import pyarrow.parquet  # noqa: E402
 
 TEXTS = [f"text number {i}" for i in range(30)]
 LABELS = [i % 3 for i in range(30)]  # ClassLabel ints in a datasets folder

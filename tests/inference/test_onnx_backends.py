@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import csv
 import json
-import re
 import urllib.request
 from pathlib import Path
 

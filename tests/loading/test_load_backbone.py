@@ -100,7 +100,7 @@ def test_shard_index_cannot_name_files_outside(tmp_path: Path) -> None:
     with pytest.raises(GptclfError, match="names the shard '../evil.safetensors'"):
         load_backbone(str(d))
     (d / "model.safetensors.index.json").write_text("{not json")
-    with pytest.raises(GptclfError, match="not a valid safetensors index"):
+    with pytest.raises(GptclfError, match="model.safetensors.index.json is not valid JSON"):
         load_backbone(str(d))
     (d / "config.json").write_text("[1, 2")
     with pytest.raises(GptclfError, match="is not valid JSON"):

@@ -119,7 +119,7 @@ def tiny_sms(small_sms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_each_family_trains_predicts_quantizes_lora_and_exports(tmp_path: Path, tiny_sms: Path,
                                                                 name: str) -> None:
     base = tiny_checkpoint(tmp_path / "base", name)
-    common = dict(model=str(base), data=str(tiny_sms), epochs=1, max_length=32, batch_size=16,
+    common = dict(model=str(base), data=str(tiny_sms), epochs=1, max_length=32, long_text="truncate", batch_size=16,
                   eval_freq=1000, progress=False, head_bias=False)
     run = Path(gptclf.train(**common, trainable="last_block", lr=1e-3, out=str(tmp_path / "run")))
     clf = Classifier.load(run, device="cpu")
@@ -139,7 +139,7 @@ def test_each_family_trains_predicts_quantizes_lora_and_exports(tmp_path: Path, 
 
 def test_rmsnorm_run_with_a_head_bias_is_refused(tmp_path: Path, tiny_sms: Path) -> None:
     base = tiny_checkpoint(tmp_path / "base", "qwen2")
-    run = Path(gptclf.train(model=str(base), data=str(tiny_sms), epochs=1, max_length=32, batch_size=32,
+    run = Path(gptclf.train(model=str(base), data=str(tiny_sms), epochs=1, max_length=32, long_text="truncate", batch_size=32,
                             eval_freq=1000, progress=False, trainable="last_layer", head_bias=True,
                             out=str(tmp_path / "run")))
     with pytest.raises(GptclfError, match="--no-head-bias"):
@@ -151,7 +151,7 @@ def test_a_default_run_of_any_family_exports(tmp_path: Path, tiny_sms: Path, tin
     """No option needed: a Llama-family run trains without a head bias (as Hugging Face's heads),
     GPT-2 keeps the book's bias, which the export folds into ln_f."""
     base = tiny_gpt2 if name == "gpt2" else tiny_checkpoint(tmp_path / "base", name)
-    run = Path(gptclf.train(model=str(base), data=str(tiny_sms), epochs=1, max_length=32, batch_size=32,
+    run = Path(gptclf.train(model=str(base), data=str(tiny_sms), epochs=1, max_length=32, long_text="truncate", batch_size=32,
                             eval_freq=1000, progress=False, trainable="last_layer", out=str(tmp_path / "run")))
     assert json.loads((run / "config.json").read_text()).get("head_bias", True) is (name == "gpt2")
     export_hf(run, tmp_path / "hf")

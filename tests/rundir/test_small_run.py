@@ -32,7 +32,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore::gptclf.errors.DataWarning")]
 
 TEXTS = ["WINNER!! Claim your prize now", "see you at 6", "Ok lar... Joking wif u oni...", ""]
-OPTIONS = dict(epochs=1, eval_freq=1000, max_length=48, lr=1e-3, progress=False)
+# long_text: at 48 tokens more than 5 % of SMS texts are long, and the default would read them in windows.
+OPTIONS = dict(epochs=1, eval_freq=1000, max_length=48, long_text="truncate", lr=1e-3, progress=False)
 
 
 def _train(base: Path, data: Path, out: Path, **kw) -> Path:

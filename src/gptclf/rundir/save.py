@@ -73,6 +73,15 @@ def claim_run_dir(out: str | Path | None, root: str | Path = "runs") -> Iterator
         unlock_file(fd, _lock_path(path))
 
 
+def default_run_dir(root: str | Path = "runs") -> Path:
+    """A free ``root/<timestamp>[-n]`` name, not held: for a launcher (Ray Train) that decides
+    the name once and passes it on as an explicit ``--out``, which the run itself then locks."""
+    Path(root).mkdir(parents=True, exist_ok=True)
+    path, fd = _free_default(Path(root))
+    unlock_file(fd, _lock_path(path))
+    return path
+
+
 def _free_default(root: Path) -> tuple[Path, int]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for n in range(1, 10_000):
