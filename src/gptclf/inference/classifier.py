@@ -34,6 +34,7 @@ from ..errors import GptclfError, TextError, is_interrupt
 from ..graphs import Shapes, StaticForward, capture_available
 from ..models import registry
 from ..models.classifier import SequenceClassifier
+from ..rundir.base import BaseCache
 from ..rundir.load import check_tokenizer, load_run, read_run_config
 from ..tokenizers import tokenizer_from_config
 
@@ -86,7 +87,7 @@ class Classifier:
     @classmethod
     def load(cls, directory: str | Path, device: str = "auto", precision: str = "fp32",
              quantize: str | None = None, backend: str = "auto", threads: int = 0,
-             static_shapes: str = "auto") -> "Classifier":
+             static_shapes: str = "auto", bases: BaseCache | None = None) -> "Classifier":
         """A model directory written by ``gptclf train`` (or ``gptclf export``), ready to predict.
 
         ``backend='auto'`` is onnxruntime for ``quantize='int8'`` or a directory holding only
@@ -94,13 +95,14 @@ class Classifier:
         (0: one per physical core), and for torch on the CPU ``torch.set_num_threads``, which is
         process-wide (0: leave torch's setting alone). ``static_shapes`` (torch only): batches
         padded to fixed widths and rows, one CUDA graph per shape (:mod:`gptclf.graphs`); auto:
-        on for CUDA.
+        on for CUDA. ``bases``: share the base model with the other runs loaded through the same
+        :class:`gptclf.rundir.base.BaseCache` (torch only; :mod:`gptclf.inference.group`).
         """
         directory = Path(directory).expanduser()
         backend = resolve_backend(directory, backend, quantize)
         if backend == "onnxruntime":
             return cls._load_onnx(directory, device, precision, quantize, threads)
-        run = load_run(directory)
+        run = load_run(directory, bases)
         dev = pick_device(device)
         prec = resolve_precision(precision, dev)
         if threads > 0 and dev.type == "cpu":

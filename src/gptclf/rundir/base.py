@@ -26,7 +26,9 @@ and checkpoints written before it record a hash of a strided sample instead
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,3 +244,54 @@ def overlay(directory: Path, model: nn.Module, saved: dict[str, torch.Tensor],
                           hint="the directory mixes files of different runs; retrain or restore it")
     model.load_state_dict(saved, strict=False)
     return model
+
+
+# ---------------------------------------------------------------------------- sharing it between runs
+
+
+class BaseCache:
+    """Bases already loaded in this process, by fingerprint: runs of the same base (``gptclf serve
+    --model a=RUN --model b=RUN2``) lay their tensors over one copy (:func:`share_untouched`)
+    instead of each loading its own. A base's own vocabulary head is dropped: every run swaps it."""
+
+    def __init__(self) -> None:
+        self._bases: dict[str, nn.Module] = {}
+
+    def get(self, directory: Path, name: str, fingerprint: Any, architecture: dict[str, Any],
+            what: str) -> nn.Module:
+        from ..models import registry
+
+        key = json.dumps(fingerprint, sort_keys=True)
+        base = self._bases.get(key)
+        if base is None:
+            base = load_base(directory, name, fingerprint, architecture, what=what)
+            base.out_head = nn.Identity()  # tied to the embedding, or a vocabulary-sized matrix nobody reads
+            self._bases[key] = base
+        elif base.config.to_dict() != registry.config_from_dict(architecture).to_dict():
+            # Same weights, other settings (eps, rope): a different model after all.
+            raise GptclfError(f"{directory}: its base model {name!r} has the weights of one already loaded "
+                              "but a different architecture", hint="retrain the run, or serve it alone")
+        return base
+
+    def __len__(self) -> int:
+        return len(self._bases)
+
+
+def share_untouched(module: nn.Module, names: set[str], prefix: str = "") -> nn.Module:
+    """A copy of ``module`` in which every submodule none of ``names`` (state-dict keys) falls in is
+    the very same object, shared: only the modules a run changes get copies of their own, so
+    loading the run's tensors into the copy never writes into the shared base. The root is always
+    a copy (its head is swapped)."""
+    if any(prefix + n in names for n in (*module._parameters, *module._buffers)):
+        return copy.deepcopy(module)  # it holds a changed tensor itself: a Linear, a norm, an embedding
+    touched = [n for n, m in module._modules.items()
+               if m is not None and any(k.startswith(f"{prefix}{n}.") for k in names)]
+    if not touched and prefix:
+        return module
+    clone = copy.copy(module)
+    # copy.copy shares these dicts; a child set on the clone must not appear in the base.
+    clone._modules, clone._parameters, clone._buffers = \
+        dict(module._modules), dict(module._parameters), dict(module._buffers)
+    for n in touched:
+        clone._modules[n] = share_untouched(module._modules[n], names, f"{prefix}{n}.")
+    return clone

@@ -22,6 +22,7 @@ from ..files import file_inside, read_json
 from ..models import registry
 from ..tokenizers import tokenizer_from_config
 from ..tokenizers.base import Tokenizer
+from .base import BaseCache
 from .weights import load_classifier_backbone
 
 
@@ -45,17 +46,18 @@ class LoadedRun:
     tokenizer: Tokenizer
 
 
-def load_run(directory: str | Path) -> LoadedRun:
+def load_run(directory: str | Path, bases: BaseCache | None = None) -> LoadedRun:
     """The config, backbone and tokenizer of a run directory, checked against each other: the
     architecture (before anything is allocated), max_length against the context, the weights
-    against the architecture, the tokenizer's vocabulary and pad id against the embedding."""
+    against the architecture, the tokenizer's vocabulary and pad id against the embedding.
+    ``bases``: share the base with the other runs loaded through it (:class:`.base.BaseCache`)."""
     directory = Path(directory).expanduser()
     cfg = read_run_config(directory)
     arch = registry.config_from_dict(cfg.architecture)
     if cfg.max_length > arch.context_length:
         raise GptclfError(f"{directory}: max_length {cfg.max_length} is longer than the model's "
                           f"context of {arch.context_length} tokens")
-    backbone = load_classifier_backbone(directory, cfg)
+    backbone = load_classifier_backbone(directory, cfg, bases)
     tokenizer = tokenizer_from_config(cfg.tokenizer, directory)
     check_tokenizer(directory, tokenizer, arch.vocab_size)
     return LoadedRun(cfg, backbone, tokenizer)

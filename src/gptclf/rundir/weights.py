@@ -43,8 +43,8 @@ from ..loading.state_dict import state_dict_problems
 from ..models import registry
 from ..models.classifier import SequenceClassifier, replace_head
 from ..peft.lora import LoRAConfig, apply_lora, merge_lora, trained_state_dict
-from .base import BaseWeights, base_reference, can_reload_base, load_base, overlay, trained_tensors, \
-    why_not_referable
+from .base import BaseCache, BaseWeights, base_reference, can_reload_base, load_base, overlay, share_untouched, \
+    trained_tensors, why_not_referable
 
 if TYPE_CHECKING:
     from ..config import RunConfig, TrainConfig
@@ -150,15 +150,17 @@ def run_kind(cfg: RunConfig) -> str:
     return FULL
 
 
-def load_classifier_backbone(directory: Path, cfg: RunConfig) -> nn.Module:
+def load_classifier_backbone(directory: Path, cfg: RunConfig, bases: BaseCache | None = None) -> nn.Module:
     """The backbone with its class head and the run's trained weights, for a run of any kind
-    (``cfg``: its checked config.json)."""
+    (``cfg``: its checked config.json). With ``bases``, a run that names its base shares that
+    base's untouched modules with every other run loaded through the same cache
+    (:func:`.base.share_untouched`); without, it has its own copy."""
     weights = file_inside(directory, "model.safetensors")
     if not weights.exists():
         raise GptclfError(f"{directory} has no model.safetensors")
     kind = run_kind(cfg)
     if kind == ADAPTERS:
-        return _load_adapters(directory, cfg, read_safetensors(weights))
+        return _load_adapters(directory, cfg, read_safetensors(weights), bases)
     # Compare config and file on the meta device first: a config whose sizes disagree
     # with the weights (or are absurd) is refused before any memory is allocated.
     arch = registry.config_from_dict(cfg.architecture)
@@ -169,7 +171,7 @@ def load_classifier_backbone(directory: Path, cfg: RunConfig) -> nn.Module:
         # Each saved tensor must be one of the model's before the base is rebuilt.
         declared = file_shapes(weights)
         _check_shapes(directory, {k: v for k, v in own.items() if k in declared}, declared)
-        return _load_trained_only(directory, cfg, read_safetensors(weights))
+        return _load_trained_only(directory, cfg, read_safetensors(weights), bases)
     _check_shapes(directory, own, _with_tied(own, file_shapes(weights)))
     backbone = registry.build_model(arch, initialise=False)  # every weight comes from the file (strict)
     _class_head(backbone, cfg)
@@ -184,15 +186,21 @@ def _check_shapes(directory: Path, own: dict[str, torch.Tensor], declared: dict[
                           hint="the directory mixes files of different models; retrain or restore it")
 
 
-def _base_with_head(directory: Path, cfg: RunConfig, what: str) -> nn.Module:
+def _base_with_head(directory: Path, cfg: RunConfig, what: str, bases: BaseCache | None = None,
+                    changed: set[str] | None = None) -> nn.Module:
     """The base ``base_weights`` names, rebuilt and checked (:func:`.base.load_base`), with a new
-    class head for the saved one to be laid over."""
+    class head for the saved one to be laid over; with ``bases``, a copy of the cached base that
+    shares every module none of the ``changed`` tensors is in."""
     ref = cfg.base_weights if isinstance(cfg.base_weights, dict) else {}
     name = ref.get("name")
     if not isinstance(name, str) or not name:
         raise GptclfError(f"{directory}: config.json says the weights are trained-only but names no base model",
                           hint="the run directory is damaged or edited; retrain it")
-    model = load_base(directory, name, ref.get("fingerprint"), cfg.architecture, what=what)
+    if bases is None:
+        model = load_base(directory, name, ref.get("fingerprint"), cfg.architecture, what=what)
+    else:
+        base = bases.get(directory, name, ref.get("fingerprint"), cfg.architecture, what)
+        model = share_untouched(base, (changed or set()) | {"out_head.weight"})
     return _class_head(model, cfg)
 
 
@@ -207,21 +215,27 @@ def _head_names(model: nn.Module) -> list[str]:
     return [k for k in model.state_dict() if k.startswith(("out_head.", "window_pool."))]
 
 
-def _load_trained_only(directory: Path, cfg: RunConfig, saved: dict[str, torch.Tensor]) -> nn.Module:
+def _load_trained_only(directory: Path, cfg: RunConfig, saved: dict[str, torch.Tensor],
+                       bases: BaseCache | None = None) -> nn.Module:
     """Base + class head + the saved tensors."""
-    model = _base_with_head(directory, cfg, what="fine-tuned weights")
+    model = _base_with_head(directory, cfg, "fine-tuned weights", bases, set(saved))
     return overlay(directory, model, saved, _head_names(model))
 
 
-def _load_adapters(directory: Path, cfg: RunConfig, saved: dict[str, torch.Tensor]) -> nn.Module:
+def _load_adapters(directory: Path, cfg: RunConfig, saved: dict[str, torch.Tensor],
+                   bases: BaseCache | None = None) -> nn.Module:
     """Base + class head + adapters, the adapters then merged into the weights, so inference costs
     exactly what the base model costs."""
     source = cfg.base_model if isinstance(cfg.base_model, dict) else {}
     if not can_reload_base(source):
         raise GptclfError(f"{directory}: the LoRA adapters' base model cannot be rebuilt ({source})",
                           hint="the run directory is damaged; retrain it")
-    model = _base_with_head(directory, cfg, what="LoRA adapters")
-    apply_lora(model, LoRAConfig.from_dict(cfg.lora))
+    lora = LoRAConfig.from_dict(cfg.lora)
+    n_layers = int(registry.config_from_dict(cfg.architecture).n_layers)
+    # Every layer the adapters wrap gets parents of its own, whatever the file holds.
+    wrapped = {f"trf_blocks.{i}.{t}.lora_A" for i in range(n_layers) for t in lora.targets}
+    model = _base_with_head(directory, cfg, "LoRA adapters", bases, set(saved) | wrapped)
+    apply_lora(model, lora)
     required = [k for k in model.state_dict() if ".lora_" in k] + _head_names(model)
     overlay(directory, model, saved, required)
     merge_lora(model)
