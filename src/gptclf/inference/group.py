@@ -90,6 +90,8 @@ def input_key(clf: Any) -> str | None:
             getattr(clf, "session", None) is not None:
         return None
     rc = clf.run_config
+    if rc.long_text_mode.chunked:  # its texts are windows pooled by its own window pool: served alone
+        return None
     tok = json.dumps(rc.tokenizer, sort_keys=True)
     if clf.directory is not None and (Path(clf.directory) / "tokenizer.json").is_file():
         tok += hashlib.sha256((Path(clf.directory) / "tokenizer.json").read_bytes()).hexdigest()
@@ -183,7 +185,7 @@ class ModelGroup:
             (name,) = trunk.names
             return {name: (list(range(len(texts))), np.asarray(self.models[name].predict_proba(texts, batch_size)))}
         lead = self.models[trunk.names[0]]
-        ids, _ = lead.encode_with_flags(texts)
+        ids = lead.encode_with_flags(texts)[0].rows
         return self._shared(trunk, ids, wanted, batch_size)
 
     @torch.inference_mode()
