@@ -13,6 +13,9 @@ from gptclf.data.tables import Table, read_table
 from helpers import load_data
 
 pa = pytest.importorskip("pyarrow")
+import pyarrow.feather  # noqa: E402, F401  (submodules used as pa.feather, pa.ipc, pa.parquet)
+import pyarrow.ipc  # noqa: E402, F401
+import pyarrow.parquet  # noqa: E402, F401
 
 TEXTS = [f"text number {i}" for i in range(30)]
 LABELS = [i % 3 for i in range(30)]  # ClassLabel ints in a datasets folder
