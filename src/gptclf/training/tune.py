@@ -282,6 +282,9 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, log: Log | None = None) -> Pat
     if cfg.report_to != "none":  # refused rather than ignored: a user would look for a run that never comes
         raise GptclfError(f"gptclf tune does not report to {cfg.report_to} (--report-to)",
                           hint="tune, then train the winner's options with gptclf train --report-to")
+    if cfg.audit:
+        raise GptclfError("--audit is an option of gptclf train",
+                          hint="run gptclf audit first, then tune with --drop-label-issues DIR/audit.csv")
     ctx, dist_device = init_distributed(cfg.device)
     try:
         if ctx.world_size > 1:
