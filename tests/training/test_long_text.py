@@ -280,3 +280,46 @@ def test_tune_searches_a_chunked_run_on_one_window_cache(tiny_gpt2: Path, tmp_pa
     config = json.loads((out / "config.json").read_text())
     assert config["long_text"]["mode"] == "chunk" and len(json.loads((out / "metrics.json").read_text())["search"]) == 2
     assert Classifier.load(out, device="cpu").predict(texts[:1])[0]["windows"] == 3
+
+
+def test_a_chunked_run_interrupted_after_one_epoch_resumes_to_the_same_run(tiny_gpt2: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Crash right after the epoch-1 checkpoint of a chunked run (cached windows, a trained attention
+    pool), resume: the weights (the pool's query too), metrics and history equal an uninterrupted run's."""
+    from safetensors.torch import load_file
+
+    from gptclf.training import state as checkpoint
+    from gptclf.training.recipe import resume_training
+
+    texts, labels = end_decided(60, seed=8, words=150)
+    data = tmp_path / "long.csv"  # a file: a resumed run reads its data again
+    data.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in zip(texts, labels)))
+    opts = dict(data=str(data), model=str(tiny_gpt2), max_length=64, long_text="chunk",
+                trainable="last_block", lr=2e-3, epochs=2, eval_freq=3, checkpoint_every=10**6, progress=False)
+    reference = Path(gptclf.train(out=str(tmp_path / "ref"), **opts))
+    real_save, saves = checkpoint.Checkpointer.save, []
+
+    def crash_after_first_epoch(self, tensors, state):  # noqa: ANN001
+        path = real_save(self, tensors, state)
+        saves.append((state["epoch"], state["batch"], sorted(tensors)))
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", crash_after_first_epoch)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        gptclf.train(out=str(out), **opts)
+    assert len(saves) == 1 and saves[0][:2] == (1, 0)  # the only checkpoint: the end of epoch 1
+    assert any("window_pool.query" in k for k in saves[0][2])
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", real_save)
+    resume_training(out, log=lambda s: None, progress=False)
+    a, b = (json.loads((r / "metrics.json").read_text()) for r in (out, reference))
+    assert a["resumed_at_step"] > 0 and a["text_lengths"] == b["text_lengths"]
+    for k in ("train_accuracy", "val_accuracy", "test_accuracy", "train_loss", "val_loss", "test_loss"):
+        assert a[k] == b[k], k
+    wa, wb = load_file(str(out / "model.safetensors")), load_file(str(reference / "model.safetensors"))
+    assert wa.keys() == wb.keys() and "window_pool.query" in wa
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    ha, hb = (json.loads((r / "history.json").read_text()) for r in (out, reference))
+    assert [(e["step"], e["val_loss"]) for e in ha["steps"]] == [(e["step"], e["val_loss"]) for e in hb["steps"]]
+    assert json.loads((out / "config.json").read_text())["long_text"] == \
+        json.loads((reference / "config.json").read_text())["long_text"]
