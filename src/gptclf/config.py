@@ -504,6 +504,10 @@ class TuneOptions:
                           SEARCH, metavar="LIST")
     poolings: str | None = opt(None, "comma-separated poolings to try with every depth and lr (default: the "
                                "recipe's; mean is also tried with the recipe's depth and lr)", SEARCH, metavar="LIST")
+    long_texts: str | None = opt(None, "comma-separated --long-text values to try with every candidate (default: "
+                                 f"truncate,chunk when more than {AUTO_CHUNK_SHARE:.0%} of the training texts are longer "
+                                 "than one window, else only the run's own: short texts are not searched)", SEARCH,
+                                 metavar="LIST")
     trials: int | None = opt(None, "try at most N candidates (the default recipe first)", SEARCH, metavar="N")
     budget_s: float | None = opt(None, "start no new candidate after this many seconds of search", SEARCH,
                                  metavar="SECONDS")

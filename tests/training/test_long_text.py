@@ -267,19 +267,39 @@ def test_attention_pool_is_saved_with_a_trained_only_run(end_runs: dict[str, Pat
     assert torch.equal(clf.model.backbone.window_pool.query, query)
 
 
-def test_tune_searches_a_chunked_run_on_one_window_cache(tiny_gpt2: Path, tmp_path: Path) -> None:
+def test_tune_searches_long_text_when_the_texts_are_long(tiny_gpt2: Path, tmp_path: Path) -> None:
+    """Every training text is longer than one window: gptclf tune tries the default recipe in chunk
+    (the run's own mode, first) and truncate; each candidate is the standalone run of its mode, the
+    winner (chunk: the end decides) is saved in its mode, and metrics.json records the search."""
     from gptclf.config import TrainConfig, TuneOptions
     from gptclf.training.tune import run_tune
 
-    texts, labels = end_decided(60, seed=4, words=150)
+    texts, labels = end_decided(120, seed=4, words=150)
     data = tmp_path / "d.csv"
     data.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in zip(texts, labels)))
-    out = run_tune(TrainConfig(model=str(tiny_gpt2), data=str(data), max_length=64, epochs=1, eval_freq=1000,
-                               trainable="last_block", lr=2e-3, progress=False, out=str(tmp_path / "run")),
-                   TuneOptions(trainables="last_layer,1", lrs="2e-3", trials=2), log=lambda m: None)
-    config = json.loads((out / "config.json").read_text())
-    assert config["long_text"]["mode"] == "chunk" and len(json.loads((out / "metrics.json").read_text())["search"]) == 2
+    common = dict(model=str(tiny_gpt2), data=str(data), max_length=64, epochs=3, eval_freq=1000,
+                  trainable="last_block", lr=2e-3, progress=False)
+    lines: list[str] = []
+    out = run_tune(TrainConfig(out=str(tmp_path / "run"), **common),
+                   TuneOptions(trainables="1", lrs="2e-3", poolings="last-nonpad"), log=lines.append)
+    m = json.loads((out / "metrics.json").read_text())
+    assert [r["long_text"] for r in m["search"]] == ["chunk", "truncate"]
+    search = m["long_text_search"]
+    assert search["searched"] and search["modes"] == ["chunk", "truncate"] and search["window"] == 64
+    assert search["longer_than_window"] == search["texts"] == m["n_train"]
+    assert m["search_winner"] == {"trainable": "last_block", "lr": 2e-3, "pooling": "last-nonpad", "long_text": "chunk"}
+    cut = m["search"][1]
+    assert cut["val_accuracy"] < m["search"][0]["val_accuracy"]
+    alone = json.loads((Path(gptclf.train(long_text="truncate", out=str(tmp_path / "t"), **common))
+                        / "metrics.json").read_text())
+    best = alone["val_curve"][cut["best_epoch"] - 1]  # the candidate's best epoch, in the standalone run
+    assert best["val_accuracy"] == cut["val_accuracy"]
+    assert best["val_loss"] == pytest.approx(cut["val_loss"], abs=1e-6)
+    assert json.loads((out / "config.json").read_text())["long_text"]["mode"] == "chunk"
     assert Classifier.load(out, device="cpu").predict(texts[:1])[0]["windows"] == 3
+    assert any("searching --long-text chunk, truncate" in line for line in lines)
+    assert any("long-text" in line and "truncate" in line for line in lines[-4:])  # the terminal table's column
+    assert "long_text" in (out / "report.html").read_text()
 
 
 def test_a_chunked_run_interrupted_after_one_epoch_resumes_to_the_same_run(tiny_gpt2: Path, tmp_path: Path,
@@ -300,7 +320,7 @@ def test_a_chunked_run_interrupted_after_one_epoch_resumes_to_the_same_run(tiny_
     real_save, saves = checkpoint.Checkpointer.save, []
 
     def crash_after_first_epoch(self, tensors, state):  # noqa: ANN001
-        path = real_save(self, tensors, state)
+        real_save(self, tensors, state)
         saves.append((state["epoch"], state["batch"], sorted(tensors)))
         raise RuntimeError("simulated crash")
 
