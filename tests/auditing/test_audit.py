@@ -260,3 +260,31 @@ def test_train_audit_refuses_an_out_left_from_an_earlier_audit(tmp_path: Path, t
                      folds=2, out=str(tmp_path / "o"))
     with pytest.raises(gptclf.GptclfError, match="--folds is an audit option"):
         gptclf.train(texts=["a zebra", "b castle"] * 10, labels=["a", "b"] * 10, model=str(tiny_gpt2), folds=2)
+
+
+def test_an_interrupted_train_audit_resumes_with_its_audit(flipped: dict, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A train --audit run that crashes after its first checkpoint resumes with the audit it made
+    (read again from <out>.audit/, not made again) and drops the same rows."""
+    from gptclf.training import state as checkpoint
+    from gptclf.training.recipe import resume_training
+
+    real_save = checkpoint.Checkpointer.save
+
+    def crash(self, tensors, state):  # noqa: ANN001
+        real_save(self, tensors, state)
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", crash)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        gptclf.train(str(flipped["data"]), model=str(flipped["model"]), epochs=2, audit=True, audit_epochs=6,
+                     trainable="last_layer", pooling="mean", lr=1e-2, eval_freq=1000, progress=False, out=str(out))
+    made = (tmp_path / "run.audit" / "audit.csv").stat().st_mtime_ns
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", real_save)
+    resume_training(out, log=lambda s: None, progress=False)
+    assert (tmp_path / "run.audit" / "audit.csv").stat().st_mtime_ns == made
+    dropped = json.loads((out / "config.json").read_text())["data"]["dropped_by_audit"]
+    assert dropped["rows"] == sorted(flipped["df"][flipped["df"]["issue"] == "label"]["row"])
+    assert dropped["audited_by"] == "gptclf train --audit"
+    assert json.loads((out / "metrics.json").read_text())["resumed_at_step"] > 0
