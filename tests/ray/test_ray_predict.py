@@ -128,3 +128,104 @@ def test_a_killed_actor_loses_no_row_and_repeats_none(ray_local: Any, random_run
             killed, after = _kill_one_scorer(), len(seen)
     assert killed is not None and len(seen) > after, "the job ended before an actor was killed: proves nothing"
     assert sorted(seen) == list(range(n))
+
+
+def _damaged_run(random_run: Path, where: Path) -> Path:
+    import shutil
+
+    shutil.copytree(random_run, where)
+    weights = where / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # cut inside the header: no actor could load it
+    return where
+
+
+BAD_JOBS = {  # what is wrong -> (the CLI arguments it changes, what the error says)
+    "missing input": ({"--input": "{tmp}/nowhere.csv"}, "no such file"),
+    "empty shard directory": ({"--input": "{tmp}/empty"}, "no files in it"),
+    "no such run": ({"--model": "{tmp}/norun"}, "does not exist"),
+    "not a run": ({"--model": "{tmp}/empty"}, "has no config.json"),
+    "damaged weights": ({"--model": "{tmp}/damaged"}, "cannot read model.safetensors"),
+    "no text column": ({"--text-column": "body"}, "has no text column 'body'"),
+    "unreadable input format": ({"--input": "{tmp}/in.txt"}, "--engine ray reads one of"),
+    "output not empty": ({"--output": "{tmp}/full"}, "exists and is not an empty directory"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_JOBS))
+def test_a_bad_job_is_one_line_before_ray_starts(case: str, random_run: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("ray")
+    import gptclf.ray.cluster as cluster
+    from gptclf.cli import main
+
+    monkeypatch.setattr(cluster, "connect", lambda *a, **k: pytest.fail("Ray was started for a bad job"))
+    src = _write_csv(tmp_path / "in.csv", [{"id": "0", "text": "hello"}])
+    (tmp_path / "in.txt").write_text("text\nhello\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "old.parquet").write_text("")
+    _damaged_run(random_run, tmp_path / "damaged")
+    args = {"--model": str(random_run), "--input": str(src), "--output": str(tmp_path / "out")}
+    change, message = BAD_JOBS[case]
+    args |= {k: v.format(tmp=tmp_path) for k, v in change.items()}
+    assert main(["predict", *[a for kv in args.items() for a in kv], "--engine", "ray"]) == 2
+    err = capsys.readouterr().err
+    first = err.splitlines()[0]
+    assert first.startswith("gptclf: error: ") and message in first, err
+    assert "Traceback" not in err and len(err.splitlines()) <= 2  # the error and its hint
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_output_format_is_refused_before_ray_starts(random_run: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("ray")
+    import importlib
+
+    from gptclf.cli import main
+    from gptclf.errors import GptclfError
+
+    rpredict = importlib.import_module("gptclf.ray.predict")  # the module: gptclf.ray.predict is also the function
+
+    monkeypatch.setattr(rpredict, "require_ray", lambda: pytest.fail("Ray was touched for a bad job"))
+    src = _write_csv(tmp_path / "in.csv", [{"id": "0", "text": "hello"}])
+    with pytest.raises(GptclfError, match="unknown output format 'xml'"):
+        rpredict.predict_files(src, random_run, tmp_path / "out", output_format="xml")
+    with pytest.raises(SystemExit) as e:  # the CLI: argparse's own one line, from the choices --help lists
+        main(["predict", "--model", str(random_run), "--input", str(src), "--output", str(tmp_path / "o"),
+              "--engine", "ray", "--output-format", "xml"])
+    assert e.value.code == 2 and "invalid choice: 'xml'" in capsys.readouterr().err
+
+
+def _read_output(out: Path, fmt: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    files = sorted(f for f in out.iterdir() if not f.name.startswith((".", "_")))
+    assert files and all(f.name.endswith("." + ("json" if fmt == "jsonl" else fmt)) for f in files), files
+    if fmt == "parquet":
+        return [r for f in files for r in pq.read_table(f).to_pylist()]
+    if fmt == "jsonl":
+        return [json.loads(line) for f in files for line in f.read_text(encoding="utf-8").splitlines()]
+    return [r for f in files for r in csv.DictReader(open(f, newline="", encoding="utf-8"))]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_each_output_format_holds_the_local_prediction(fmt: str, ray_local: Any, random_run: Path,
+                                                       tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gptclf.cli import main
+
+    rows = [{"id": str(i), "text": t} for i, t in enumerate(TEXTS * 3)]
+    src = _write_csv(tmp_path / "in.csv", rows)
+    # The local output of the same format: csv writes truncated as true/false, jsonl and parquet as booleans.
+    local = _local(random_run, src, tmp_path / f"local.{'jsonl' if fmt == 'jsonl' else 'csv'}")
+    out = tmp_path / "scored"
+    assert main(["predict", "--model", str(random_run), "--input", str(src), "--output", str(out),
+                 "--engine", "ray", "--output-format", fmt, "--chunk-size", "7", "--quiet"]) == 0
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"wrote {len(rows)} rows to {out}")
+    got = _read_output(out, fmt)
+    if fmt == "parquet":
+        got = [r | {"truncated": "true" if r["truncated"] else "false"} for r in got]
+    assert [r["id"] for r in got] == [r["id"] for r in rows]  # every row once, in input order
+    assert list(got[0]) == list(local[0])
+    _same(got, local, list(local[0]))
