@@ -3,12 +3,15 @@ output equals gptclf predict --input's, every row exactly once, a killed actor i
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -229,3 +232,89 @@ def test_each_output_format_holds_the_local_prediction(fmt: str, ray_local: Any,
     assert [r["id"] for r in got] == [r["id"] for r in rows]  # every row once, in input order
     assert list(got[0]) == list(local[0])
     _same(got, local, list(local[0]))
+
+
+def _end_cluster(head: Any, temp_dir: str) -> None:
+    """End the ``ray start --head`` this test started: it and every process of its cluster (each
+    names the cluster's temp dir in its command line), by pid. Not ``ray stop``: that ends every
+    Ray process on the machine, the session's own local instance and other users' included."""
+    import psutil
+
+    procs = [p for p in psutil.process_iter(["pid", "cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or [])]
+    with contextlib.suppress(psutil.NoSuchProcess):
+        procs += psutil.Process(head.pid).children(recursive=True)
+    procs = list({p.pid: p for p in procs}.values())
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    head.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=20)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    head.wait(timeout=20)
+
+
+@pytest.fixture
+def ray_head() -> Iterator[dict[str, str]]:
+    """A real cluster: ``ray start --head`` (2 CPUs, free ports) in a temp dir of its own, which
+    ``--address auto`` finds through RAY_TMPDIR; the environment to join it with."""
+    import shutil
+    import tempfile
+    import time
+
+    from helpers import env_with, free_port
+
+    if shutil.which("ray") is None:
+        pytest.skip("the ray command-line tool is not installed")
+    temp_dir = tempfile.mkdtemp(prefix="gr", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = env_with(RAY_TMPDIR=temp_dir, RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1")
+    ports = [a for opt in ("--port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                           "--runtime-env-agent-port", "--metrics-export-port", "--ray-client-server-port")
+             for a in (opt, str(free_port()))]
+    head = subprocess.Popen(["ray", "start", "--head", "--block", "--num-cpus", "2", "--include-dashboard",
+                             "false", "--disable-usage-stats", *ports], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        address_file = Path(temp_dir) / "ray" / "ray_current_cluster"
+        deadline = time.monotonic() + 180
+        while not address_file.is_file() and head.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if not address_file.is_file():
+            pytest.fail(f"ray start --head did not come up (exit {head.poll()})")
+        yield env
+    finally:
+        _end_cluster(head, temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_address_auto_joins_a_running_cluster(ray_head: dict[str, str], random_run: Path, tmp_path: Path) -> None:
+    rows = [{"id": str(i), "text": t} for i, t in enumerate(TEXTS * 2)]
+    src = _write_csv(tmp_path / "in.csv", rows)
+    local = _local(random_run, src, tmp_path / "local.csv")
+    out = tmp_path / "scored"
+    r = subprocess.run([sys.executable, "-m", "gptclf", "predict", "--model", str(random_run), "--input", str(src),
+                        "--output", str(out), "--engine", "ray", "--address", "auto", "--output-format", "csv",
+                        "--quiet"], env=ray_head, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Connecting to existing Ray cluster" in r.stderr, r.stderr[-3000:]  # joined, did not start one
+    got = _read_output(out, "csv")
+    assert [g["id"] for g in got] == [row["id"] for row in rows]
+    _same(got, local, list(local[0]))
+
+
+def test_address_auto_without_a_cluster_is_one_line(random_run: Path, tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    import tempfile
+
+    from helpers import env_with
+
+    src = _write_csv(tmp_path / "in.csv", [{"id": "0", "text": "hello"}])
+    with tempfile.TemporaryDirectory(prefix="gr", dir="/tmp") as nothing_here:
+        r = subprocess.run([sys.executable, "-m", "gptclf", "predict", "--model", str(random_run), "--input",
+                            str(src), "--output", str(tmp_path / "o"), "--engine", "ray", "--address", "auto"],
+                           env=env_with(RAY_TMPDIR=nothing_here, RAY_ADDRESS=""), capture_output=True, text=True,
+                           timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "gptclf: error: --address auto: no Ray cluster there" in r.stderr and "Traceback" not in r.stderr
