@@ -318,3 +318,17 @@ def test_address_auto_without_a_cluster_is_one_line(random_run: Path, tmp_path: 
                            timeout=300)
     assert r.returncode == 2, r.stderr[-3000:]
     assert "gptclf: error: --address auto: no Ray cluster there" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_workers_that_leave_no_cpu_for_reading_are_refused(ray_local: Any, random_run: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """2 one-CPU workers on the 2-CPU instance: the read tasks would never be scheduled and the
+    job would wait forever (it did, in scripts/bench_ray_predict.py); a fixed instance says so."""
+    from gptclf.cli import main
+
+    src = _write_csv(tmp_path / "in.csv", [{"id": "0", "text": "hello"}])
+    args = ["predict", "--model", str(random_run), "--input", str(src), "--engine", "ray", "--quiet"]
+    assert main([*args, "--output", str(tmp_path / "a"), "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "need 3 CPUs (the cluster has 2)" in err.splitlines()[0] and "Traceback" not in err, err
+    assert main([*args, "--output", str(tmp_path / "b"), "--workers", "2", "--cpus-per-worker", "0.5"]) == 0

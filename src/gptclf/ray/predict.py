@@ -162,6 +162,25 @@ def check_job(input_path: str | Path, run: str | Path, output_dir: str | Path, *
     return Job(files, kind, columns, run, out)
 
 
+def check_resources(ray: Any, workers: int, cpus_per_worker: float, gpus_per_worker: float, can_grow: bool) -> None:
+    """The workers' CPUs and GPUs, plus one CPU for Ray Data's read and write tasks, must fit the
+    instance: when the actors take every CPU the read tasks never run and the job waits forever.
+    A fixed instance (a local one) is an error; a cluster that ``can_grow`` (an autoscaler may
+    add nodes) only a warning line."""
+    have = ray.cluster_resources()
+    need = {"CPU": workers * cpus_per_worker + 1, "GPU": workers * gpus_per_worker}
+    short = [f"{need[k]:g} {k}s (the cluster has {have.get(k, 0):g})" for k in need
+             if need[k] and need[k] > have.get(k, 0) + 1e-9]
+    if not short:
+        return
+    what = (f"{workers} worker(s) with {cpus_per_worker:g} CPU(s) and {gpus_per_worker:g} GPU(s) each, plus one "
+            f"CPU for reading and writing, need " + " and ".join(short))
+    hint = "lower --workers or --cpus-per-worker (a fraction such as 0.5 is allowed), or add nodes"
+    if not can_grow:
+        raise GptclfError(what, hint=hint)
+    warnings.warn(f"{what}: the job waits until the cluster grows ({hint})", stacklevel=2)
+
+
 def check_run(run: str | Path) -> str:
     """``run`` as an absolute path, once its config.json reads and its model.safetensors has a
     readable header (what every actor will load; a damaged run fails here, not on each actor)."""
