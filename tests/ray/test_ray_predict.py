@@ -256,9 +256,9 @@ def _end_cluster(head: Any, temp_dir: str) -> None:
 
 
 @pytest.fixture
-def ray_head() -> Iterator[dict[str, str]]:
+def ray_head() -> Iterator[tuple[dict[str, str], int]]:
     """A real cluster: ``ray start --head`` (2 CPUs, free ports) in a temp dir of its own, which
-    ``--address auto`` finds through RAY_TMPDIR; the environment to join it with."""
+    ``--address auto`` finds through RAY_TMPDIR; the environment to join it with, and its port."""
     import shutil
     import tempfile
     import time
@@ -269,7 +269,8 @@ def ray_head() -> Iterator[dict[str, str]]:
         pytest.skip("the ray command-line tool is not installed")
     temp_dir = tempfile.mkdtemp(prefix="gr", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env = env_with(RAY_TMPDIR=temp_dir, RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1")
-    ports = [a for opt in ("--port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+    port = free_port()
+    ports = ["--port", str(port)] + [a for opt in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
                            "--runtime-env-agent-port", "--metrics-export-port", "--ray-client-server-port")
              for a in (opt, str(free_port()))]
     head = subprocess.Popen(["ray", "start", "--head", "--block", "--num-cpus", "2", "--include-dashboard",
@@ -282,42 +283,51 @@ def ray_head() -> Iterator[dict[str, str]]:
             time.sleep(0.5)
         if not address_file.is_file():
             pytest.fail(f"ray start --head did not come up (exit {head.poll()})")
-        yield env
+        yield env, port
     finally:
         _end_cluster(head, temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.slow
-def test_address_auto_joins_a_running_cluster(ray_head: dict[str, str], random_run: Path, tmp_path: Path) -> None:
+def test_address_auto_joins_a_running_cluster(ray_head: tuple[dict[str, str], int], random_run: Path,
+                                              tmp_path: Path) -> None:
+    env, port = ray_head
     rows = [{"id": str(i), "text": t} for i, t in enumerate(TEXTS * 2)]
     src = _write_csv(tmp_path / "in.csv", rows)
     local = _local(random_run, src, tmp_path / "local.csv")
     out = tmp_path / "scored"
     r = subprocess.run([sys.executable, "-m", "gptclf", "predict", "--model", str(random_run), "--input", str(src),
                         "--output", str(out), "--engine", "ray", "--address", "auto", "--output-format", "csv",
-                        "--quiet"], env=ray_head, capture_output=True, text=True, timeout=300)
+                        "--quiet"], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "Connecting to existing Ray cluster" in r.stderr, r.stderr[-3000:]  # joined, did not start one
+    joined = [line for line in r.stderr.splitlines() if "Connecting to existing Ray cluster at address" in line]
+    assert joined and joined[0].rstrip().rstrip(".").endswith(f":{port}"), r.stderr[-3000:]  # this head, no other
     got = _read_output(out, "csv")
     assert [g["id"] for g in got] == [row["id"] for row in rows]
     _same(got, local, list(local[0]))
 
 
-def test_address_auto_without_a_cluster_is_one_line(random_run: Path, tmp_path: Path) -> None:
-    pytest.importorskip("ray")
-    import tempfile
+def test_address_auto_without_a_cluster_is_one_line(random_run: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Ray's own answer when ``auto`` finds nothing (a ConnectionError) becomes one line. Ray is
+    stubbed here: for ``auto`` it also joins any Ray instance it detects on the machine (this
+    session's own, another user's), so "no cluster" cannot be arranged for real."""
+    ray = pytest.importorskip("ray")
+    from gptclf.cli import main
 
-    from helpers import env_with
+    def no_cluster(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to")
 
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
     src = _write_csv(tmp_path / "in.csv", [{"id": "0", "text": "hello"}])
-    with tempfile.TemporaryDirectory(prefix="gr", dir="/tmp") as nothing_here:
-        r = subprocess.run([sys.executable, "-m", "gptclf", "predict", "--model", str(random_run), "--input",
-                            str(src), "--output", str(tmp_path / "o"), "--engine", "ray", "--address", "auto"],
-                           env=env_with(RAY_TMPDIR=nothing_here, RAY_ADDRESS=""), capture_output=True, text=True,
-                           timeout=300)
-    assert r.returncode == 2, r.stderr[-3000:]
-    assert "gptclf: error: --address auto: no Ray cluster there" in r.stderr and "Traceback" not in r.stderr
+    assert main(["predict", "--model", str(random_run), "--input", str(src), "--output", str(tmp_path / "o"),
+                 "--engine", "ray", "--address", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0].startswith("gptclf: error: --address auto: no Ray cluster there (Could not find")
+    assert "ray start --head" in err and "Traceback" not in err and len(err.splitlines()) == 2
 
 
 def test_workers_that_leave_no_cpu_for_reading_are_refused(ray_local: Any, random_run: Path, tmp_path: Path,
