@@ -160,14 +160,18 @@ def _predict_file(args: argparse.Namespace) -> int:
 
 def _predict_ray(args: argparse.Namespace) -> int:
     """``--engine ray``: the table(s) of --input scored on Ray Data into the directory --output."""
-    from ..ray.cluster import connect
-    from ..ray.predict import predict_files
+    from ..ray.cluster import connect, require_ray
+    from ..ray.predict import check_job, check_resources, predict_files
 
     if not (args.input and args.output) or args.texts or args.file:
         raise GptclfError("--engine ray classifies --input into the directory --output",
                           hint="gptclf predict --engine ray --input shards/ --output scored/")
     _positive("workers", args.workers)
+    require_ray()  # a missing Ray is the first thing to say
+    check_job(args.input, args.model, args.output, input_format=args.format, output_format=args.output_format,
+              text_column=args.text_column)  # before joining a cluster: a bad job fails in a second
     ray = connect(args.address)
+    check_resources(ray, args.workers, args.cpus_per_worker, args.gpus_per_worker, can_grow=args.address is not None)
     if args.quiet:
         ray.data.DataContext.get_current().enable_progress_bars = False
     res = predict_files(args.input, args.model, args.output, input_format=args.format,

@@ -6,7 +6,8 @@ each load the run's :class:`~gptclf.inference.classifier.Classifier` once.
 Ray does the scheduling, the streaming (bounded memory per worker: a few ``rows_per_batch``
 blocks in flight) and the retries: an actor that dies (a killed process, a lost node) is
 restarted and its unfinished batches are run again, so every row comes out exactly once.
-:func:`read_tables` and :func:`predict_files` are ``gptclf predict --engine ray``.
+:func:`check_job`, :func:`read_tables` and :func:`predict_files` are ``gptclf predict --engine ray``;
+:func:`check_job` finds a bad job before Ray starts.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import glob
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,18 +122,110 @@ def input_files(path: str | Path) -> list[Path]:
     return files
 
 
+@dataclass
+class Job:
+    """A ``gptclf predict --engine ray`` job, checked (:func:`check_job`)."""
+
+    files: list[Path]
+    kind: str  # one of READ_FORMATS
+    columns: list[str]  # of the first file
+    run: str  # absolute
+    out: Path
+
+
+def check_job(input_path: str | Path, run: str | Path, output_dir: str | Path, *, input_format: str | None = None,
+              output_format: str = "parquet", text_column: str = "text") -> Job:
+    """Everything about a job that can be wrong before it runs, checked here without Ray (a
+    cluster takes seconds to join, and a job minutes to fail on a worker): the output format,
+    the input files and their format and text column, the run (its config and weights file,
+    no model loaded) and the output directory. The first problem is a one-line GptclfError."""
+    if output_format not in WRITE_FORMATS:
+        raise GptclfError(f"unknown output format {output_format!r}", hint=f"use one of {', '.join(WRITE_FORMATS)}")
+    files = input_files(input_path)
+    kind = _input_kind(files, input_path, input_format)
+    from ..data.tables import Table
+
+    with Table(files[0], kind) as table:  # the header (JSONL: the first record's keys; Parquet: the schema)
+        columns = list(table.columns)
+    if text_column not in columns:
+        raise GptclfError(f"{files[0]} has no text column {text_column!r}; its columns are {columns[:50]}",
+                          hint="pass --text-column NAME")
+    run = check_run(run)
+    clash = [c for c in _output_columns(run) if c in columns]
+    if clash:
+        raise GptclfError(f"{files[0]} already has column(s) {clash} that the prediction adds",
+                          hint="rename those columns in the input")
+    out = Path(output_dir).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise GptclfError(f"--output {out} exists and is not an empty directory",
+                          hint="--engine ray writes a directory of files: name a new one")
+    return Job(files, kind, columns, run, out)
+
+
+def check_resources(ray: Any, workers: int, cpus_per_worker: float, gpus_per_worker: float, can_grow: bool) -> None:
+    """The workers' CPUs and GPUs, plus one CPU for Ray Data's read and write tasks, must fit the
+    instance: when the actors take every CPU the read tasks never run and the job waits forever.
+    A fixed instance (a local one) is an error; a cluster that ``can_grow`` (an autoscaler may
+    add nodes) only a warning line."""
+    have = ray.cluster_resources()
+    need = {"CPU": workers * cpus_per_worker + 1, "GPU": workers * gpus_per_worker}
+    short = [f"{need[k]:g} {k}s (the cluster has {have.get(k, 0):g})" for k in need
+             if need[k] and need[k] > have.get(k, 0) + 1e-9]
+    if not short:
+        return
+    what = (f"{workers} worker(s) with {cpus_per_worker:g} CPU(s) and {gpus_per_worker:g} GPU(s) each, plus one "
+            f"CPU for reading and writing, need " + " and ".join(short))
+    hint = "lower --workers or --cpus-per-worker (a fraction such as 0.5 is allowed), or add nodes"
+    if not can_grow:
+        raise GptclfError(what, hint=hint)
+    warnings.warn(f"{what}: the job waits until the cluster grows ({hint})", stacklevel=2)
+
+
+def check_run(run: str | Path) -> str:
+    """``run`` as an absolute path, once its config.json reads and its model.safetensors has a
+    readable header (what every actor will load; a damaged run fails here, not on each actor)."""
+    from safetensors import safe_open
+
+    from ..files import file_inside
+    from ..rundir.load import read_run_config
+
+    path = Path(run).expanduser().resolve()
+    read_run_config(path)
+    weights = file_inside(path, "model.safetensors")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            f.keys()
+    except Exception as e:  # noqa: BLE001 - missing, truncated or not safetensors: one user problem
+        raise GptclfError(f"{path}: cannot read model.safetensors ({str(e)[:200]})",
+                          hint="is this a gptclf run directory? train one with 'gptclf train'") from None
+    return str(path)
+
+
+def _input_kind(files: list[Path], path: str | Path, fmt: str | None) -> str:
+    """The one format of ``files`` (``fmt``, else their suffixes) that Ray Data reads."""
+    kinds = {fmt} if fmt else {detect_format(f) for f in files}
+    if len(kinds) > 1 or not kinds <= set(READ_FORMATS):
+        raise GptclfError(f"--input {path}: --engine ray reads one of {', '.join(READ_FORMATS)}, "
+                          f"not {', '.join(sorted(str(k) for k in kinds))}",
+                          hint="give the files a suffix (.csv, .tsv, .jsonl, .parquet) or pass --format")
+    return kinds.pop()
+
+
 def read_tables(path: str | Path, fmt: str | None = None) -> Any:
     """A ``ray.data.Dataset`` of the rows of ``path`` (see :func:`input_files`), in CSV, TSV,
     JSONL or Parquet (``fmt``, else from the suffixes, all files alike). CSV/TSV cells are read
     as strings, as ``gptclf predict --input`` reads them (no type guessing: ``007`` stays ``007``)."""
-    ray = require_ray()
     files = input_files(path)
-    kinds = {fmt} if fmt else {detect_format(f) for f in files}
-    if len(kinds) > 1 or not kinds <= set(READ_FORMATS):
-        raise GptclfError(f"--input {path}: --engine ray reads one of {', '.join(READ_FORMATS)}, "
-                          f"not {', '.join(sorted(kinds))}",
-                          hint="give the files a suffix (.csv, .tsv, .jsonl, .parquet) or pass --format")
-    kind, names = kinds.pop(), [str(f) for f in files]
+    kind = _input_kind(files, path, fmt)
+    from ..data.tables import Table
+
+    with Table(files[0], kind) as table:
+        return _read(files, kind, list(table.columns))
+
+
+def _read(files: list[Path], kind: str, columns: list[str]) -> Any:
+    ray = require_ray()
+    names = [str(f) for f in files]
     if kind == "parquet":
         return ray.data.read_parquet(names)
     if kind == "jsonl":
@@ -139,34 +233,29 @@ def read_tables(path: str | Path, fmt: str | None = None) -> Any:
     import pyarrow as pa
     from pyarrow import csv
 
-    from ..data.tables import Table
-
-    with Table(files[0], kind) as table:  # the header, so that every column is read as text
-        columns = table.columns
+    # Every column as text (the header names them), as gptclf predict --input reads a CSV.
     return ray.data.read_csv(names, parse_options=csv.ParseOptions(delimiter="\t" if kind == "tsv" else ","),
                              convert_options=csv.ConvertOptions(column_types={c: pa.string() for c in columns}))
 
 
 def predict_files(input_path: str | Path, run: str | Path, output_dir: str | Path, *, input_format: str | None = None,
-                  output_format: str = "parquet", **options: Any) -> BatchResult:
-    """``gptclf predict --engine ray``: read ``input_path``, :func:`predict` (``options``), write
-    ``output_dir`` in ``output_format``, rows in input order (Ray's ``preserve_order``)."""
+                  output_format: str = "parquet", text_column: str = "text", **options: Any) -> BatchResult:
+    """``gptclf predict --engine ray``: :func:`check_job` (before Ray is touched), read
+    ``input_path``, :func:`predict` (``options``), write ``output_dir`` in ``output_format``,
+    rows in input order (Ray's ``preserve_order``)."""
+    job = check_job(input_path, run, output_dir, input_format=input_format, output_format=output_format,
+                    text_column=text_column)
     ray = require_ray()
-    if output_format not in WRITE_FORMATS:
-        raise GptclfError(f"unknown output format {output_format!r}", hint=f"use one of {', '.join(WRITE_FORMATS)}")
-    out = Path(output_dir).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise GptclfError(f"--output {out} exists and is not an empty directory",
-                          hint="--engine ray writes a directory of files: name a new one")
     t0 = time.perf_counter()
     execution = ray.data.DataContext.get_current().execution_options
     keep, execution.preserve_order = execution.preserve_order, True
     try:
-        scored = predict(read_tables(input_path, input_format), run, output_format=output_format, **options)
-        getattr(scored, f"write_{'json' if output_format == 'jsonl' else output_format}")(str(out.resolve()))
+        scored = predict(_read(job.files, job.kind, job.columns), job.run, output_format=output_format,
+                         text_column=text_column, **options)
+        getattr(scored, f"write_{'json' if output_format == 'jsonl' else output_format}")(str(job.out.resolve()))
     finally:
         execution.preserve_order = keep
-    return BatchResult(_count_rows(out, output_format), 0, time.perf_counter() - t0, out)
+    return BatchResult(_count_rows(job.out, output_format), 0, time.perf_counter() - t0, job.out)
 
 
 def _count_rows(out: Path, fmt: str) -> int:

@@ -6,7 +6,8 @@ directory are the ones a torchrun run of the same world size and seed gives.
 
 Faults: rank 0 checkpoints into ``<out>.partial`` as always (``--checkpoint-every``); when a
 worker dies, Ray Train (``FailureConfig``) starts the group again and every worker resumes from
-that checkpoint (:func:`gptclf.training.recipe.resume_training`). On a cluster ``--out`` must
+that checkpoint (:func:`gptclf.training.recipe.resume_training`), to the weights an uninterrupted
+run gives; a group restarted after rank 0 saved the run returns at once. On a cluster ``--out`` must
 be on storage every node sees (docs/scaling.md).
 """
 
@@ -43,6 +44,9 @@ def train(cfg: TrainConfig, *, workers: int, gpus_per_worker: float = 0, address
             raise GptclfError(f"{partial_dir(out)} holds the checkpoints of an unfinished run to {out}",
                               hint=f"continue it with 'gptclf train --engine ray --resume {out}', or start "
                                    f"again with --overwrite (which deletes {partial_dir(out)})")
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            # Refused here, not by the workers: a restarted group takes a finished run for its own.
+            raise GptclfError(f"{out} already exists and is not empty", hint="choose another --out")
         cfg = TrainConfig(**(asdict(cfg) | {"out": str(out)}))
     connect(address)
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -59,7 +63,16 @@ def train(cfg: TrainConfig, *, workers: int, gpus_per_worker: float = 0, address
         trainer.fit()
     except Exception as e:  # Ray Train wraps what a worker raised in its own errors
         raise _user_error(e) or e
+    if finished_run(out) and partial_dir(out).exists():
+        discard_partial(partial_dir(out))  # rank 0 saved the run but died before removing its checkpoints
     return out
+
+
+def finished_run(out: Path) -> bool:
+    """Whether ``out`` holds a saved run that was not interrupted."""
+    from ..rundir.save import is_interrupted_run
+
+    return (out / "metrics.json").is_file() and not is_interrupted_run(out)
 
 
 def _absolute_out(cfg: TrainConfig) -> Path:
@@ -80,6 +93,11 @@ def _worker(config: dict[str, Any]) -> None:
     if os.path.isdir(config["cwd"]):  # relative --data/--model paths, as on the command line
         os.chdir(config["cwd"])
     out = Path(config["out"])
+    if finished_run(out):
+        # A worker died after rank 0 had saved the run (at the last barrier, or as the group
+        # shut down): the restarted group has nothing left to do. train() refused a finished
+        # --out before the first start, so this run is the job's own.
+        return
     if (partial_dir(out) / RUN_FILE).is_file():  # --resume, or a restart after a failure
         resume_training(out, progress=False)
     else:
