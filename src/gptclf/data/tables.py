@@ -521,6 +521,13 @@ def label_list(v: Any, where: str, column: str, delimiter: str = DEFAULT_LABEL_D
             raise GptclfError(f"{where}: column {column!r} holds a nested list or object",
                               hint="each label of a row's list must be a string or a number")
         names = [cell_text(x, where, column).strip() for x in items]
+        joined = next((n for n in names if delimiter and delimiter in n), None)
+        if joined is not None:
+            # The predictions' CSV joins a row's labels with the delimiter: 'food|drink' would
+            # read back as two labels.
+            raise GptclfError(f"{where}: column {column!r} has the label {joined[:60]!r}, which contains the "
+                              f"label delimiter {delimiter!r}",
+                              hint="rename the label, or pass another --label-delimiter (one no label contains)")
     else:
         if not delimiter:
             raise GptclfError("--label-delimiter must not be empty")
