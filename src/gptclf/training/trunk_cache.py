@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
@@ -68,10 +69,11 @@ class TrunkCache:
         np.cumsum(row_lengths, out=offsets[1:])
         total = int(offsets[-1])
         spill_dir = None
+        spill_root = spill_root or cache_dir() / "trunk"
+        clean_stale_spills(spill_root)
         if mode == "disk":
-            spill_root = spill_root or cache_dir() / "trunk"
             spill_root.mkdir(parents=True, exist_ok=True)
-            spill_dir = tempfile.mkdtemp(prefix="cache-", dir=spill_root)
+            spill_dir = tempfile.mkdtemp(prefix=spill_prefix(), dir=spill_root)
             mm = np.lib.format.open_memmap(os.path.join(spill_dir, "trunk.npy"), mode="w+",
                                            dtype=np.float32, shape=(total, dim))
             storage = torch.from_numpy(mm)
@@ -235,6 +237,46 @@ class CachedFeeder(_Feeder):
 
     def vectors(self, model: SequenceClassifier, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return model.vectors(x, lengths, self.start)
+
+
+# ------------------------------------------------------------------ spills of killed processes
+
+
+def spill_prefix(pid: int | None = None) -> str:
+    """A spill folder's name says whose it is: ``cache-<host>-<pid>-``. A SIGKILLed train or tune
+    cannot remove its spill; the next one to build a cache removes it (:func:`clean_stale_spills`)."""
+    host = "".join(ch for ch in socket.gethostname() if ch.isalnum() or ch in ".-_")[:64] or "host"
+    return f"cache-{host}-{os.getpid() if pid is None else pid}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OSError:
+        return True  # unsure: keep the spill
+    return True
+
+
+def clean_stale_spills(root: Path) -> list[Path]:
+    """Remove the spill folders under ``root`` that this host's dead processes left; return them.
+    Only this host's (its name is in the folder's): a pid means nothing on another machine that
+    shares the cache folder, and a live process's spill is never touched."""
+    mine = spill_prefix(0)[: -len("0-")]  # "cache-<host>-"
+    removed = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for d in entries:
+        pid = d.name[len(mine):].split("-", 1)[0]
+        if d.name.startswith(mine) and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
 
 
 def budget_slices(rows: Sequence[int], lengths: np.ndarray, max_tokens: int) -> list[Sequence[int]]:

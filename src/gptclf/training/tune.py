@@ -223,23 +223,24 @@ def run_trial(cfg: TrainConfig, cand: Candidate, enc: Encoded, pristine: torch.n
 
 
 def search(cfg: TrainConfig, opts: TuneOptions, enc: Encoded, n_classes: int, s: Any,
-           pristine: torch.nn.Module, pad_to: int | None) -> tuple[list[Trial], Trial, SharedTrunk]:
-    """Run the candidates (the default first, protected); returns every trial, the winner and the caches."""
+           pristine: torch.nn.Module, pad_to: int | None) -> tuple[list[Trial], Trial, SharedTrunk, bool]:
+    """Run the candidates (the default first, protected); returns every finished trial, the winner,
+    the caches and whether Ctrl-C stopped the search (the winner is then the best finished so far)."""
     n_layers = pristine.config.n_layers
     cands = search_space(cfg, opts, n_layers)
     trunk = SharedTrunk(cfg, pristine, {_frozen(c.trainable, n_layers) for c in cands}, enc, pad_to, s.device,
                         s.precision, s.log)
     s.log(f"searching {len(cands)} candidates, {cfg.epochs} epochs each at most (best epoch kept)")
     try:
-        trials, best = _run_candidates(cfg, opts, cands, enc, n_classes, s, pristine, trunk)
-    except BaseException:  # Ctrl-C or an error: no cache spill left behind
+        trials, best, interrupted = _run_candidates(cfg, opts, cands, enc, n_classes, s, pristine, trunk)
+    except BaseException:  # Ctrl-C before any candidate finished, or an error: no cache spill left behind
         trunk.close()
         raise
-    return trials, best, trunk
+    return trials, best, trunk, interrupted
 
 
 def _run_candidates(cfg: TrainConfig, opts: TuneOptions, cands: list[Candidate], enc: Encoded, n_classes: int,
-                    s: Any, pristine: torch.nn.Module, trunk: SharedTrunk) -> tuple[list[Trial], Trial]:
+                    s: Any, pristine: torch.nn.Module, trunk: SharedTrunk) -> tuple[list[Trial], Trial, bool]:
     trials: list[Trial] = []
     best: Trial | None = None
     t0 = time.perf_counter()
@@ -247,7 +248,16 @@ def _run_candidates(cfg: TrainConfig, opts: TuneOptions, cands: list[Candidate],
         if opts.budget_s is not None and trials and time.perf_counter() - t0 > opts.budget_s:
             s.log(f"budget of {opts.budget_s:g}s spent: {len(cands) - i} candidate(s) not tried")
             break
-        trial = run_trial(cfg, cand, enc, pristine, n_classes, trunk, trials, opts.prune_epochs, s, protect=i == 0)
+        try:
+            trial = run_trial(cfg, cand, enc, pristine, n_classes, trunk, trials, opts.prune_epochs, s,
+                              protect=i == 0)
+        except KeyboardInterrupt:
+            if best is None:  # nothing finished: nothing to save (exit 130, as before)
+                raise
+            # As train saves the model so far: the finished candidates are not thrown away.
+            s.log(f"interrupted in candidate {i + 1}/{len(cands)} ({cand.describe()}): saving the best of the "
+                  f"{len(trials)} finished candidate(s), {best.candidate.describe()}")
+            return trials, best, True
         trials.append(trial)
         if best is None or trial.key() > best.key():
             if best is not None:
@@ -261,7 +271,7 @@ def _run_candidates(cfg: TrainConfig, opts: TuneOptions, cands: list[Candidate],
               + (f", stopped after epoch {trial.pruned_at}: below the median" if trial.pruned_at else "")
               + f") {trial.seconds:.1f}s" + ("  <- best so far" if best is trial else ""))
     assert best is not None
-    return trials, best
+    return trials, best, False
 
 
 def search_table(trials: list[Trial], best: Trial) -> str:
@@ -304,20 +314,22 @@ def _tune(cfg: TrainConfig, opts: TuneOptions, log: Log | None, ctx: Any, dist_d
     s.log(enc.long_text_line)
     pristine = enc.backbone.model  # never trained: every candidate copies it
     pad_to = enc.max_length if cfg.padding == "longest" else None
-    trials, best, trunk = search(cfg, opts, enc, len(splits.labels), s, pristine, pad_to)
+    trials, best, trunk, interrupted = search(cfg, opts, enc, len(splits.labels), s, pristine, pad_to)
     try:
-        out = _save_winner(cfg, best, trials, enc, splits, s, pristine, trunk, t_start)
+        out = _save_winner(cfg, best, trials, enc, splits, s, pristine, trunk, t_start, interrupted)
     finally:
         trunk.close()
     s.log("\n" + search_table(trials, best))
     weights = read_json_object(Path(out) / "metrics.json").get("weights") or {}
-    s.log(f"best: {best.candidate.describe()} -> saved run to {out}: "
-          f"{describe_run_size(directory_bytes(Path(out)), weights, Path(out))}")
+    s.log(f"best{' so far (search interrupted)' if interrupted else ''}: {best.candidate.describe()} -> saved "
+          f"run to {out}: {describe_run_size(directory_bytes(Path(out)), weights, Path(out))}")
+    if interrupted:
+        raise KeyboardInterrupt  # exit 130, as an interrupted gptclf train: the run is saved
     return out
 
 
 def _save_winner(cfg: TrainConfig, best: Trial, trials: list[Trial], enc: Encoded, splits: Any, s: Any,
-                 pristine: torch.nn.Module, trunk: SharedTrunk, t_start: float) -> Path:
+                 pristine: torch.nn.Module, trunk: SharedTrunk, t_start: float, interrupted: bool = False) -> Path:
     """Rebuild the winner with its best epoch's weights, evaluate (and calibrate) it, save it."""
     c = best.candidate
     wcfg = replace(cfg, trainable=c.trainable, lr=c.lr, pooling=c.pooling)
@@ -331,6 +343,7 @@ def _save_winner(cfg: TrainConfig, best: Trial, trials: list[Trial], enc: Encode
     metrics.update({
         "best_epoch": best.best_epoch, "val_curve": best.curve, "search": [t.row() for t in trials],
         "search_winner": asdict(c), "search_cache_seconds": trunk.seconds, "interrupted": False,
+        "search_interrupted": interrupted,  # the winner's training finished; the search did not
         "n_train": len(enc.datasets["train"]), "n_val": len(enc.datasets["val"]),
         "n_test": len(enc.datasets["test"]), "device": str(s.device), "precision": s.precision,
         "trunk_cache": trunk.mode, "seconds": time.perf_counter() - t_start})
