@@ -145,23 +145,33 @@ class SharedTrunk:
         self.seconds = 0.0
         trunk = SequenceClassifier(pristine, cfg.pooling, causal=cfg.causal_mask)
         cached = sorted(c for c in cuts if c > 0)
+        # Budgeted for every cut's cache: all are held until the search ends.
         self.mode = cache_mode(cfg, trunk, min(cached, default=0), list(self.datasets.values()), pad_to, device,
-                               log) if cached else "off"
+                               log, copies=len(cached)) if cached else "off"
         if self.mode == "off":
             return
         t0 = time.perf_counter()
-        previous = None
-        for cut in cached:
-            if previous is None:
-                self.caches[cut] = {k: TrunkCache.build(trunk, ds, cut, self.pad_id, pad_to, device, precision,
-                                                        cfg.eval_batch_size, k, self.mode, cfg.progress)
-                                    for k, ds in self.datasets.items()}
-            else:
-                self.caches[cut] = {k: c.extend(trunk, previous, cut, device, precision, cfg.eval_batch_size)
-                                    for k, c in self.caches[previous].items()}
-            previous = cut
+        try:
+            self._build(trunk, cached, device, precision)
+        except BaseException:  # Ctrl-C or an error while building: no spill left behind
+            self.close()
+            raise
         self.seconds = time.perf_counter() - t0
         log(f"cached the frozen trunk once at cuts {cached} for all candidates in {self.seconds:.1f}s")
+
+    def _build(self, trunk: SequenceClassifier, cached: list[int], device: torch.device, precision: str) -> None:
+        """The cache at the shallowest cut, then each deeper one extended from the one before."""
+        previous = None
+        for cut in cached:
+            split: dict[str, TrunkCache] = {}
+            self.caches[cut] = split  # filled as it goes, so close() finds whatever was built
+            for k, ds in self.datasets.items():
+                split[k] = (TrunkCache.build(trunk, ds, cut, self.pad_id, self.pad_to, device, precision,
+                                             self.cfg.eval_batch_size, k, self.mode, self.cfg.progress)
+                            if previous is None else
+                            self.caches[previous][k].extend(trunk, previous, cut, device, precision,
+                                                            self.cfg.eval_batch_size))
+            previous = cut
 
     def feeds(self, frozen: int) -> Feeds:
         if frozen in self.caches:
