@@ -36,11 +36,27 @@ def train(data: Any = None, *, texts: Any = None, labels: Any = None, **options:
     recorded in the run as ``"in-memory (N rows)"``; the run's test split is saved with it.
     Call it as often as you like in one process.
     """
-    from .config import TrainConfig
+    from .config import AuditOptions, TrainConfig
     from .training.recipe import run_training
 
+    audit = AuditOptions.for_train(bool(options.get("audit")), _audit_options(options))
     examples = _in_memory(data, texts, labels, options)
-    return run_training(TrainConfig(**options), examples=examples)
+    cfg = TrainConfig(**options)
+    if audit is not None:  # audit=True: gptclf train --audit (audit first, drop its label issues)
+        from .auditing.run import audit_first
+
+        cfg = audit_first(cfg, audit, examples)
+    return run_training(cfg, examples=examples)
+
+
+def _audit_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The audit's options (``folds``, ``audit_epochs``, ...), taken out of ``options``."""
+    from dataclasses import fields
+
+    from .config import AuditOptions
+
+    names = {f.name for f in fields(AuditOptions)}
+    return {k: options.pop(k) for k in list(options) if k in names}
 
 
 def audit(data: Any = None, *, texts: Any = None, labels: Any = None, **options: Any) -> Any:
@@ -48,13 +64,10 @@ def audit(data: Any = None, *, texts: Any = None, labels: Any = None, **options:
     (``folds``, ``audit_epochs``, ``similarity``, ``outlier_threshold``). Returns the audit as a pandas
     DataFrame (the columns of audit.csv, most suspicious first); with ``out=DIR`` it is also
     written there. Needs ``pip install 'gptclf[audit]'``."""
-    from dataclasses import fields
-
     from .auditing.run import run_audit
     from .config import AuditOptions, TrainConfig
 
-    names = {f.name for f in fields(AuditOptions)}
-    audit_options = AuditOptions(**{k: options.pop(k) for k in list(options) if k in names})
+    audit_options = AuditOptions(**_audit_options(options))
     examples = _in_memory(data, texts, labels, options)
     return run_audit(TrainConfig(**options), audit_options, examples=examples)
 

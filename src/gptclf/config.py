@@ -120,6 +120,9 @@ class TrainConfig:
         None, "train without the rows that this audit (the audit.csv of 'gptclf audit' on the same --data file) "
         "flags as label issues; the rows dropped are recorded in config.json and the report. An audit of "
         "other rows is refused", DATA, metavar="AUDIT_CSV")
+    audit: bool = opt(False, "audit the data first, as gptclf audit does with these data and recipe options and the "
+                      "audit options below (written to <out>.audit/), then train without the rows it flags as label "
+                      "issues, recorded like --drop-label-issues (pip install 'gptclf[audit]')", DATA)
     max_length: int | None = opt(
         None, "truncate texts to this many tokens, at training and prediction. Default: what the backbone "
         f"supports, capped at {MAX_LENGTH_CAP} (dynamic padding makes a long limit free); with --padding "
@@ -331,6 +334,9 @@ class TrainConfig:
         if self.max_length is not None and self.max_length < 1:
             raise GptclfError(f"--max-length must be at least 1 token, not {self.max_length}")
         self.long_text_config().check()
+        if self.audit and self.drop_label_issues:
+            raise GptclfError("--audit makes its own audit and drops its label issues; --drop-label-issues uses one "
+                              "already made: give one of them")
         task = tasks.get(self.task)
         task.check_options(self.balance)
         task.label_reader(self.label_delimiter)  # refuses an empty --label-delimiter where it is used
@@ -505,6 +511,10 @@ class TuneOptions:
                           SEARCH, metavar="LIST")
     poolings: str | None = opt(None, "comma-separated poolings to try with every depth and lr (default: the "
                                "recipe's; mean is also tried with the recipe's depth and lr)", SEARCH, metavar="LIST")
+    long_texts: str | None = opt(None, "comma-separated --long-text values to try with every candidate (default: "
+                                 f"truncate,chunk when more than {AUTO_CHUNK_SHARE:.0%} of the training texts are longer "
+                                 "than one window, else only the run's own: short texts are not searched)", SEARCH,
+                                 metavar="LIST")
     trials: int | None = opt(None, "try at most N candidates (the default recipe first)", SEARCH, metavar="N")
     budget_s: float | None = opt(None, "start no new candidate after this many seconds of search", SEARCH,
                                  metavar="SECONDS")
@@ -520,7 +530,7 @@ class TuneOptions:
             raise GptclfError("--prune-epochs must be >= 0")
 
 
-AUDIT = "audit (gptclf audit)"
+AUDIT = "audit (gptclf audit, gptclf train --audit)"
 
 
 @dataclass
@@ -547,3 +557,13 @@ class AuditOptions:
             raise GptclfError("--similarity must be in (0, 1]")
         if not 0 < self.outlier_threshold <= 1:
             raise GptclfError("--outlier-threshold must be in (0, 1]")
+
+    @classmethod
+    def for_train(cls, audit: bool, given: dict[str, Any]) -> "AuditOptions | None":
+        """``gptclf train``'s audit options (``given``: those set): None without ``--audit``, where
+        setting one is refused rather than ignored."""
+        if given and not audit:
+            name = sorted(given)[0].replace("_", "-")
+            raise GptclfError(f"--{name} is an audit option: it needs --audit",
+                              hint="add --audit, or leave it out")
+        return cls(**given) if audit else None

@@ -204,3 +204,87 @@ def test_drop_label_issues_refuses_an_audit_of_other_rows(flipped: dict, tmp_pat
         code, _, err = cli(capsys, *train_args(flipped, data, tmp_path / data.stem))
         assert code == 2 and "is an audit of other rows" in err and message in err and "Traceback" not in err
         assert not (tmp_path / data.stem).exists()
+
+
+def test_train_audit_is_audit_then_drop_label_issues(flipped: dict, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """train --audit audits the data with the same options into <out>.audit/ (the same audit.csv as
+    gptclf audit's, byte for byte), then trains exactly as --drop-label-issues with that audit."""
+    code, _, err = cli(capsys, "train", "--model", str(flipped["model"]), "--data", str(flipped["data"]),
+                       "--epochs", "1", "--audit", "--audit-epochs", "6", *RECIPE, "--checkpoint-every", "0",
+                       "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    audit = tmp_path / "run.audit"
+    assert (audit / "audit.csv").read_text() == (flipped["dir"] / "audit.csv").read_text()
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    dropped = config["data"]["dropped_by_audit"]
+    flagged = sorted(flipped["df"][flipped["df"]["issue"] == "label"]["row"])
+    assert dropped["rows"] == flagged and dropped["audit"] == str(audit / "audit.csv")
+    assert dropped["audited_by"] == "gptclf train --audit"
+    assert dropped["audit_options"] == {"folds": 5, "audit_epochs": 6, "similarity": 0.97, "outlier_threshold": 0.37037}
+    assert config["train"]["audit"] is True and config["train"]["drop_label_issues"] is None
+    assert "gptclf train --audit" in (tmp_path / "run" / "report.html").read_text()
+    code, _, err = cli(capsys, *train_args(flipped, flipped["data"], tmp_path / "drop"))
+    assert code == 0, err
+    from safetensors.torch import load_file
+
+    ours, theirs = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("run", "drop"))
+    assert ours.keys() == theirs.keys()  # the same rows, seed and recipe: the same weights, bit for bit
+    assert all(ours[k].equal(theirs[k]) for k in ours)
+    same = json.loads((tmp_path / "drop" / "metrics.json").read_text())
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test_accuracy"] == same["test_accuracy"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--audit", "--drop-label-issues", "x/audit.csv"], "give one of them"),
+    (["train", "--folds", "3"], "--folds is an audit option: it needs --audit"),
+    (["train", "--resume", "nowhere", "--audit-epochs", "2"], "--resume continues the run with the audit"),
+    (["train", "--audit", "--engine", "ray"], "--audit runs here, not on Ray workers"),
+    (["tune", "--audit"], "--audit is an option of gptclf train"),
+    (["audit", "--audit"], "--audit is an option of gptclf train"),
+])
+def test_train_audit_refuses_contradictions(tmp_path: Path, tiny_gpt2: Path, capsys: pytest.CaptureFixture,
+                                            args: list, message: str) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", keyword_rows(40, 6))
+    code, _, err = cli(capsys, *args, "--model", str(tiny_gpt2), "--data", str(path), "--out", str(tmp_path / "o"))
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert err.startswith("gptclf: error:") and len(err.strip().splitlines()) <= 2
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.audit").exists()
+
+
+def test_train_audit_refuses_an_out_left_from_an_earlier_audit(tmp_path: Path, tiny_gpt2: Path) -> None:
+    (tmp_path / "o.audit").mkdir()
+    (tmp_path / "o.audit" / "audit.csv").write_text("row\n")
+    with pytest.raises(gptclf.GptclfError, match="left from an earlier run"):
+        gptclf.train(texts=["a zebra", "b castle"] * 10, labels=["a", "b"] * 10, model=str(tiny_gpt2), audit=True,
+                     folds=2, out=str(tmp_path / "o"))
+    with pytest.raises(gptclf.GptclfError, match="--folds is an audit option"):
+        gptclf.train(texts=["a zebra", "b castle"] * 10, labels=["a", "b"] * 10, model=str(tiny_gpt2), folds=2)
+
+
+def test_an_interrupted_train_audit_resumes_with_its_audit(flipped: dict, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A train --audit run that crashes after its first checkpoint resumes with the audit it made
+    (read again from <out>.audit/, not made again) and drops the same rows."""
+    from gptclf.training import state as checkpoint
+    from gptclf.training.recipe import resume_training
+
+    real_save = checkpoint.Checkpointer.save
+
+    def crash(self, tensors, state):  # noqa: ANN001
+        real_save(self, tensors, state)
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", crash)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        gptclf.train(str(flipped["data"]), model=str(flipped["model"]), epochs=2, audit=True, audit_epochs=6,
+                     trainable="last_layer", pooling="mean", lr=1e-2, eval_freq=1000, progress=False, out=str(out))
+    made = (tmp_path / "run.audit" / "audit.csv").stat().st_mtime_ns
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", real_save)
+    resume_training(out, log=lambda s: None, progress=False)
+    assert (tmp_path / "run.audit" / "audit.csv").stat().st_mtime_ns == made
+    dropped = json.loads((out / "config.json").read_text())["data"]["dropped_by_audit"]
+    assert dropped["rows"] == sorted(flipped["df"][flipped["df"]["issue"] == "label"]["row"])
+    assert dropped["audited_by"] == "gptclf train --audit"
+    assert json.loads((out / "metrics.json").read_text())["resumed_at_step"] > 0

@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gptclf.cli import build_parser, main
+
+from helpers import examples
 
 
 class Validated(Exception):
@@ -75,7 +76,7 @@ def contained(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # any relative path a run would write lands here
 
 
-@settings(max_examples=int(os.environ.get("GPTCLF_FUZZ_EXAMPLES", "300")), deadline=None,
+@settings(max_examples=examples(300), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(args=argv())
 def test_no_argument_gets_a_traceback(contained: None, args: list[str]) -> None:

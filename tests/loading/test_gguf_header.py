@@ -17,6 +17,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gptclf.errors import GptclfError
 
+from helpers import examples
+
 gguf = pytest.importorskip("gguf")
 
 
@@ -64,7 +66,7 @@ def test_a_valid_file_passes(tmp_path: Path) -> None:
     assert "token_embd.weight" in [t.name for t in open_gguf(tmp_path / "ok.gguf").tensors]
 
 
-@settings(max_examples=int(__import__("os").environ.get("GPTCLF_FUZZ_EXAMPLES", "200")), deadline=None,
+@settings(max_examples=examples(200), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_damaged_headers_are_refused_or_read(tmp_path: Path, data: st.DataObject) -> None:

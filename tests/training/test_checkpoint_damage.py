@@ -24,7 +24,7 @@ from gptclf.training.loop import Trainer
 from gptclf.training.recipe import resume_training, run_training
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers import tiny_gpt2_dir as write_tiny_gpt2  # noqa: E402
+from helpers import examples, tiny_gpt2_dir as write_tiny_gpt2  # noqa: E402
 
 
 class Reached(Exception):
@@ -156,7 +156,7 @@ def _damage(partial: Path, target: str, how: str, key_pick: int, value: object, 
         path.write_text(json.dumps(obj, allow_nan=True))
 
 
-@settings(max_examples=int(__import__("os").environ.get("GPTCLF_FUZZ_EXAMPLES", "30")), deadline=None,
+@settings(max_examples=examples(30), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(target=st.sampled_from(["checkpoint.json", "run.json", "tensors"]),
        how=st.sampled_from(["delete", "truncate", "flip", "drop_key", "set_value", "set_nested"]),

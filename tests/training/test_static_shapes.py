@@ -29,6 +29,15 @@ ATOL = 2e-6
 # still fails loudly for a real bug: a padded row leaking into the loss or a gradient
 # changes a tensor by about 1/batch of its update, 1e-2 of its norm and more.
 RTOL = 1e-5
+# A chunked run with --aggregation max routes each feature's gradient to one window; where two
+# windows tie to within rounding the two paths can pick different ones, and AdamW carries that
+# step's difference for a few steps. Measured (one thread): the history's estimated val loss up
+# to 1.3e-5 apart at three of 18 steps (7e-7 with attention), the weights still 5e-6 of their
+# norm (within RTOL) and the final metrics within ATOL. A binary cross-entropy moves by at most
+# the change of the logit gap, and a 5e-6 relative change of the weights changes gaps of up to 5.4
+# (measured on this run) by 2.7e-5: hence 3e-5. A padded window leaking into a pool or the loss
+# moves it by 1e-3 and more.
+CHUNK_LOSS_ATOL = 3e-5
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +79,7 @@ def _run(model: Path, data: Path, out: Path, static: str, **kw) -> Path:
     return run
 
 
-def _same(a: Path, b: Path) -> None:
+def _same(a: Path, b: Path, history_atol: float = ATOL) -> None:
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
     for k in ("train_accuracy", "val_accuracy", "test_accuracy", "train_loss", "val_loss", "test_loss"):
         assert ma[k] == pytest.approx(mb[k], abs=ATOL), k
@@ -84,8 +93,8 @@ def _same(a: Path, b: Path) -> None:
     ha, hb = (json.loads((r / "history.json").read_text()) for r in (a, b))
     assert len(ha["steps"]) == len(hb["steps"]) > 3
     for sa, sb in zip(ha["steps"], hb["steps"]):
-        assert sa["train_loss"] == pytest.approx(sb["train_loss"], abs=ATOL)
-        assert sa["val_loss"] == pytest.approx(sb["val_loss"], abs=ATOL)
+        assert sa["train_loss"] == pytest.approx(sb["train_loss"], abs=history_atol)
+        assert sa["val_loss"] == pytest.approx(sb["val_loss"], abs=history_atol)
 
 
 @pytest.mark.slow
@@ -119,3 +128,23 @@ def test_incompatible_options_fall_back_with_a_reason(tmp_path: Path, mixed_csv:
     run_training(TrainConfig(model=str(tiny_gpt2), data=str(mixed_csv), balance="none", epochs=1, out=str(tmp_path / "r"),
                              progress=False, device="cpu", static_shapes="on", grad_accum=2), log=logs.append)
     assert any("static shapes off: it needs one process and one micro-batch" in s for s in logs), logs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kw", [{}, {"trainable": "all", "aggregation": "max"}, {"aggregation": "mean"}],
+                         ids=["trunk-cache-attention", "no-cache-max", "trunk-cache-mean"])
+def test_static_shapes_equal_the_eager_path_for_a_chunked_run(tmp_path: Path, mixed_csv: Path, tiny_gpt2: Path,
+                                                              kw: dict) -> None:
+    """--long-text chunk at --max-length 24 (a third of these SMS messages are several windows): the
+    static step runs a batch's windows in one pass, rows padded to a power of two and owned by a
+    dummy text; same losses, weights (the window pool's too) and metrics as the eager path, to
+    the tolerances above (the same rounding argument: only the shapes of the products differ)."""
+    opts = dict(max_length=24, long_text="chunk", stride=4, batch_size=4, **kw)
+    eager = _run(tiny_gpt2, mixed_csv, tmp_path / "eager", "off", **opts)
+    static = _run(tiny_gpt2, mixed_csv, tmp_path / "static", "on", **opts)
+    _same(eager, static, CHUNK_LOSS_ATOL if kw.get("aggregation") == "max" else ATOL)
+    m = json.loads((static / "metrics.json").read_text())
+    train = m["text_lengths"]["train"]  # the windows are what is being tested
+    assert train["chunked"] >= m["n_train"] // 3 and train["max_windows"] >= 3
+    if kw.get("aggregation", "attention") == "attention":
+        assert "window_pool.query" in load_file(str(static / "model.safetensors"))

@@ -31,6 +31,8 @@ def test_the_budget_counts_every_copy(tmp_path: Path) -> None:
     assert cache_mode(cfg, model, 1, [ds], None, torch.device("cpu"), lines.append) == "ram"
     assert cache_mode(cfg, model, 1, [ds], None, torch.device("cpu"), lines.append, copies=3) == "disk"
     assert "(3 cuts)" in lines[-1] and "spilling it to disk" in lines[-1]
+    # What another --long-text mode's caches already hold counts too.
+    assert cache_mode(cfg, model, 1, [ds], None, torch.device("cpu"), lines.append, held=need) == "disk"
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -112,6 +113,32 @@ def test_search_space_and_options() -> None:
     assert (args.trials, args.budget_s, args.lrs, args.model) == (4, 60.0, "1e-3", "x")
     with pytest.raises(GptclfError, match="--trials"):
         TuneOptions(trials=0).check()
+
+
+def test_short_texts_leave_the_search_as_it_was(tuned: tuple[Path, Path, list[str]], sms_csv: Path) -> None:
+    """SMS-like data (every text within one window): no --long-text dimension, the same candidates
+    as the search without one, and metrics.json says why."""
+    from gptclf.data.splits import read_examples
+    from gptclf.training.tune import long_text_modes
+
+    cfg = TrainConfig(model="gpt2-small", trainable="last_block", lr=1e-4).resolved()
+    lengths = np.array([len(e.text.split()) * 2 for e in read_examples(str(sms_csv))[0]])  # generous: 2 tokens a word
+    modes, record = long_text_modes("truncate", lengths, 510, None)
+    assert modes == ["truncate"] and not record["searched"] and record["longer_than_window"] == 0
+    assert search_space(cfg, TuneOptions(), 12, modes) == search_space(cfg, TuneOptions(), 12)
+    assert all(c.long_text is None for c in search_space(cfg, TuneOptions(), 12, modes))
+    m = json.loads((tuned[0] / "metrics.json").read_text())
+    assert m["long_text_search"]["modes"] == ["truncate"] and not m["long_text_search"]["searched"]
+    assert all("long_text" not in r for r in m["search"]) and "long_text" not in m["search_winner"]
+    # More than 5 % of the texts longer than the window: the default recipe in each mode first.
+    long_modes, record = long_text_modes("chunk", np.array([600] * 6 + [10] * 94), 510, None)
+    assert long_modes == ["chunk", "truncate"] and record["searched"] and record["share"] == 0.06
+    cands = search_space(cfg, TuneOptions(), 12, long_modes)
+    assert [c.long_text for c in cands[:2]] == ["chunk", "truncate"] and len(cands) == 2 * len(search_space(cfg, TuneOptions(), 12))
+    assert len(search_space(cfg, TuneOptions(trials=3), 12, long_modes)) == 3
+    assert long_text_modes("truncate", lengths, 510, "head-tail,chunk")[0] == ["truncate", "head-tail", "chunk"]
+    with pytest.raises(GptclfError, match="--long-texts: 'middle'"):
+        long_text_modes("truncate", lengths, 510, "middle")
 
 
 def test_budget_stops_new_candidates_but_the_default_always_runs(sms_csv: Path, tmp_path: Path) -> None:

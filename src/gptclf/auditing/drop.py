@@ -7,25 +7,44 @@ from __future__ import annotations
 import csv
 import sys
 from collections import Counter
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ..config import AuditOptions
 from ..data.tables import Example
 from ..errors import GptclfError
 from ..files import read_json_object
 from .report import AUDIT_JSON
 from .rows import texts_sha256
 
+AUDIT_FIELDS = tuple(f.name for f in fields(AuditOptions))  # what config.json records of the audit's settings
 
-def drop_label_issues(audit_csv: str, examples: list[Example], source: str) -> tuple[list[Example], dict[str, Any]]:
+
+AUDIT_SUFFIX = ".audit"  # gptclf train --audit writes its audit beside the run: <out>.audit/
+
+
+def audit_dir(out: str | Path) -> Path:
+    """Where ``gptclf train --audit --out OUT`` keeps its audit: ``OUT.audit/``."""
+    out = Path(out)
+    return out.with_name(out.name + AUDIT_SUFFIX)
+
+
+def drop_label_issues(audit_csv: str, examples: list[Example], source: str,
+                      by_train: bool = False) -> tuple[list[Example], dict[str, Any]]:
     """``examples`` (every row of the data file, as read) without the rows the audit flags as label
-    issues, and the record of what was dropped and why (config.json's ``data.dropped_by_audit``)."""
+    issues, and the record of what was dropped and why (config.json's ``data.dropped_by_audit``).
+    ``by_train``: the audit is the one ``gptclf train --audit`` made first."""
     path = Path(audit_csv).expanduser()
     meta = path.parent / AUDIT_JSON
     if not path.is_file() or not meta.is_file():
+        if by_train:
+            raise GptclfError(f"--audit: the run's audit {path.parent} is missing (need audit.csv and audit.json)",
+                              hint="start the run again (--overwrite discards its checkpoints)")
         raise GptclfError(f"--drop-label-issues {audit_csv}: no audit there (need audit.csv and audit.json)",
                           hint="run gptclf audit --data <your file> --out DIR first, then pass DIR/audit.csv")
-    audited = read_json_object(meta).get("files", {}).get("data", {})
+    record = read_json_object(meta)
+    audited = record.get("files", {}).get("data", {})
     n, digest = len(examples), texts_sha256(examples)
     if audited.get("rows") != n or audited.get("sha256") != digest:
         raise GptclfError(f"--drop-label-issues {audit_csv} is an audit of other rows: {audited.get('path')} "
@@ -37,8 +56,11 @@ def drop_label_issues(audit_csv: str, examples: list[Example], source: str) -> t
     flagged = _flagged_rows(path, n)
     kept = [e for i, e in enumerate(examples) if i not in flagged]
     per_label = Counter("|".join(examples[i].label_set()) for i in flagged)
+    options = record.get("options", {})
     return kept, {"audit": str(path), "reason": "label issue (cleanlab on out-of-fold probabilities)",
-                  "n_rows": len(flagged), "rows": sorted(flagged), "given_labels": dict(sorted(per_label.items()))}
+                  "n_rows": len(flagged), "rows": sorted(flagged), "given_labels": dict(sorted(per_label.items())),
+                  "audited_by": "gptclf train --audit" if by_train else "gptclf audit",
+                  "audit_options": {k: options[k] for k in AUDIT_FIELDS if k in options}}
 
 
 def _flagged_rows(path: Path, n: int) -> set[int]:

@@ -3,9 +3,11 @@ ask Cleanlab about the labels, compare the trunk vectors, write the table and th
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,10 @@ from ..data.tables import Example
 from ..errors import GptclfError
 from ..loading import check_model_name
 from ..progress import Log
+from ..rundir.save import default_run_dir
+from ..training.state import partial_dir
 from .crossfit import cross_fit
+from .drop import audit_dir
 from .issues import cleanlab, find_duplicates, find_outliers, label_issues
 from .report import counts, summary_lines, table, write_audit
 from .rows import read_rows, assign_folds
@@ -30,8 +35,9 @@ def run_audit(cfg: TrainConfig, opts: AuditOptions, log: Log | None = None,
     """Audit ``cfg.data`` (and ``cfg.val``, ``cfg.test``; or the in-memory ``examples``) with ``cfg``'s
     recipe; writes the audit to ``cfg.out`` when given. Returns the table (a pandas DataFrame)."""
     opts.check()
-    if cfg.drop_label_issues:
-        raise GptclfError("--drop-label-issues is an option of gptclf train", hint="leave it out of gptclf audit")
+    for name, given in (("drop-label-issues", cfg.drop_label_issues), ("audit", cfg.audit)):
+        if given:
+            raise GptclfError(f"--{name} is an option of gptclf train", hint="leave it out of gptclf audit")
     cfg = cfg.resolved()
     log = log or (lambda s: tqdm.write(s, file=sys.stderr))
     out = Path(cfg.out) if cfg.out else None
@@ -64,3 +70,29 @@ def run_audit(cfg: TrainConfig, opts: AuditOptions, log: Log | None = None,
     for line in summary_lines(df, record, out):
         log(line)
     return df
+
+
+def audit_first(cfg: TrainConfig, opts: AuditOptions, examples: list[Example] | None = None,
+                log: Log | None = None) -> TrainConfig:
+    """``gptclf train --audit``, before the run: audit ``cfg``'s data (its files, or the in-memory
+    ``examples``) with its recipe into ``<out>.audit/``; returns ``cfg`` with that ``out`` (chosen now
+    when left out), which the run then drops the flagged rows of (:func:`gptclf.training.recipe.prepare_data`).
+    Checks first what would stop the run afterwards, so that no audit is made for nothing."""
+    cfg.resolved()  # the run's options checked (--audit with --drop-label-issues...) before an audit is made
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        raise GptclfError("--audit runs in one process",
+                          hint="run gptclf audit first, then train with --drop-label-issues DIR/audit.csv")
+    out = Path(cfg.out).expanduser() if cfg.out else default_run_dir()
+    if out.exists() and any(out.iterdir()):
+        raise GptclfError(f"{out} already exists and is not empty", hint="choose another --out")
+    where = audit_dir(out)
+    if not cfg.overwrite:
+        for earlier in (where, partial_dir(out)):
+            if earlier.exists():
+                raise GptclfError(f"{earlier} is left from an earlier run to {out}",
+                                  hint="--overwrite discards it and starts again (--resume continues an interrupted "
+                                       "run with its audit), or choose another --out")
+    elif where.exists():
+        shutil.rmtree(where)
+    run_audit(replace(cfg, out=str(where), audit=False), opts, log, examples)
+    return replace(cfg, out=str(out))

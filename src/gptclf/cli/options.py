@@ -66,8 +66,9 @@ def given_options(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 def markdown_options(parser: argparse.ArgumentParser, defaults: Any = None) -> str:
     """A sub-command's options as Markdown tables, one per group, in ``--help``'s order and words
     (docs/options.md is generated from this: ``python scripts/options_doc.py``). ``defaults``:
-    the dataclass whose fields give the defaults (the parser itself records none)."""
-    fields = {f.name: f for f in dataclasses.fields(defaults)} if defaults else {}
+    the dataclass (or a tuple of them) whose fields give the defaults (the parser itself records none)."""
+    classes = defaults if isinstance(defaults, tuple) else (defaults,) if defaults else ()
+    fields = {f.name: f for cls in classes for f in dataclasses.fields(cls)}
     out = []
     for group in parser._action_groups:  # argparse keeps no public list of its groups
         rows = [_markdown_row(a, fields.get(a.dest)) for a in group._group_actions if a.help != argparse.SUPPRESS

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainConfig
+from ..config import AuditOptions, TrainConfig
 from ..errors import GptclfError
 from .options import add_engine_options, add_options, given_options
 
@@ -18,6 +18,7 @@ from .options import add_engine_options, add_options, given_options
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="fine-tune a classifier (default: the book's chapter-6 run)")
     add_options(p, TrainConfig)
+    add_options(p, AuditOptions)  # --audit's: the same options as gptclf audit's
     p.add_argument("--average-embeddings", action="store_true", default=argparse.SUPPRESS,
                    help="the chapter's bonus experiment name for --pooling mean")
     p.add_argument("--resume", default=argparse.SUPPRESS, metavar="RUN",
@@ -91,11 +92,22 @@ def _train(args: argparse.Namespace, cfg: TrainConfig) -> Path:
     from ..training.recipe import resume_training, run_training
 
     resume = getattr(args, "resume", None)
+    given_audit = given_options(args, AuditOptions)
     if resume:
+        if given_audit:
+            raise GptclfError(f"--{sorted(given_audit)[0].replace('_', '-')}: --resume continues the run with "
+                              "the audit it started with", hint="leave the audit options out")
         _check_resume(args, cfg)
+    audit = AuditOptions.for_train(cfg.audit, given_audit)
     if args.engine == "ray":
         return _on_ray(args, cfg)
-    return resume_training(resume, progress=cfg.progress) if resume else run_training(cfg)
+    if resume:
+        return resume_training(resume, progress=cfg.progress)
+    if audit is not None:
+        from ..auditing.run import audit_first
+
+        cfg = audit_first(cfg, audit)
+    return run_training(cfg)
 
 
 def _on_ray(args: argparse.Namespace, cfg: TrainConfig) -> Path:
@@ -104,6 +116,9 @@ def _on_ray(args: argparse.Namespace, cfg: TrainConfig) -> Path:
 
     if os.environ.get("WORLD_SIZE", "1") != "1":
         raise GptclfError("--engine ray starts its own processes", hint="run it without torchrun")
+    if cfg.audit:
+        raise GptclfError("--audit runs here, not on Ray workers",
+                          hint="run gptclf audit first, then --engine ray with --drop-label-issues DIR/audit.csv")
     return train(cfg, workers=args.workers, gpus_per_worker=args.gpus_per_worker, address=args.address,
                  resume=getattr(args, "resume", None))
 

@@ -34,10 +34,14 @@ class WindowPool(nn.Module):
         if mode == "attention":
             self.query = nn.Parameter(torch.zeros(dim))
 
-    def forward(self, vectors: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    def forward(self, vectors: torch.Tensor, counts: torch.Tensor, owner: torch.Tensor | None = None) -> torch.Tensor:
         """``vectors`` [windows, dim], the windows of text ``i`` consecutive and ``counts[i]`` of
-        them -> [texts, dim]."""
-        owner = torch.repeat_interleave(torch.arange(len(counts), device=vectors.device), counts.to(vectors.device))
+        them -> [texts, dim]. ``owner`` (each window's text), when given, saves computing it from
+        ``counts``: a step on static shapes passes it, since ``repeat_interleave`` with a tensor
+        of counts has a data-dependent size, which a CUDA graph cannot hold."""
+        if owner is None:
+            owner = torch.repeat_interleave(torch.arange(len(counts), device=vectors.device),
+                                            counts.to(vectors.device))
         out = vectors.new_zeros((len(counts), vectors.shape[1]))
         if self.mode == "max":
             return out.scatter_reduce(0, owner[:, None].expand_as(vectors), vectors, "amax", include_self=False)
@@ -198,9 +202,11 @@ class SequenceClassifier(nn.Module):
         """Whether texts come as windows (``--long-text chunk``): see :meth:`classify_windows`."""
         return getattr(self.backbone, "window_pool", None) is not None
 
-    def classify_windows(self, vectors: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """Logits per text from its windows' :meth:`vectors` (consecutive, ``counts`` a text)."""
-        return self.backbone.out_head(self.backbone.window_pool(vectors, counts))
+    def classify_windows(self, vectors: torch.Tensor, counts: torch.Tensor,
+                         owner: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits per text from its windows' :meth:`vectors` (consecutive, ``counts`` a text;
+        ``owner``: each window's text, see :class:`WindowPool`)."""
+        return self.backbone.out_head(self.backbone.window_pool(vectors, counts, owner))
 
 
 def calc_loss_batch(model: SequenceClassifier, input_ids: torch.Tensor, lengths: torch.Tensor,

@@ -101,7 +101,8 @@ def _mistakes_table(mistakes: list[dict[str, Any]]) -> str:
 
 
 def _search_table(rows: list[dict[str, Any]], winner: dict[str, Any] | None) -> str:
-    cols = ("trainable", "lr", "pooling", "val_accuracy", "val_loss", "best_epoch", "pruned_at_epoch", "seconds")
+    cols = ("trainable", "lr", "pooling", *(("long_text",) if any("long_text" in r for r in rows) else ()),
+            "val_accuracy", "val_loss", "best_epoch", "pruned_at_epoch", "seconds")
     head = "<tr><th></th>" + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr>"
     body = "".join(
         "<tr><td>" + ("&#9733;" if winner and all(r.get(k) == v for k, v in winner.items()) else "") + "</td>"

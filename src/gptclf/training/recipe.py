@@ -67,20 +67,25 @@ SPLITS = (("train", "train"), ("val", "validation"), ("test", "test"))  # (key, 
 # ------------------------------------------------------------------------- the phases
 
 
-def prepare_data(cfg: TrainConfig, examples: list[Example] | None = None) -> DataSplits:
+def prepare_data(cfg: TrainConfig, examples: list[Example] | None = None, out: Path | None = None) -> DataSplits:
     """The chapter's data steps: read (or take ``examples``, in memory), balance (``--balance``),
-    split 70/10/20 (``--split``; or the given files). ``cfg`` is resolved."""
+    split 70/10/20 (``--split``; or the given files). ``cfg`` is resolved; ``out``: the run
+    directory, whose ``<out>.audit/`` ``--audit`` reads (made by :func:`gptclf.auditing.run.audit_first`)."""
     task = tasks.get(cfg.task)
     read_labels = task.label_reader(cfg.label_delimiter)
     header = False if cfg.no_header else None
     audit_dropped = None
-    if cfg.drop_label_issues:  # every row as read, less those the audit flags, before balancing and splitting
-        from ..auditing.drop import drop_label_issues
+    if cfg.drop_label_issues or cfg.audit:  # every row as read, less those the audit flags, before balancing and splitting
+        from ..auditing.drop import audit_dir, drop_label_issues
+        from ..auditing.report import AUDIT_CSV
         from ..data.splits import read_examples
 
+        if cfg.audit and out is None:
+            raise GptclfError("--audit needs the run directory its audit is kept beside")
         rows, source = (examples, cfg.data) if examples is not None else \
             read_examples(cfg.data, cfg.text_column, cfg.label_column, read_labels, header)
-        examples, audit_dropped = drop_label_issues(cfg.drop_label_issues, rows, source)
+        audit_csv = str(audit_dir(out) / AUDIT_CSV) if cfg.audit else str(cfg.drop_label_issues)
+        examples, audit_dropped = drop_label_issues(audit_csv, rows, source, by_train=cfg.audit)
     splits = load_splits(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
                          label_column=cfg.label_column, header=header, balance=cfg.balance, seed=cfg.seed, split=cfg.split,
                          examples=examples, task=task, read_labels=read_labels)
@@ -322,12 +327,12 @@ def _train(cfg: TrainConfig, s: RunSetting, options: dict[str, Any], examples: l
            t_start: float) -> Path:
     """The phases of :func:`run_training` once the run's setting is known."""
     ctx, resume_from = s.ctx, s.resume_from
-    splits = prepare_data(cfg, examples)
+    splits = prepare_data(cfg, examples, s.out)
     s.log(f"data: {splits.source}: {len(splits.train)} train / {len(splits.val)} val / "
           f"{len(splits.test)} test, labels {splits.labels} (balance {splits.balance}, {splits.split} split)\n"
           + splits.describe())
     if splits.audit_dropped:
-        s.log(f"data: dropped {splits.audit_dropped['n_rows']} row(s) that {cfg.drop_label_issues} flags as label "
+        s.log(f"data: dropped {splits.audit_dropped['n_rows']} row(s) that {splits.audit_dropped['audit']} flags as label "
               f"issues ({splits.audit_dropped['given_labels']})")
     enc = encode_splits(cfg, splits)
     cfg = replace(cfg.for_backbone(enc.backbone.model.config.arch), long_text=enc.long_text.mode)

@@ -33,8 +33,6 @@ def training_shapes(cfg: TrainConfig, model: nn.Module, device: torch.device, pr
         why = "--compile brings its own graphs"
     elif world_size > 1 or cfg.grad_accum > 1:
         why = "it needs one process and one micro-batch per step (no --grad-accum, no torchrun)"
-    elif cfg.long_text == "chunk":
-        why = "--long-text chunk feeds each text as a varying number of windows"
     elif cfg.grad_checkpointing:
         why = "--grad-checkpointing recomputes blocks inside the backward pass"
     elif any(getattr(m, "p", 0.0) > 0 for m in model.modules() if isinstance(m, nn.Dropout)) or any(
@@ -46,6 +44,8 @@ def training_shapes(cfg: TrainConfig, model: nn.Module, device: torch.device, pr
         return None
     capture = capture_available(device)
     log(f"static shapes: batches padded to width buckets up to {cap} tokens"
+        + (" (--long-text chunk: a training batch's windows in one pass, their rows padded to a power of two)"
+           if cfg.long_text == "chunk" else "")
         + (", one CUDA graph per bucket" if capture else " (no CUDA: run without graphs)"))
     return Shapes(cap, precision, capture)
 
@@ -53,10 +53,12 @@ def training_shapes(cfg: TrainConfig, model: nn.Module, device: torch.device, pr
 class StaticTrainStep:
     """Forward + loss + backward of one batch on static buffers (a CUDA graph per shape).
 
-    ``step(x, lengths, y, scale)`` leaves the gradients in the trainable parameters'
+    ``step(*inputs, y, scale)`` leaves the gradients in the trainable parameters'
     ``.grad`` (the caller has set them to None first, as the eager step does) and returns
-    the loss (a 0-d tensor). ``x``/``lengths`` come from the feeder's ``inputs`` (already
-    bucketed); ``scale`` is ``1 / step_total`` for class-weighted losses, unused otherwise.
+    the loss (a 0-d tensor). ``inputs`` come from the feeder's ``inputs`` (already bucketed):
+    ``x, lengths``, and for a chunked run's :class:`~gptclf.training.trunk_cache.WindowFeeder`
+    also each window's text and the windows per text; ``forward(model, *inputs)`` gives the
+    logits. ``scale`` is ``1 / step_total`` for class-weighted losses, unused otherwise.
     """
 
     def __init__(self, model: SequenceClassifier, forward: Callable[..., torch.Tensor], params: Sequence[nn.Parameter],
@@ -72,15 +74,17 @@ class StaticTrainStep:
         for p in self.params:
             p.grad = None
 
-    def _fn(self, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def _fn(self, *args: torch.Tensor) -> torch.Tensor:
+        *inputs, y, scale = args
         with graph_autocast(self.device, self.shapes.precision, self.shapes.capture):
-            logits = self.forward(self.model, x, lengths)
+            logits = self.forward(self.model, *inputs)
         loss = self.loss(logits.float(), y, self.weight, scale)
         loss.backward()
         return loss.detach()
 
-    def __call__(self, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        e: dict[str, Any] = self.runner(x, lengths, y, scale)
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        """``step(*inputs, y, scale)``: see the class."""
+        e: dict[str, Any] = self.runner(*args)
         if e["graph"] is not None:
             # The graph wrote this bucket's gradients into the tensors captured with it.
             for p, g in zip(self.params, e["extra"]):

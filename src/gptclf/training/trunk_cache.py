@@ -28,7 +28,7 @@ from ..data.batching import collate, round_up, sorted_batches
 from ..data.download import cache_dir
 from ..data.encoding import EncodedDataset
 from ..device import autocast, available_ram, pad_multiple
-from ..graphs import Shapes, StaticForward
+from ..graphs import Shapes, StaticForward, pad_rows, row_bucket
 from ..models.classifier import SequenceClassifier
 
 
@@ -169,7 +169,10 @@ class _Feeder:
     static: StaticForward | None = None
     width_of: Callable[[int], int] | None = None
 
+    fill: float | int = 0  # what pads a row: the pad id (tokens) or 0.0 (cached hidden states)
+
     def _static(self, shapes: Shapes | None, device: torch.device, fill: float | int) -> None:
+        self.fill = fill
         if shapes is not None:
             self.static = StaticForward(self.forward, device, shapes.precision, shapes.capture, fill)
             self.width_of = shapes.width
@@ -310,14 +313,36 @@ class WindowFeeder:
         assert ds.offsets is not None
         self.inner, self.offsets, self.max_tokens = inner, ds.offsets, max_tokens
         self.row_lengths = ds.row_lengths
+        self.width_of = inner.width_of  # set: --static-shapes (the training step uses inputs and forward)
+
+    def _rows(self, idx: Sequence[int]) -> tuple[list[int], np.ndarray]:
+        first, last = self.offsets[list(idx)], self.offsets[[i + 1 for i in idx]]
+        return np.concatenate([np.arange(a, b) for a, b in zip(first, last)]).tolist(), last - first
 
     def __call__(self, model: SequenceClassifier, idx: Sequence[int]) -> torch.Tensor:
-        first, last = self.offsets[list(idx)], self.offsets[[i + 1 for i in idx]]
-        rows = np.concatenate([np.arange(a, b) for a, b in zip(first, last)]).tolist()
+        rows, counts = self._rows(idx)
         parts = [self.inner.vectors(model, *self.inner.inputs(part))
                  for part in budget_slices(rows, self.row_lengths, self.max_tokens)]
-        counts = torch.as_tensor(last - first, dtype=torch.long, device=parts[0].device)
-        return model.classify_windows(torch.cat(parts), counts)
+        return model.classify_windows(torch.cat(parts), torch.as_tensor(counts, dtype=torch.long,
+                                                                        device=parts[0].device))
+
+    def inputs(self, idx: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        """--static-shapes: the batch's windows in one pass, on fixed shapes: width bucketed (the
+        inner feeder's), rows padded to a power of two; the padding rows belong to an extra,
+        dummy text (index ``len(idx)``), so ``owner`` [rows] and ``counts`` [texts + 1] have
+        shapes the batch size fixes, and no real text's pool or loss sees a padding row."""
+        rows, counts = self._rows(idx)
+        x, lengths = self.inner.inputs(rows)
+        n, padded = len(rows), row_bucket(len(rows))
+        x, lengths = pad_rows(x, lengths, padded, self.inner.fill)
+        owner = np.concatenate([np.repeat(np.arange(len(idx)), counts), np.full(padded - n, len(idx))])
+        counts = np.append(counts, max(padded - n, 1))  # the dummy's (never 0: mean divides by it)
+        return x, lengths, torch.as_tensor(owner, device=x.device), torch.as_tensor(counts, device=x.device)
+
+    def forward(self, model: SequenceClassifier, x: torch.Tensor, lengths: torch.Tensor, owner: torch.Tensor,
+                counts: torch.Tensor) -> torch.Tensor:
+        """Logits of :meth:`inputs`' texts (the dummy's cut off)."""
+        return model.classify_windows(self.inner.vectors(model, x, lengths), counts, owner)[:-1]
 
 
 Feeder = Callable[[SequenceClassifier, Sequence[int]], torch.Tensor]  # TokenFeeder, CachedFeeder or WindowFeeder
@@ -335,16 +360,18 @@ def per_text(feed: TokenFeeder | CachedFeeder, ds: EncodedDataset, cfg: TrainCon
 
 
 def cache_mode(cfg: TrainConfig, model: SequenceClassifier, frozen: int, datasets: Sequence[EncodedDataset],
-                pad_to: int | None, device: torch.device, log: Callable[[str], None], copies: int = 1) -> str:
+                pad_to: int | None, device: torch.device, log: Callable[[str], None], copies: int = 1,
+                held: int = 0) -> str:
     """Decide where the trunk cache lives (or that there is none), and say why. ``copies``: how
-    many caches of these datasets will be held at once (gptclf tune: one per cut)."""
+    many caches of these datasets will be held at once (gptclf tune: one per cut); ``held``:
+    bytes other caches already hold (tune: another --long-text mode's)."""
     if cfg.cache == "off" or frozen == 0:
         return "off"
     if any(getattr(m, "p", 0.0) > 0 for m in model.modules() if isinstance(m, nn.Dropout)) or any(
             getattr(m, "drop_rate", 0.0) > 0 for m in model.modules()):
         log("trunk cache off: dropout is on, so the frozen blocks' output is not fixed")
         return "off"
-    need = copies * sum(TrunkCache.nbytes(d, model.config.emb_dim, pad_to) for d in datasets)
+    need = copies * sum(TrunkCache.nbytes(d, model.config.emb_dim, pad_to) for d in datasets) + held
     if cfg.cache == "disk":
         return "disk"
     if device.type == "cuda":

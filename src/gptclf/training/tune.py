@@ -22,14 +22,17 @@ split is evaluated once, for the winner.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..config import POOLINGS, TrainConfig, TuneOptions
-from ..errors import GptclfError
+from ..data.long_text import AUTO_CHUNK_SHARE, LONG_TEXT_MODES
+from ..errors import DataWarning, GptclfError
 from ..models.classifier import SequenceClassifier, parse_trainable
 from ..files import read_json_object
 from ..rundir.base import BaseWeights
@@ -43,6 +46,7 @@ from .recipe import Encoded, claimed_out, encode_splits, evaluate_splits, make_t
 from .trunk_cache import CachedFeeder, Feeder, Feeds, TokenFeeder, TrunkCache, cache_mode, model_rows, per_text
 
 DEFAULT_TRAINABLES = ("last_layer", "1", "2", "4")
+DEFAULT_LONG_TEXTS = ("truncate", "chunk")  # searched when more than AUTO_CHUNK_SHARE of the texts are long
 LR_FACTORS = (1.0, 2.5)
 
 
@@ -51,9 +55,18 @@ class Candidate:
     trainable: str
     lr: float
     pooling: str
+    long_text: str | None = None  # --long-text; None: no long-text search, the run's own mode
 
     def describe(self) -> str:
-        return f"trainable {self.trainable}, lr {self.lr:g}, pooling {self.pooling}"
+        return f"trainable {self.trainable}, lr {self.lr:g}, pooling {self.pooling}" + \
+            (f", long-text {self.long_text}" if self.long_text else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """metrics.json's form: ``long_text`` only where the search tried several."""
+        d = asdict(self)
+        if self.long_text is None:
+            del d["long_text"]
+        return d
 
 
 @dataclass
@@ -75,7 +88,7 @@ class Trial:
 
     def row(self) -> dict[str, Any]:
         best = self.curve[self.best_epoch - 1] if self.best_epoch else {}
-        return {**asdict(self.candidate), "epochs_run": len(self.curve), "best_epoch": self.best_epoch,
+        return {**self.candidate.to_dict(), "epochs_run": len(self.curve), "best_epoch": self.best_epoch,
                 "val_accuracy": best.get("val_accuracy"), "val_loss": best.get("val_loss"),
                 "pruned_at_epoch": self.pruned_at, "seconds": self.seconds}
 
@@ -92,8 +105,39 @@ def _split_list(text: str | None, option: str) -> list[str] | None:
     return items
 
 
-def search_space(cfg: TrainConfig, opts: TuneOptions, n_layers: int) -> list[Candidate]:
-    """The candidates, the default recipe (``cfg``'s resolved trainable, lr, pooling) first."""
+def long_text_modes(mode: str, lengths: Any, room: int, given: str | None) -> tuple[list[str], dict[str, Any]]:
+    """The --long-text values to search (``mode``, the run's own, first) and metrics.json's
+    ``long_text_search``: ``--long-texts`` if given; else truncate and chunk when more than
+    AUTO_CHUNK_SHARE of the training texts (``lengths``, in tokens) are longer than one window
+    (``room`` text tokens); else only ``mode``, which leaves the search as it is for short texts."""
+    n = len(lengths) if lengths is not None else 0
+    longer = int((np.asarray(lengths) > room).sum()) if n else 0
+    record: dict[str, Any] = {"texts": n, "longer_than_window": longer, "window": room,
+                              "share": longer / n if n else 0.0, "threshold": AUTO_CHUNK_SHARE}
+    wanted = _split_list(given, "--long-texts")
+    for m in wanted or []:
+        if m not in LONG_TEXT_MODES:
+            raise GptclfError(f"--long-texts: {m!r} is not a --long-text mode", hint=f"use {', '.join(LONG_TEXT_MODES)}")
+    if wanted is None and record["share"] <= AUTO_CHUNK_SHARE:
+        wanted = []
+    modes = list(dict.fromkeys([mode, *(DEFAULT_LONG_TEXTS if wanted is None else wanted)]))
+    return modes, {**record, "searched": len(modes) > 1, "modes": modes}
+
+
+def search_space(cfg: TrainConfig, opts: TuneOptions, n_layers: int,
+                 long_texts: list[str] | None = None) -> list[Candidate]:
+    """The candidates, the default recipe (``cfg``'s resolved trainable, lr, pooling) first; with
+    several ``long_texts`` (:func:`long_text_modes`) each in every mode: the default recipe in
+    each first (so a short budget still compares the modes), then the rest of the grid."""
+    cands = _recipe_space(cfg, opts, n_layers)
+    if long_texts is not None and len(long_texts) > 1:
+        cands = [replace(cands[0], long_text=m) for m in long_texts] + \
+            [replace(c, long_text=m) for m in long_texts for c in cands[1:]]
+    return cands[: opts.trials] if opts.trials else cands
+
+
+def _recipe_space(cfg: TrainConfig, opts: TuneOptions, n_layers: int) -> list[Candidate]:
+    """Every (trainable, lr, pooling) candidate, the default recipe first."""
     default = Candidate(str(cfg.trainable), float(cfg.lr), str(cfg.pooling))
     trainables = _split_list(opts.trainables, "--trainables") or \
         [t for t in DEFAULT_TRAINABLES if t == "last_layer" or int(t) <= n_layers]
@@ -118,7 +162,7 @@ def search_space(cfg: TrainConfig, opts: TuneOptions, n_layers: int) -> list[Can
         if k not in seen:
             seen.add(k)
             out.append(c)
-    return out[: opts.trials] if opts.trials else out
+    return out
 
 
 def _depth(trainable: str, n_layers: int) -> int | str:
@@ -137,7 +181,7 @@ class SharedTrunk:
     """Every split's trunk output at every cut the candidates need, each block computed once."""
 
     def __init__(self, cfg: TrainConfig, pristine: torch.nn.Module, cuts: set[int], enc: Encoded,
-                 pad_to: int | None, device: torch.device, precision: str, log: Log) -> None:
+                 pad_to: int | None, device: torch.device, precision: str, log: Log, held: int = 0) -> None:
         self.caches: dict[int, dict[str, TrunkCache]] = {}
         self.cfg, self.texts, self.pad_to, self.device = cfg, enc.datasets, pad_to, device
         self.datasets = {k: model_rows(ds) for k, ds in enc.datasets.items()}  # a chunked split's windows
@@ -145,9 +189,12 @@ class SharedTrunk:
         self.seconds = 0.0
         trunk = SequenceClassifier(pristine, cfg.pooling, causal=cfg.causal_mask)
         cached = sorted(c for c in cuts if c > 0)
-        # Budgeted for every cut's cache: all are held until the search ends.
+        # Budgeted for every cut's cache (all are held until the search ends) on top of what
+        # the other --long-text modes' caches already hold (``held`` bytes).
         self.mode = cache_mode(cfg, trunk, min(cached, default=0), list(self.datasets.values()), pad_to, device,
-                               log, copies=len(cached)) if cached else "off"
+                               log, copies=len(cached), held=held) if cached else "off"
+        per_copy = sum(TrunkCache.nbytes(d, pristine.config.emb_dim, pad_to) for d in self.datasets.values())
+        self.ram_bytes = per_copy * len(cached) if self.mode in ("ram", "cpu") else 0
         if self.mode == "off":
             return
         t0 = time.perf_counter()
@@ -201,11 +248,21 @@ def _median(keys: list[tuple[float, float]]) -> tuple[float, float]:
     return sorted(keys)[(len(keys) - 1) // 2]
 
 
+def mode_of(cand: Candidate, cfg: TrainConfig) -> str:
+    """The candidate's --long-text: its own where the search tries several, else the run's."""
+    return cand.long_text or str(cfg.long_text)
+
+
+def candidate_config(cfg: TrainConfig, cand: Candidate) -> TrainConfig:
+    return replace(cfg, trainable=cand.trainable, lr=cand.lr, pooling=cand.pooling, long_text=mode_of(cand, cfg))
+
+
 def run_trial(cfg: TrainConfig, cand: Candidate, enc: Encoded, pristine: torch.nn.Module, n_classes: int,
               trunk: SharedTrunk, earlier: list[Trial], prune_epochs: int, s: Any, protect: bool) -> Trial:
-    """Train one candidate epoch by epoch (exactly as ``gptclf train`` with its settings)."""
+    """Train one candidate epoch by epoch (exactly as ``gptclf train`` with its settings; ``enc`` and
+    ``trunk``: its --long-text mode's)."""
     t0 = time.perf_counter()
-    ccfg = replace(cfg, trainable=cand.trainable, lr=cand.lr, pooling=cand.pooling)
+    ccfg = candidate_config(cfg, cand)
     torch.manual_seed(ccfg.seed)
     model, frozen = _classifier(ccfg, enc, pristine, n_classes, s.device)
     feeds = trunk.feeds(frozen)
@@ -232,25 +289,35 @@ def run_trial(cfg: TrainConfig, cand: Candidate, enc: Encoded, pristine: torch.n
     return trial
 
 
-def search(cfg: TrainConfig, opts: TuneOptions, enc: Encoded, n_classes: int, s: Any,
-           pristine: torch.nn.Module, pad_to: int | None) -> tuple[list[Trial], Trial, SharedTrunk, bool]:
-    """Run the candidates (the default first, protected); returns every finished trial, the winner,
-    the caches and whether Ctrl-C stopped the search (the winner is then the best finished so far)."""
+def search(cfg: TrainConfig, opts: TuneOptions, encs: dict[str, Encoded], n_classes: int, s: Any,
+           pristine: torch.nn.Module, pad_to: int | None
+           ) -> tuple[list[Trial], Trial, dict[str, SharedTrunk], bool]:
+    """Run the candidates (the default first, protected); ``encs``: the splits encoded in each
+    --long-text mode searched (the run's first). Returns every finished trial, the winner, each
+    mode's caches and whether Ctrl-C stopped the search (the winner is then the best finished so far)."""
     n_layers = pristine.config.n_layers
-    cands = search_space(cfg, opts, n_layers)
-    trunk = SharedTrunk(cfg, pristine, {_frozen(c.trainable, n_layers) for c in cands}, enc, pad_to, s.device,
-                        s.precision, s.log)
-    s.log(f"searching {len(cands)} candidates, {cfg.epochs} epochs each at most (best epoch kept)")
+    cands = search_space(cfg, opts, n_layers, list(encs))
+    trunks: dict[str, SharedTrunk] = {}
     try:
-        trials, best, interrupted = _run_candidates(cfg, opts, cands, enc, n_classes, s, pristine, trunk)
+        held = 0  # bytes the modes' caches built so far hold in RAM: each budget counts them
+        for mode, enc in encs.items():  # a mode's trunk holds its own rows: whole texts or windows
+            cuts = {_frozen(c.trainable, n_layers) for c in cands if mode_of(c, cfg) == mode}
+            if cuts:
+                trunks[mode] = SharedTrunk(replace(cfg, long_text=mode), pristine, cuts, enc, pad_to, s.device,
+                                           s.precision, s.log, held=held)
+                held += trunks[mode].ram_bytes
+        s.log(f"searching {len(cands)} candidates, {cfg.epochs} epochs each at most (best epoch kept)")
+        trials, best, interrupted = _run_candidates(cfg, opts, cands, encs, n_classes, s, pristine, trunks)
     except BaseException:  # Ctrl-C before any candidate finished, or an error: no cache spill left behind
-        trunk.close()
+        for trunk in trunks.values():
+            trunk.close()
         raise
-    return trials, best, trunk, interrupted
+    return trials, best, trunks, interrupted
 
 
-def _run_candidates(cfg: TrainConfig, opts: TuneOptions, cands: list[Candidate], enc: Encoded, n_classes: int,
-                    s: Any, pristine: torch.nn.Module, trunk: SharedTrunk) -> tuple[list[Trial], Trial, bool]:
+def _run_candidates(cfg: TrainConfig, opts: TuneOptions, cands: list[Candidate], encs: dict[str, Encoded],
+                    n_classes: int, s: Any, pristine: torch.nn.Module,
+                    trunks: dict[str, SharedTrunk]) -> tuple[list[Trial], Trial, bool]:
     trials: list[Trial] = []
     best: Trial | None = None
     t0 = time.perf_counter()
@@ -258,9 +325,10 @@ def _run_candidates(cfg: TrainConfig, opts: TuneOptions, cands: list[Candidate],
         if opts.budget_s is not None and trials and time.perf_counter() - t0 > opts.budget_s:
             s.log(f"budget of {opts.budget_s:g}s spent: {len(cands) - i} candidate(s) not tried")
             break
+        mode = mode_of(cand, cfg)
         try:
-            trial = run_trial(cfg, cand, enc, pristine, n_classes, trunk, trials, opts.prune_epochs, s,
-                              protect=i == 0)
+            trial = run_trial(cfg, cand, encs[mode], pristine, n_classes, trunks[mode], trials, opts.prune_epochs,
+                              s, protect=i == 0)
         except KeyboardInterrupt:
             if best is None:  # nothing finished: nothing to save (exit 130, as before)
                 raise
@@ -286,12 +354,14 @@ def _run_candidates(cfg: TrainConfig, opts: TuneOptions, cands: list[Candidate],
 
 def search_table(trials: list[Trial], best: Trial) -> str:
     """The terminal's table of every candidate."""
-    lines = [f"{'':2}{'trainable':>11} {'lr':>9} {'pooling':>12} {'val acc':>8} {'val loss':>9} "
-             f"{'epoch':>5} {'stopped':>7} {'seconds':>8}"]
+    modes = any(t.candidate.long_text for t in trials)  # a column only where the search tried several
+    lines = [f"{'':2}{'trainable':>11} {'lr':>9} {'pooling':>12} " + (f"{'long-text':>10} " if modes else "")
+             + f"{'val acc':>8} {'val loss':>9} {'epoch':>5} {'stopped':>7} {'seconds':>8}"]
     for t in trials:
         r = t.row()
         lines.append(f"{'*' if t is best else ' ':2}{r['trainable']:>11} {r['lr']:>9.2g} {r['pooling']:>12} "
-                     f"{r['val_accuracy'] * 100:>7.2f}% {r['val_loss']:>9.4f} {r['best_epoch']:>5} "
+                     + (f"{r['long_text']:>10} " if modes else "")
+                     + f"{r['val_accuracy'] * 100:>7.2f}% {r['val_loss']:>9.4f} {r['best_epoch']:>5} "
                      f"{r['pruned_at_epoch'] or '':>7} {r['seconds']:>8.1f}")
     return "\n".join(lines)
 
@@ -302,6 +372,9 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, log: Log | None = None) -> Pat
     if cfg.report_to != "none":  # refused rather than ignored: a user would look for a run that never comes
         raise GptclfError(f"gptclf tune does not report to {cfg.report_to} (--report-to)",
                           hint="tune, then train the winner's options with gptclf train --report-to")
+    if cfg.audit:
+        raise GptclfError("--audit is an option of gptclf train",
+                          hint="run gptclf audit first, then tune with --drop-label-issues DIR/audit.csv")
     ctx, dist_device = init_distributed(cfg.device)
     try:
         if ctx.world_size > 1:
@@ -322,13 +395,15 @@ def _tune(cfg: TrainConfig, opts: TuneOptions, log: Log | None, ctx: Any, dist_d
     enc = encode_splits(cfg, splits)
     cfg = replace(cfg.for_backbone(enc.backbone.model.config.arch), long_text=enc.long_text.mode)
     s.log(enc.long_text_line)
+    encs, record = _long_text_encodings(cfg, opts, enc, splits, s.log)
     pristine = enc.backbone.model  # never trained: every candidate copies it
     pad_to = enc.max_length if cfg.padding == "longest" else None
-    trials, best, trunk, interrupted = search(cfg, opts, enc, len(splits.labels), s, pristine, pad_to)
+    trials, best, trunks, interrupted = search(cfg, opts, encs, len(splits.labels), s, pristine, pad_to)
     try:
-        out = _save_winner(cfg, best, trials, enc, splits, s, pristine, trunk, t_start, interrupted)
+        out = _save_winner(cfg, best, trials, encs, splits, s, pristine, trunks, t_start, record, interrupted)
     finally:
-        trunk.close()
+        for trunk in trunks.values():
+            trunk.close()
     s.log("\n" + search_table(trials, best))
     weights = read_json_object(Path(out) / "metrics.json").get("weights") or {}
     s.log(f"best{' so far (search interrupted)' if interrupted else ''}: {best.candidate.describe()} -> saved "
@@ -338,11 +413,30 @@ def _tune(cfg: TrainConfig, opts: TuneOptions, log: Log | None, ctx: Any, dist_d
     return out
 
 
-def _save_winner(cfg: TrainConfig, best: Trial, trials: list[Trial], enc: Encoded, splits: Any, s: Any,
-                 pristine: torch.nn.Module, trunk: SharedTrunk, t_start: float, interrupted: bool = False) -> Path:
+def _long_text_encodings(cfg: TrainConfig, opts: TuneOptions, enc: Encoded, splits: Any,
+                         log: Log) -> tuple[dict[str, Encoded], dict[str, Any]]:
+    """The splits encoded in every --long-text mode the search tries (``enc``: the run's own mode's)
+    and metrics.json's ``long_text_search``."""
+    mode = enc.long_text.mode
+    modes, record = long_text_modes(mode, enc.datasets["train"].text_lengths, enc.room, opts.long_texts)
+    encs = {mode: enc}
+    for other in modes[1:]:  # the same backbone: only the fitting of the texts differs
+        with warnings.catch_warnings():  # "N texts were truncated": a candidate's mode, not the user's choice
+            warnings.simplefilter("ignore", DataWarning)
+            encs[other] = encode_splits(replace(cfg, long_text=other), splits, enc.backbone)
+    if record["searched"]:
+        log(f"long texts: {record['longer_than_window']} of {record['texts']} training texts are longer than one "
+            f"window of {record['window']} tokens: searching --long-text {', '.join(modes)}")
+    return encs, record
+
+
+def _save_winner(cfg: TrainConfig, best: Trial, trials: list[Trial], encs: dict[str, Encoded], splits: Any,
+                 s: Any, pristine: torch.nn.Module, trunks: dict[str, SharedTrunk], t_start: float,
+                 long_text_search: dict[str, Any], interrupted: bool = False) -> Path:
     """Rebuild the winner with its best epoch's weights, evaluate (and calibrate) it, save it."""
     c = best.candidate
-    wcfg = replace(cfg, trainable=c.trainable, lr=c.lr, pooling=c.pooling)
+    wcfg = candidate_config(cfg, c)
+    enc, trunk = encs[wcfg.long_text], trunks[wcfg.long_text]
     base = BaseWeights.of(pristine)
     model, frozen = _classifier(wcfg, enc, pristine, len(splits.labels), s.device)
     params = dict(model.named_parameters())
@@ -352,7 +446,8 @@ def _save_winner(cfg: TrainConfig, best: Trial, trials: list[Trial], enc: Encode
     metrics: dict[str, Any] = evaluate_splits(model, trunk.feeds(frozen), enc, splits, wcfg, s.device, s.precision)
     metrics.update({
         "best_epoch": best.best_epoch, "val_curve": best.curve, "search": [t.row() for t in trials],
-        "search_winner": asdict(c), "search_cache_seconds": trunk.seconds, "interrupted": False,
+        "search_winner": c.to_dict(), "long_text_search": long_text_search,
+        "search_cache_seconds": sum(t.seconds for t in trunks.values()), "interrupted": False,
         "search_interrupted": interrupted,  # the winner's training finished; the search did not
         "n_train": len(enc.datasets["train"]), "n_val": len(enc.datasets["val"]),
         "n_test": len(enc.datasets["test"]), "device": str(s.device), "precision": s.precision,
