@@ -352,6 +352,11 @@ def recipe_for(model: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- config.json
 
+# The temperature a config.json may carry. A fitted one lies in about [0.05, 20]
+# (gptclf.training.calibrate); one at 1e-40 turns every logit into inf (each prediction
+# fails, an HF export writes non-finite weights), one at 1e40 makes every score uniform.
+TEMPERATURE_MIN, TEMPERATURE_MAX = 1e-3, 1e3
+
 
 @dataclass
 class RunConfig:
@@ -447,8 +452,10 @@ class RunConfig:
             if not isinstance(d.get(key, True), bool):
                 raise GptclfError(f"{where}: {key!r} must be true or false, not {d[key]!r}")
         t = d.get("temperature", 1.0)
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf"):
-            raise GptclfError(f"{where}: temperature {t!r} is not a positive number")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not TEMPERATURE_MIN <= t <= TEMPERATURE_MAX:
+            raise GptclfError(f"{where}: temperature {t!r} is not a number between {TEMPERATURE_MIN:g} and "
+                              f"{TEMPERATURE_MAX:g}", hint="a fitted temperature lies in [0.05, 20]: the run "
+                              "directory is damaged or edited; set it to 1.0 or retrain")
         task = tasks.task_of_config(d, labels, where)
         LongText.from_config(d.get("long_text"), where)
         if d.get("lora") is not None and not isinstance(d["lora"], dict):

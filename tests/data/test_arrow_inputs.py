@@ -95,3 +95,53 @@ def test_predict_file_reads_parquet(files: dict[str, Path], tmp_path: Path) -> N
     rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert res.rows == 30 and [r["id"] for r in rows] == list(range(30))
     assert all(r["predicted_label"] == "b" for r in rows)
+
+
+@pytest.mark.parametrize("state", ["[1, 2]", "3", '"x"', "null"])
+def test_a_state_json_that_is_not_an_object_is_refused(tmp_path: Path, state: str) -> None:
+    d = _hf_folder(tmp_path / "ds")
+    (d / "state.json").write_text(state)
+    with pytest.raises(GptclfError, match="is not a datasets state.json"):
+        Table(d)
+    (d / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00002.arrow"}]}))
+    (d / "dataset_info.json").write_text("[]")  # an info that is not an object: no class names, no traceback
+    assert len(read_table(d)) == 16
+
+
+# Read in a child process: before the fix some garbled streams crashed pyarrow (a segfault),
+# which would take the test session down with them instead of failing one test.
+_READ_ALL = """
+import sys
+from gptclf.data.tables import read_table
+from gptclf.errors import GptclfError
+for path in sys.argv[1:]:
+    try:
+        read_table(path)
+        print("rows")
+    except GptclfError as e:
+        print("error" if "\\n" not in e.message else "multi-line")
+"""
+
+
+def test_garbled_bytes_mid_stream_are_one_line(tmp_path: Path) -> None:
+    import random
+    import subprocess
+    import sys
+
+    t = pa.table({"text": [f"text number {i} " * 5 for i in range(5000)], "label": ["a", "b"] * 2500})
+    clean = tmp_path / "s.arrow"
+    with pa.ipc.new_stream(str(clean), t.schema) as w:
+        for b in t.to_batches(max_chunksize=500):
+            w.write_batch(b)
+    data = clean.read_bytes()
+    paths = []
+    for seed in range(16):  # 64 random bytes somewhere in the middle half of the file
+        d, r = bytearray(data), random.Random(seed)
+        start = r.randrange(len(d) // 4, 3 * len(d) // 4)
+        d[start:start + 64] = bytes(r.randrange(256) for _ in range(64))
+        paths.append(tmp_path / f"g{seed}.arrow")
+        paths[-1].write_bytes(bytes(d))
+    p = subprocess.run([sys.executable, "-c", _READ_ALL, *map(str, paths)], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["error"] * len(paths), p.stdout

@@ -4,6 +4,7 @@ strings (CSV, TSV), the empty set, clear errors, the approximate stratified spli
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,52 @@ def test_one_label_in_all_the_data_is_refused(tmp_path: Path) -> None:
     p.write_text("".join(json.dumps({"text": f"t{i}", "label": ["a"] if i % 2 else []}) + "\n" for i in range(20)))
     with pytest.raises(GptclfError, match="only one class"):
         load_data(str(p), multi_label=True)
+
+
+@pytest.mark.parametrize("delimiter", ["|", ";"])
+def test_a_label_containing_the_delimiter_is_refused(tmp_path: Path, delimiter: str) -> None:
+    # predict --output x.csv joins a row's labels with the delimiter: 'food|drink' would read
+    # back as two labels, so the name is refused when the data is read.
+    p = tmp_path / "d.jsonl"
+    rows = [{"text": f"t{i}", "label": ["a"] if i % 2 else [f"food{delimiter}drink"]} for i in range(30)]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(GptclfError, match=rf"the label 'food\{delimiter}drink', which contains the label "
+                                          rf"delimiter '\{delimiter}'") as e:
+        load_data(str(p), multi_label=True, label_delimiter=delimiter)
+    assert "--label-delimiter" in e.value.hint
+    other = "," if delimiter == "|" else "|"  # another delimiter: the same data is fine
+    assert load_data(str(p), multi_label=True, label_delimiter=other).labels == ["a", f"food{delimiter}drink"]
+
+
+def _long_tail(p: Path, per_text: int) -> Path:
+    import random
+
+    r = random.Random(0)
+    names = [f"label{j}" for j in range(1000)]
+    p.write_text("".join(json.dumps({"text": f"text {i} here", "label": r.sample(names, per_text) if per_text > 1
+                                     else [names[i]]}) + "\n" for i in range(600)))
+    return p
+
+
+def test_a_long_tail_label_set_gets_a_short_accurate_error(tmp_path: Path) -> None:
+    # 600 texts, one label each of 1,000: every label too rare for the stratified split to reach
+    # validation. Not "600 examples are too few": the rarity is what the user must fix.
+    p = _long_tail(tmp_path / "d.jsonl", 1)
+    with pytest.raises(GptclfError) as e:
+        load_data(str(p), multi_label=True)
+    assert len(str(e.value)) < 400, str(e.value)
+    assert "all 600 rarest labels here have fewer (at most 1)" in e.value.message
+    assert "at least 3 examples" in e.value.hint
+
+
+def test_long_tail_warnings_and_errors_stay_short(tmp_path: Path) -> None:
+    p = _long_tail(tmp_path / "d.jsonl", 2)
+    with pytest.warns(DataWarning) as w:
+        load_data(str(p), multi_label=True)
+    missing = [str(x.message) for x in w if "has no example of" in str(x.message)]
+    assert missing and all(len(m) < 300 and re.search(r"and \d+ more", m) for m in missing), missing
+    val = tmp_path / "val.jsonl"  # labels never seen in training, many of them
+    val.write_text("".join(json.dumps({"text": f"v{i}", "label": [f"new{i}"]}) + "\n" for i in range(500)))
+    with pytest.raises(GptclfError, match=r"label\(s\) \['new0', .*\] and 492 more never seen") as e:
+        load_data(str(p), multi_label=True, val=str(val))
+    assert len(str(e.value)) < 500, str(e.value)

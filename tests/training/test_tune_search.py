@@ -163,3 +163,32 @@ def test_tune_without_a_head_bias_saves_what_config_json_says(sms_csv: Path, tmp
     assert not any(k.startswith("out_head.bias") for k in load_file(str(out / "model.safetensors")))
     preds = Classifier.load(out, device="cpu").predict(["WIN a prize now", "see you at lunch"])
     assert [p["label"] in ("ham", "spam") for p in preds] == [True, True]
+
+
+def test_ctrl_c_saves_the_best_finished_candidate(sms_csv: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in the third candidate (as the loop reports it: run_trial raises KeyboardInterrupt)
+    saves the best of the two finished ones, says so, and still ends as an interrupt (exit 130)."""
+    from gptclf.training import tune
+
+    real, calls = tune.run_trial, []
+
+    def interrupted_third(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tune, "run_trial", interrupted_third)
+    model = write_gpt2_config_only(tmp_path / "tiny", n_layer=2, n_embd=32)
+    lines: list[str] = []
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_tune(TrainConfig(model=str(model), data=str(sms_csv), out=str(out), **{**BASE, "epochs": 1}),
+                 TuneOptions(trainables="last_layer,last_block", lrs="2e-3,5e-3"), log=lines.append)
+    m = json.loads((out / "metrics.json").read_text())
+    assert len(m["search"]) == 2 and m["search_interrupted"] is True and m["interrupted"] is False
+    best = max(m["search"], key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+    assert m["search_winner"] == {k: best[k] for k in ("trainable", "lr", "pooling")}
+    assert any("interrupted in candidate 3/" in ln and "saving the best of the 2 finished" in ln for ln in lines)
+    assert Classifier.load(out, device="cpu").predict(["WIN a prize now"])[0]["label"] in ("ham", "spam")

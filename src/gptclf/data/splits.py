@@ -228,8 +228,7 @@ def load_splits(data: str = "sms-spam", *, balance: str, split: str, val: str | 
     tr, va, te = _split(examples, val, test, read, seed, train_frac, val_frac, cut)
     for name, part, opt in (("validation", va, "--val"), ("test", te, "--test")):
         if not part:
-            raise GptclfError(f"{source}: the {name} split is empty ({len(examples)} examples are too few "
-                              "for the split)", hint=f"add data, or pass your own {name} file with {opt}")
+            raise _empty_split(source, name, opt, examples, split)
     labels = sorted_labels({lab for e in tr for lab in e.label_set()})
     if len(labels) < 2:
         raise GptclfError(f"{source}: the training split has a single class {labels}",
@@ -282,14 +281,37 @@ def _split(examples: list[Example], val: str | None, test: str | None, read, see
     return random_split(examples, 1.0, 0.0, seed)[0], va, te
 
 
+def _empty_split(source: str, name: str, opt: str, examples: list[Example], split: str) -> GptclfError:
+    """Why a split came out empty: too few examples, or (stratified) only labels too rare to split."""
+    if split == "stratified" and len(examples) >= 5:  # a random 10% of 5 or more is not empty
+        multi = any(e.labels is not None for e in examples)
+        key = rarest_label_key(examples) if multi else (lambda e: e.label)
+        groups = Counter(key(e) for e in examples)
+        return GptclfError(
+            f"{source}: the {name} split is empty: the stratified split keeps a {'rarest ' if multi else ''}label "
+            f"with fewer than 3 examples in training, and all {len(groups)} "
+            f"{'rarest labels' if multi else 'labels'} here have fewer (at most {max(groups.values())})",
+            hint="give each label at least 3 examples, or merge or drop the rare labels (a label "
+                 "in validation or test must also be in training)")
+    return GptclfError(f"{source}: the {name} split is empty ({len(examples)} examples are too few for the split)",
+                       hint=f"add data, or pass your own {name} file with {opt}")
+
+
+def some(names: Sequence[str], k: int = 8) -> str:
+    """A list of labels for a message: all of a few, the first ``k`` and a count of the rest of many."""
+    names = list(names)
+    return repr(names) if len(names) <= k else f"{names[:k]!r} and {len(names) - k} more"
+
+
 def _check_split_labels(labels: list[str], va: list[Example], te: list[Example]) -> None:
     for name, part in (("validation", va), ("test", te)):
         unseen = sorted_labels({lab for e in part for lab in e.label_set()} - set(labels))
         if unseen:
             ex = next(e for e in part if set(e.label_set()) & set(unseen))
-            raise GptclfError(f"{name} data has label(s) {unseen} never seen in training "
+            raise GptclfError(f"{name} data has label(s) {some(unseen)} never seen in training "
                               f"(first at line {ex.line})",
-                              hint=f"training labels are {labels}; fix the label or add training examples")
+                              hint=f"the {len(labels)} training labels are {some(labels)}; fix the label or "
+                                   "add training examples")
 
 
 def _warn_missing_classes(labels: list[str], tr: list[Example], va: list[Example], te: list[Example]) -> None:
@@ -297,8 +319,10 @@ def _warn_missing_classes(labels: list[str], tr: list[Example], va: list[Example
         counts = class_counts(part, labels)
         missing = [k for k, v in counts.items() if v == 0]
         if missing:
-            warn(f"the {name} split ({len(part)} texts) has no example of {missing}: its metrics "
-                 f"says nothing about them (counts: {counts})")
+            # Counts only where they fit in a line: a long-tail label set would print thousands.
+            tail = f" (counts: {counts})" if len(counts) <= 20 else ""
+            warn(f"the {name} split ({len(part)} texts) has no example of {some(missing)}: "
+                 f"its metrics say nothing about them{tail}")
 
 
 def _warn_leakage(train: list[Example], val: list[Example], test: list[Example]) -> None:

@@ -315,6 +315,8 @@ def hf_dataset_files(folder: Path) -> tuple[list[Path], dict[str, list[str]]]:
                           hint="pass a CSV, TSV, JSONL, JSON, Parquet or Arrow file, or a folder saved by "
                                "datasets' save_to_disk")
     meta = parse_json(state.read_text(encoding="utf-8"), str(state))
+    if not isinstance(meta, dict):  # datasets writes an object; a list or a number is not its state.json
+        raise GptclfError(f"{state} is not a datasets state.json (a JSON {type(meta).__name__}, not an object)")
     names = [d.get("filename") for d in (meta.get("_data_files") or []) if isinstance(d, dict)]
     files = [folder / n for n in names if isinstance(n, str) and "/" not in n and "\\" not in n]
     if not files:
@@ -322,7 +324,8 @@ def hf_dataset_files(folder: Path) -> tuple[list[Path], dict[str, list[str]]]:
     classes: dict[str, list[str]] = {}
     info = folder / "dataset_info.json"
     if info.is_file():
-        features = parse_json(info.read_text(encoding="utf-8"), str(info)).get("features") or {}
+        info_json = parse_json(info.read_text(encoding="utf-8"), str(info))
+        features = (info_json.get("features") if isinstance(info_json, dict) else None) or {}
         for col, feat in features.items() if isinstance(features, dict) else ():
             if isinstance(feat, dict) and feat.get("_type") == "ClassLabel" and isinstance(feat.get("names"), list):
                 classes[col] = [str(x) for x in feat["names"]]
@@ -353,7 +356,25 @@ def arrow_batches(files: list[Path]) -> Iterator[Any]:
         if first:
             yield schema
             first = False
-        yield from batches
+        yield from checked_batches(batches, path, pa)
+
+
+def checked_batches(batches: Iterator[Any], path: Path, pa: Any) -> Iterator[Any]:
+    """Each record batch validated in full before anything reads it: garbled bytes mid-file
+    (offsets past the buffer, bad UTF-8) otherwise crash pyarrow's to_pylist (a SystemError,
+    a UnicodeDecodeError, even a segmentation fault) instead of being one line."""
+    n = 0
+    while True:
+        try:
+            batch = next(batches)
+            batch.validate(full=True)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError, ValueError, SystemError) as e:
+            raise GptclfError(f"{path}: record batch {n + 1} is damaged ({type(e).__name__}: {str(e)[:150]})",
+                              hint="the file is truncated or corrupted: write it again") from None
+        n += 1
+        yield batch
 
 
 def looks_like_data(cells: list[str], expect: tuple[str, ...] = ()) -> bool:
@@ -500,6 +521,13 @@ def label_list(v: Any, where: str, column: str, delimiter: str = DEFAULT_LABEL_D
             raise GptclfError(f"{where}: column {column!r} holds a nested list or object",
                               hint="each label of a row's list must be a string or a number")
         names = [cell_text(x, where, column).strip() for x in items]
+        joined = next((n for n in names if delimiter and delimiter in n), None)
+        if joined is not None:
+            # The predictions' CSV joins a row's labels with the delimiter: 'food|drink' would
+            # read back as two labels.
+            raise GptclfError(f"{where}: column {column!r} has the label {joined[:60]!r}, which contains the "
+                              f"label delimiter {delimiter!r}",
+                              hint="rename the label, or pass another --label-delimiter (one no label contains)")
     else:
         if not delimiter:
             raise GptclfError("--label-delimiter must not be empty")

@@ -132,7 +132,7 @@ class Classifier:
         tokenizer = tokenizer_from_config(cfg.tokenizer, graphs)
         check_tokenizer(graphs, tokenizer, registry.config_from_dict(cfg.architecture).vocab_size)
         session = onnx.OnnxSession(onnx.graph_path(graphs, "int8" if quantize else "fp32"), threads,
-                                   head=onnx.read_manifest(graphs).get("window_head"))
+                                   head=onnx.read_manifest(graphs).get("window_head"), per_row=bool(quantize))
         session.check_outputs(len(cfg.labels), tokenizer.pad_id)
         # directory stays the run's own (its metrics.json is what `gptclf serve` reports).
         return cls(None, tokenizer, cfg, torch.device("cpu"), "int8" if quantize else "fp32", directory, session)

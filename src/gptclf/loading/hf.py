@@ -93,20 +93,47 @@ def load_hf_dir(directory: Path, init: str, source: dict[str, Any]) -> Backbone:
     if fam is None:
         raise GptclfError(f"{cfg_path}: model_type {model_type!r} is not supported",
                           hint="supported: " + ", ".join(registry.hf_model_types()))
-    try:
-        cfg = fam.config_from_hf(hf_cfg)
-    except KeyError as e:
-        raise GptclfError(f"{cfg_path} lacks {e.args[0]!r}", hint="is it a complete Hugging Face config.json?") from None
-    except (TypeError, ValueError) as e:
-        raise GptclfError(f"{cfg_path}: invalid value ({type(e).__name__}: {e})") from None
-    registry.check_config(cfg)
+    cfg = _config_from_hf(fam, hf_cfg, cfg_path)
+    registry.check_config(cfg, where=str(cfg_path), spell=hf_spelling(hf_cfg))
     model = registry.build_model(cfg, initialise=init != "pretrained")  # the file fills every weight
     if init == "pretrained":
-        sd = fam.convert_hf(read_safetensors_dir(directory), cfg)
+        try:
+            sd = fam.convert_hf(read_safetensors_dir(directory), cfg)
+        except KeyError as e:  # the converter reads each tensor the config's sizes call for
+            raise GptclfError(f"{directory}: the weights have no tensor {e.args[0]!r}, which {cfg_path.name} "
+                              f"calls for ({cfg.n_layers} layers)",
+                              hint="config.json and the safetensors come from different models, or a "
+                                   "shard is missing") from None
         load_converted_state_dict(model, sd, str(directory))
     return Backbone(model, family_tokenizer(fam, directory), {**source, "init": init, "model_type": model_type})
 
 
+
+
+# The Hugging Face keys of the fields check_config names, so its message names the file's key.
+HF_SPELLING = {"n_layers": ("num_hidden_layers", "n_layer"), "emb_dim": ("hidden_size", "n_embd"),
+               "n_heads": ("num_attention_heads", "n_head"), "n_kv_heads": ("num_key_value_heads",),
+               "hidden_dim": ("intermediate_size",), "context_length": ("max_position_embeddings", "n_positions"),
+               "norm_eps": ("rms_norm_eps",), "layer_norm_eps": ("layer_norm_epsilon",),
+               "attn_softcap": ("attn_logit_softcapping",), "final_softcap": ("final_logit_softcapping",),
+               "rope_local_theta": ("rope_local_base_freq",)}
+
+
+def hf_spelling(hf_cfg: dict[str, Any]) -> dict[str, str]:
+    """Field -> the key this config.json spells it with (of those it has)."""
+    return {f: k for f, keys in HF_SPELLING.items() for k in keys if k in hf_cfg}
+
+
+def _config_from_hf(fam: Any, hf_cfg: dict[str, Any], cfg_path: Path) -> Any:
+    """The family's config from config.json; what it lacks or cannot read, named with the file."""
+    try:
+        return fam.config_from_hf(hf_cfg)
+    except KeyError as e:
+        raise GptclfError(f"{cfg_path} lacks {e.args[0]!r}", hint="is it a complete Hugging Face config.json?") from None
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise GptclfError(f"{cfg_path}: invalid value ({type(e).__name__}: {e})") from None
+    except GptclfError as e:
+        raise GptclfError(f"{cfg_path}: {e.message}", hint=e.hint) from None
 
 
 def family_tokenizer(fam: Any, directory: Path | None) -> Tokenizer:

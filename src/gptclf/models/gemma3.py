@@ -24,7 +24,10 @@ class Gemma3Config(Gemma2Config):
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> "Gemma3Config":
         n = hf["num_hidden_layers"]
-        pattern = int(hf.get("sliding_window_pattern", 6))
+        pattern = hf.get("sliding_window_pattern", 6)
+        if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 1:
+            # every pattern-th layer is global: 0 or less is no pattern (and a division by zero)
+            raise ValueError(f"sliding_window_pattern={pattern!r} must be a positive integer")
         types = hf.get("layer_types") or ["sliding_attention" if (i + 1) % pattern else "full_attention"
                                           for i in range(n)]
         full, local = _rope(hf)

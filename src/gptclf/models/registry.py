@@ -91,39 +91,57 @@ def config_from_dict(d: dict[str, Any]) -> Any:
     return cfg
 
 
-def check_config(cfg: Any) -> int:
+# Values every real model has positive and finite: a norm's epsilon sits under a square root,
+# query_pre_attn_scalar is raised to the power -1/2, a soft-cap divides, a RoPE base is a log's.
+# Zero, negative or NaN builds a model whose every logit is NaN (or whose scale is complex).
+POSITIVE_FLOATS = ("layer_norm_eps", "norm_eps", "rope_theta", "query_pre_attn_scalar", "attn_softcap",
+                   "final_softcap", "rope_local_theta", "rope_linear_factor")
+
+
+def check_config(cfg: Any, where: str = "architecture", spell: dict[str, str] | None = None) -> int:
     """Refuse sizes and values the model cannot be built from; return its fp32 size in bytes.
 
-    Runs before any memory is allocated: the constructor is tried on the meta device."""
+    Runs before any memory is allocated: the constructor is tried on the meta device. ``where``
+    starts each message (the file's name) and ``spell`` gives a field the key the file calls it."""
+    def bad(name: str, v: Any, why: str) -> GptclfError:
+        key = (spell or {}).get(name, name)
+        return GptclfError(f"{where}: {key}={v!r} {why}",
+                           hint="config.json is corrupted or not from a model gptclf can load")
+
     for name, top in MAX_DIMS.items():
         if not hasattr(cfg, name):  # not a field of this architecture
             continue
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
-            raise GptclfError(f"architecture: {name}={v!r} is not an integer between 1 and {top}",
-                              hint="config.json is corrupted or not from a model gptclf can load")
+            raise bad(name, v, f"is not an integer between 1 and {top}")
     if cfg.arch == "gpt2" and cfg.emb_dim % cfg.n_heads:  # Llama configs carry their own head_dim
-        raise GptclfError(f"architecture: emb_dim ({cfg.emb_dim}) is not a multiple of n_heads ({cfg.n_heads})")
+        raise GptclfError(f"{where}: emb_dim ({cfg.emb_dim}) is not a multiple of n_heads ({cfg.n_heads})")
     # Every other field must have its default's type (a JSON number for a float, ...).
     for f in dataclasses.fields(cfg):
         v, default = getattr(cfg, f.name), f.default
         if f.name in MAX_DIMS or default is dataclasses.MISSING or default is None:
             continue
-        if isinstance(default, bool):
-            ok = isinstance(v, bool)
-        elif isinstance(default, float):
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        else:
-            ok = isinstance(v, type(default)) and not (isinstance(v, bool) and not isinstance(default, bool))
-        if not ok:
-            raise GptclfError(f"architecture: {f.name}={v!r} should be a {type(default).__name__}",
-                              hint="config.json is corrupted or not from a model gptclf can load")
+        if not _of_type(v, default):
+            raise bad(f.name, v, f"should be a {type(default).__name__}")
+    for name in POSITIVE_FLOATS:
+        v = getattr(cfg, name, None)
+        if v is not None and not (_of_type(v, 1.0) and v > 0):
+            raise bad(name, v, "must be a positive finite number")
     if not 0 <= getattr(cfg, "drop_rate", 0.0) < 1:
-        raise GptclfError(f"architecture: drop_rate={cfg.drop_rate!r} must be in [0, 1)")
+        raise bad("drop_rate", cfg.drop_rate, "must be in [0, 1)")
     try:
         return parameter_bytes(cfg)
     except (TypeError, ValueError, KeyError, ZeroDivisionError, RuntimeError) as e:
-        raise GptclfError(f"invalid {cfg.arch} architecture in config: {type(e).__name__}: {e}") from None
+        raise GptclfError(f"{where}: invalid {cfg.arch} architecture: {type(e).__name__}: {e}") from None
+
+
+def _of_type(v: Any, default: Any) -> bool:
+    """Whether a JSON value has the type of a field's default (any finite number for a float)."""
+    if isinstance(default, bool):
+        return isinstance(v, bool)
+    if isinstance(default, float):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return isinstance(v, type(default)) and not (isinstance(v, bool) and not isinstance(default, bool))
 
 
 def parameter_bytes(cfg: Any) -> int:

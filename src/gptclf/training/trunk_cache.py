@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
@@ -67,17 +68,7 @@ class TrunkCache:
         offsets = np.zeros(len(ds) + 1, dtype=np.int64)
         np.cumsum(row_lengths, out=offsets[1:])
         total = int(offsets[-1])
-        spill_dir = None
-        if mode == "disk":
-            spill_root = spill_root or cache_dir() / "trunk"
-            spill_root.mkdir(parents=True, exist_ok=True)
-            spill_dir = tempfile.mkdtemp(prefix="cache-", dir=spill_root)
-            mm = np.lib.format.open_memmap(os.path.join(spill_dir, "trunk.npy"), mode="w+",
-                                           dtype=np.float32, shape=(total, dim))
-            storage = torch.from_numpy(mm)
-        else:
-            storage = torch.empty((total, dim), dtype=torch.float32,
-                                  device=device if mode == "ram" else "cpu")
+        storage, spill_dir = _storage((total, dim), mode, device, spill_root)
         model.eval()
         batches = sorted_batches(lengths, batch_size)
         bar = tqdm(total=len(ds), desc=f"caching frozen blocks ({where})", unit="text",
@@ -104,7 +95,9 @@ class TrunkCache:
         """The cache entering block ``end``, from this one (entering ``start``): blocks
         ``start .. end-1`` run once per text, in the batches :meth:`build` would use, so
         ``gptclf tune`` computes every frozen block once for all its candidates."""
-        storage = torch.empty_like(self.storage, device=self.storage.device if self.spill_dir is None else "cpu")
+        # On disk when this one is (--cache disk, or too big for RAM): tune holds one per cut.
+        storage, spill_dir = _storage(tuple(self.storage.shape), "disk" if self.spill_dir else "ram",
+                                      self.storage.device, Path(self.spill_dir).parent if self.spill_dir else None)
         model.eval()
         for idx in sorted_batches(self.lengths.numpy(), batch_size):
             hidden, lengths = self.batch(idx, device)
@@ -115,7 +108,7 @@ class TrunkCache:
             for j, i in enumerate(idx):
                 n = int(self.row_lengths[i])
                 storage[self.offsets[i]: self.offsets[i] + n] = h[j, :n]
-        return TrunkCache(storage, self.offsets, self.row_lengths, self.lengths, fixed_width=self.fixed_width)
+        return TrunkCache(storage, self.offsets, self.row_lengths, self.lengths, spill_dir, fixed_width=self.fixed_width)
 
     def batch(self, idx: Sequence[int], device: torch.device,
               width_of: Callable[[int], int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,6 +233,60 @@ class CachedFeeder(_Feeder):
         return model.vectors(x, lengths, self.start)
 
 
+def _storage(shape: tuple[int, ...], mode: str, device: torch.device | str,
+             spill_root: Path | None) -> tuple[torch.Tensor, str | None]:
+    """A cache's fp32 storage: on ``device`` ("ram"), in host RAM ("cpu"), or a memory-mapped
+    file in a new spill folder ("disk", also returned), stale spills cleaned first."""
+    spill_root = spill_root or cache_dir() / "trunk"
+    clean_stale_spills(spill_root)
+    if mode != "disk":
+        return torch.empty(shape, dtype=torch.float32, device=device if mode == "ram" else "cpu"), None
+    spill_root.mkdir(parents=True, exist_ok=True)
+    spill_dir = tempfile.mkdtemp(prefix=spill_prefix(), dir=spill_root)
+    mm = np.lib.format.open_memmap(os.path.join(spill_dir, "trunk.npy"), mode="w+", dtype=np.float32, shape=shape)
+    return torch.from_numpy(mm), spill_dir
+
+
+# ------------------------------------------------------------------ spills of killed processes
+
+
+def spill_prefix(pid: int | None = None) -> str:
+    """A spill folder's name says whose it is: ``cache-<host>-<pid>-``. A SIGKILLed train or tune
+    cannot remove its spill; the next one to build a cache removes it (:func:`clean_stale_spills`)."""
+    host = "".join(ch for ch in socket.gethostname() if ch.isalnum() or ch in ".-_")[:64] or "host"
+    return f"cache-{host}-{os.getpid() if pid is None else pid}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OSError:
+        return True  # unsure: keep the spill
+    return True
+
+
+def clean_stale_spills(root: Path) -> list[Path]:
+    """Remove the spill folders under ``root`` that this host's dead processes left; return them.
+    Only this host's (its name is in the folder's): a pid means nothing on another machine that
+    shares the cache folder, and a live process's spill is never touched."""
+    mine = spill_prefix(0)[: -len("0-")]  # "cache-<host>-"
+    removed = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for d in entries:
+        pid = d.name[len(mine):].split("-", 1)[0]
+        if d.name.startswith(mine) and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
 def budget_slices(rows: Sequence[int], lengths: np.ndarray, max_tokens: int) -> list[Sequence[int]]:
     """``rows`` in order, cut into runs whose padded size (rows x the longest) stays within
     ``max_tokens`` (at least one row each)."""
@@ -313,15 +360,18 @@ def per_text(feed: TokenFeeder | CachedFeeder, ds: EncodedDataset, cfg: TrainCon
 
 
 def cache_mode(cfg: TrainConfig, model: SequenceClassifier, frozen: int, datasets: Sequence[EncodedDataset],
-                pad_to: int | None, device: torch.device, log: Callable[[str], None]) -> str:
-    """Decide where the trunk cache lives (or that there is none), and say why."""
+                pad_to: int | None, device: torch.device, log: Callable[[str], None], copies: int = 1,
+                held: int = 0) -> str:
+    """Decide where the trunk cache lives (or that there is none), and say why. ``copies``: how
+    many caches of these datasets will be held at once (gptclf tune: one per cut); ``held``:
+    bytes other caches already hold (tune: another --long-text mode's)."""
     if cfg.cache == "off" or frozen == 0:
         return "off"
     if any(getattr(m, "p", 0.0) > 0 for m in model.modules() if isinstance(m, nn.Dropout)) or any(
             getattr(m, "drop_rate", 0.0) > 0 for m in model.modules()):
         log("trunk cache off: dropout is on, so the frozen blocks' output is not fixed")
         return "off"
-    need = sum(TrunkCache.nbytes(d, model.config.emb_dim, pad_to) for d in datasets)
+    need = copies * sum(TrunkCache.nbytes(d, model.config.emb_dim, pad_to) for d in datasets) + held
     if cfg.cache == "disk":
         return "disk"
     if device.type == "cuda":
@@ -333,7 +383,8 @@ def cache_mode(cfg: TrainConfig, model: SequenceClassifier, frozen: int, dataset
     budget = cfg.cache_max_gb * 2**30 if cfg.cache_max_gb is not None else available_ram() * 0.5
     if need <= budget or cfg.cache == "ram":
         return "ram"
-    log(f"trunk cache needs {need / 2**30:.1f} GiB, more than {budget / 2**30:.1f} GiB of RAM: "
+    log(f"trunk cache needs {need / 2**30:.1f} GiB{f' ({copies} cuts)' if copies > 1 else ''}, more than "
+        f"{budget / 2**30:.1f} GiB of RAM: "
         "spilling it to disk (use --cache off to recompute instead)")
     return "disk"
 

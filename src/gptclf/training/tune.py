@@ -181,7 +181,7 @@ class SharedTrunk:
     """Every split's trunk output at every cut the candidates need, each block computed once."""
 
     def __init__(self, cfg: TrainConfig, pristine: torch.nn.Module, cuts: set[int], enc: Encoded,
-                 pad_to: int | None, device: torch.device, precision: str, log: Log) -> None:
+                 pad_to: int | None, device: torch.device, precision: str, log: Log, held: int = 0) -> None:
         self.caches: dict[int, dict[str, TrunkCache]] = {}
         self.cfg, self.texts, self.pad_to, self.device = cfg, enc.datasets, pad_to, device
         self.datasets = {k: model_rows(ds) for k, ds in enc.datasets.items()}  # a chunked split's windows
@@ -189,23 +189,36 @@ class SharedTrunk:
         self.seconds = 0.0
         trunk = SequenceClassifier(pristine, cfg.pooling, causal=cfg.causal_mask)
         cached = sorted(c for c in cuts if c > 0)
+        # Budgeted for every cut's cache (all are held until the search ends) on top of what
+        # the other --long-text modes' caches already hold (``held`` bytes).
         self.mode = cache_mode(cfg, trunk, min(cached, default=0), list(self.datasets.values()), pad_to, device,
-                               log) if cached else "off"
+                               log, copies=len(cached), held=held) if cached else "off"
+        per_copy = sum(TrunkCache.nbytes(d, pristine.config.emb_dim, pad_to) for d in self.datasets.values())
+        self.ram_bytes = per_copy * len(cached) if self.mode in ("ram", "cpu") else 0
         if self.mode == "off":
             return
         t0 = time.perf_counter()
-        previous = None
-        for cut in cached:
-            if previous is None:
-                self.caches[cut] = {k: TrunkCache.build(trunk, ds, cut, self.pad_id, pad_to, device, precision,
-                                                        cfg.eval_batch_size, k, self.mode, cfg.progress)
-                                    for k, ds in self.datasets.items()}
-            else:
-                self.caches[cut] = {k: c.extend(trunk, previous, cut, device, precision, cfg.eval_batch_size)
-                                    for k, c in self.caches[previous].items()}
-            previous = cut
+        try:
+            self._build(trunk, cached, device, precision)
+        except BaseException:  # Ctrl-C or an error while building: no spill left behind
+            self.close()
+            raise
         self.seconds = time.perf_counter() - t0
         log(f"cached the frozen trunk once at cuts {cached} for all candidates in {self.seconds:.1f}s")
+
+    def _build(self, trunk: SequenceClassifier, cached: list[int], device: torch.device, precision: str) -> None:
+        """The cache at the shallowest cut, then each deeper one extended from the one before."""
+        previous = None
+        for cut in cached:
+            split: dict[str, TrunkCache] = {}
+            self.caches[cut] = split  # filled as it goes, so close() finds whatever was built
+            for k, ds in self.datasets.items():
+                split[k] = (TrunkCache.build(trunk, ds, cut, self.pad_id, self.pad_to, device, precision,
+                                             self.cfg.eval_batch_size, k, self.mode, self.cfg.progress)
+                            if previous is None else
+                            self.caches[previous][k].extend(trunk, previous, cut, device, precision,
+                                                            self.cfg.eval_batch_size))
+            previous = cut
 
     def feeds(self, frozen: int) -> Feeds:
         if frozen in self.caches:
@@ -277,30 +290,34 @@ def run_trial(cfg: TrainConfig, cand: Candidate, enc: Encoded, pristine: torch.n
 
 
 def search(cfg: TrainConfig, opts: TuneOptions, encs: dict[str, Encoded], n_classes: int, s: Any,
-           pristine: torch.nn.Module, pad_to: int | None) -> tuple[list[Trial], Trial, dict[str, SharedTrunk]]:
+           pristine: torch.nn.Module, pad_to: int | None
+           ) -> tuple[list[Trial], Trial, dict[str, SharedTrunk], bool]:
     """Run the candidates (the default first, protected); ``encs``: the splits encoded in each
-    --long-text mode searched (the run's first). Returns every trial, the winner and each mode's caches."""
+    --long-text mode searched (the run's first). Returns every finished trial, the winner, each
+    mode's caches and whether Ctrl-C stopped the search (the winner is then the best finished so far)."""
     n_layers = pristine.config.n_layers
     cands = search_space(cfg, opts, n_layers, list(encs))
     trunks: dict[str, SharedTrunk] = {}
     try:
+        held = 0  # bytes the modes' caches built so far hold in RAM: each budget counts them
         for mode, enc in encs.items():  # a mode's trunk holds its own rows: whole texts or windows
             cuts = {_frozen(c.trainable, n_layers) for c in cands if mode_of(c, cfg) == mode}
             if cuts:
                 trunks[mode] = SharedTrunk(replace(cfg, long_text=mode), pristine, cuts, enc, pad_to, s.device,
-                                           s.precision, s.log)
+                                           s.precision, s.log, held=held)
+                held += trunks[mode].ram_bytes
         s.log(f"searching {len(cands)} candidates, {cfg.epochs} epochs each at most (best epoch kept)")
-        trials, best = _run_candidates(cfg, opts, cands, encs, n_classes, s, pristine, trunks)
-    except BaseException:  # Ctrl-C or an error: no cache spill left behind
+        trials, best, interrupted = _run_candidates(cfg, opts, cands, encs, n_classes, s, pristine, trunks)
+    except BaseException:  # Ctrl-C before any candidate finished, or an error: no cache spill left behind
         for trunk in trunks.values():
             trunk.close()
         raise
-    return trials, best, trunks
+    return trials, best, trunks, interrupted
 
 
 def _run_candidates(cfg: TrainConfig, opts: TuneOptions, cands: list[Candidate], encs: dict[str, Encoded],
                     n_classes: int, s: Any, pristine: torch.nn.Module,
-                    trunks: dict[str, SharedTrunk]) -> tuple[list[Trial], Trial]:
+                    trunks: dict[str, SharedTrunk]) -> tuple[list[Trial], Trial, bool]:
     trials: list[Trial] = []
     best: Trial | None = None
     t0 = time.perf_counter()
@@ -309,8 +326,16 @@ def _run_candidates(cfg: TrainConfig, opts: TuneOptions, cands: list[Candidate],
             s.log(f"budget of {opts.budget_s:g}s spent: {len(cands) - i} candidate(s) not tried")
             break
         mode = mode_of(cand, cfg)
-        trial = run_trial(cfg, cand, encs[mode], pristine, n_classes, trunks[mode], trials, opts.prune_epochs, s,
-                          protect=i == 0)
+        try:
+            trial = run_trial(cfg, cand, encs[mode], pristine, n_classes, trunks[mode], trials, opts.prune_epochs,
+                              s, protect=i == 0)
+        except KeyboardInterrupt:
+            if best is None:  # nothing finished: nothing to save (exit 130, as before)
+                raise
+            # As train saves the model so far: the finished candidates are not thrown away.
+            s.log(f"interrupted in candidate {i + 1}/{len(cands)} ({cand.describe()}): saving the best of the "
+                  f"{len(trials)} finished candidate(s), {best.candidate.describe()}")
+            return trials, best, True
         trials.append(trial)
         if best is None or trial.key() > best.key():
             if best is not None:
@@ -324,7 +349,7 @@ def _run_candidates(cfg: TrainConfig, opts: TuneOptions, cands: list[Candidate],
               + (f", stopped after epoch {trial.pruned_at}: below the median" if trial.pruned_at else "")
               + f") {trial.seconds:.1f}s" + ("  <- best so far" if best is trial else ""))
     assert best is not None
-    return trials, best
+    return trials, best, False
 
 
 def search_table(trials: list[Trial], best: Trial) -> str:
@@ -373,16 +398,18 @@ def _tune(cfg: TrainConfig, opts: TuneOptions, log: Log | None, ctx: Any, dist_d
     encs, record = _long_text_encodings(cfg, opts, enc, splits, s.log)
     pristine = enc.backbone.model  # never trained: every candidate copies it
     pad_to = enc.max_length if cfg.padding == "longest" else None
-    trials, best, trunks = search(cfg, opts, encs, len(splits.labels), s, pristine, pad_to)
+    trials, best, trunks, interrupted = search(cfg, opts, encs, len(splits.labels), s, pristine, pad_to)
     try:
-        out = _save_winner(cfg, best, trials, encs, splits, s, pristine, trunks, t_start, record)
+        out = _save_winner(cfg, best, trials, encs, splits, s, pristine, trunks, t_start, record, interrupted)
     finally:
         for trunk in trunks.values():
             trunk.close()
     s.log("\n" + search_table(trials, best))
     weights = read_json_object(Path(out) / "metrics.json").get("weights") or {}
-    s.log(f"best: {best.candidate.describe()} -> saved run to {out}: "
-          f"{describe_run_size(directory_bytes(Path(out)), weights, Path(out))}")
+    s.log(f"best{' so far (search interrupted)' if interrupted else ''}: {best.candidate.describe()} -> saved "
+          f"run to {out}: {describe_run_size(directory_bytes(Path(out)), weights, Path(out))}")
+    if interrupted:
+        raise KeyboardInterrupt  # exit 130, as an interrupted gptclf train: the run is saved
     return out
 
 
@@ -405,7 +432,7 @@ def _long_text_encodings(cfg: TrainConfig, opts: TuneOptions, enc: Encoded, spli
 
 def _save_winner(cfg: TrainConfig, best: Trial, trials: list[Trial], encs: dict[str, Encoded], splits: Any,
                  s: Any, pristine: torch.nn.Module, trunks: dict[str, SharedTrunk], t_start: float,
-                 long_text_search: dict[str, Any]) -> Path:
+                 long_text_search: dict[str, Any], interrupted: bool = False) -> Path:
     """Rebuild the winner with its best epoch's weights, evaluate (and calibrate) it, save it."""
     c = best.candidate
     wcfg = candidate_config(cfg, c)
@@ -421,6 +448,7 @@ def _save_winner(cfg: TrainConfig, best: Trial, trials: list[Trial], encs: dict[
         "best_epoch": best.best_epoch, "val_curve": best.curve, "search": [t.row() for t in trials],
         "search_winner": c.to_dict(), "long_text_search": long_text_search,
         "search_cache_seconds": sum(t.seconds for t in trunks.values()), "interrupted": False,
+        "search_interrupted": interrupted,  # the winner's training finished; the search did not
         "n_train": len(enc.datasets["train"]), "n_val": len(enc.datasets["val"]),
         "n_test": len(enc.datasets["test"]), "device": str(s.device), "precision": s.precision,
         "trunk_cache": trunk.mode, "seconds": time.perf_counter() - t_start})

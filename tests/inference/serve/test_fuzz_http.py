@@ -92,6 +92,7 @@ def check(client: TestClient, classifier: Any, body: bytes, content_type: str | 
     else:
         err = payload["error"]
         assert isinstance(err["code"], str) and isinstance(err["message"], str) and err["message"]
+        assert want != 400 or err["code"] == "invalid_json", r.text  # every unparsable body, nesting too
         assert not LEAK.search(r.text), r.text
 
 
@@ -154,10 +155,11 @@ def test_deep_nesting_gets_a_4xx(client: TestClient, tiny_classifier: Any, depth
 @pytest.mark.parametrize("wrap", [False, True])
 def test_nesting_past_the_parsers_recursion_limit_is_a_400(tiny_classifier: Any, wrap: bool) -> None:
     # 100,000 levels (200 KB, under the default body limit): json.loads raises RecursionError,
-    # which must surface as a 400, not a 500 or a crash.
+    # which must surface as the documented 400 invalid_json, not a 500 or a crash.
     inner = "[" * 100_000 + "]" * 100_000
     body = ('{"texts": ' + inner + "}") if wrap else inner
     with TestClient(create_app(tiny_classifier), raise_server_exceptions=False) as c:
         r = c.post("/v1/classify", content=body.encode(), headers={"content-type": "application/json"})
         assert r.status_code == 400 and r.json()["error"]["message"] and not LEAK.search(r.text), r.text
+        assert r.json()["error"]["code"] == "invalid_json", r.text  # the documented code, not http_error
         assert c.post("/v1/classify", json={"texts": ["still fine"]}).status_code == 200

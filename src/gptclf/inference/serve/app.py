@@ -322,6 +322,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and is_json_content_type(request.headers.get("content-type")):
+            # FastAPI's body parser says 400 "error parsing the body" for what json.loads raises
+            # besides JSONDecodeError (a RecursionError on deep nesting): the body is not JSON we read.
+            return error_response(400, "invalid_json", "the request body is not valid JSON (nested too deeply?)")
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = {404: f"no route {request.url.path}",
                    405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
