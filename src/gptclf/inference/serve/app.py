@@ -301,8 +301,8 @@ def _add_classify(app: FastAPI, served: ServedModels, s: ServeSettings) -> None:
         if isinstance(body, vllm):
             return await compat.vllm_answer(body, request, served)
         names, per_model = served.resolve(body.model if "model" in body.model_fields_set else MISSING)
+        request.state.models = names  # for the metrics, whatever the answer
         check_texts(body.texts, s)
-        request.state.models = names
         wanted = frozenset(names)
         rows = await queue_and_wait(request.app.state.batcher, [(t, wanted) for t in body.texts], s)
         results = {n: served.predictions(n, body.texts, rows) for n in names}

@@ -106,8 +106,8 @@ def _one(served: ServedModels, model: Any, default_first: bool = False) -> str:
 
 async def _rows(request: Request, served: ServedModels, name: str, texts: list[str], field: str) -> Any:
     s: ServeSettings = request.app.state.settings
+    request.state.models = [name]  # for the metrics, whatever the answer
     check_texts(texts, s, field)
-    request.state.models = [name]
     return await queue_and_wait(request.app.state.batcher, [(t, frozenset([name])) for t in texts], s)
 
 
