@@ -280,7 +280,11 @@ def _add_routes(app: FastAPI, served: ServedModels, s: ServeSettings) -> None:
 
     _add_classify(app, served, s)
 
-    @app.get("/metrics", response_class=PlainTextResponse, responses=error_responses({}),
+    # Its errors are JSON still: stated per response, since a model there would take text/plain.
+    json_errors = {code: {"description": r["description"], "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/ErrorResponse"}}}} for code, r in error_responses({}).items()}
+
+    @app.get("/metrics", response_class=PlainTextResponse, responses=json_errors,
              description="Prometheus metrics (text format)")
     async def metrics(request: Request) -> Response:
         body, kind = request.app.state.metrics.text()

@@ -49,8 +49,9 @@ def vllm_request(s: ServeSettings, served: ServedModels) -> type[BaseModel]:
         "VllmClassificationRequest", __config__=ConfigDict(extra="forbid"),
         model=_one_model(served, not served.single, "the model that answers (left out: the only model)"),
         input=(Union[str, list[str]], Field(json_schema_extra=replace_schema(_inputs_schema(s, "texts")))),
-        user=(StrictStr | None, Field(None, description="ignored (vLLM's end-user id)",
-                                      json_schema_extra=replace_schema({"type": "string"}))))
+        # A string or left out, never null: what the schema says is what is taken.
+        user=(StrictStr, Field("", json_schema_extra=replace_schema({"type": "string",
+                                                                     "description": "ignored (vLLM's end-user id)"}))))
 
 
 def tei_request(s: ServeSettings, served: ServedModels) -> type[BaseModel]:
