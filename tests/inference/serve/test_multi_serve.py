@@ -255,3 +255,19 @@ def test_a_run_whose_base_is_missing_is_refused_at_start(runs: dict[str, Path], 
                        timeout=120, env=env_with(HF_HUB_OFFLINE="1"))
     assert r.returncode != 0
     assert "Traceback" not in r.stderr and "'orphan'" in r.stderr and "gone-base" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_bench_script_runs_end_to_end(tmp_path: Path) -> None:
+    """scripts/bench_multi_serve.py --quick: four real servers, every figure and ratio written."""
+    from helpers import ROOT
+
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_multi_serve.py"), "--quick", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600, env=env_with(HF_HUB_OFFLINE="1"))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert set(figures["setups"]) == {"shared", "separate"} and all(m["errors"] == 0 for m in figures["setups"].values())
+    assert set(figures["ratios"]) == {"texts_per_s shared / separate", "p99 shared / separate",
+                                      "rss shared / one model", "rss shared / separate"}
+    assert "texts_per_s shared / separate" in r.stdout
