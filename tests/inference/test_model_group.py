@@ -100,5 +100,6 @@ def test_a_run_whose_base_is_missing_is_refused_naming_it(runs: dict[str, Path],
 
 def test_model_specs() -> None:
     assert parse_model_specs(["spam=runs/a", "runs/topic"]) == [("spam", Path("runs/a")), ("topic", Path("runs/topic"))]
+    assert parse_model_specs(["runs/my run (2)"]) == [("my-run-2", Path("runs/my run (2)"))]  # made a name
     with pytest.raises(GptclfError, match="twice"):
         parse_model_specs(["a=x", "a=y"])
