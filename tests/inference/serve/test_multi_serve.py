@@ -99,8 +99,10 @@ def test_model_names_that_are_not_served(client: TestClient) -> None:
         r = client.post("/v1/classify", json={"model": model, "texts": ["hi"]})
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", (model, r.text)
     # With several models, a request must say which.
-    r = client.post("/v1/classify", json={"texts": ["hi"]})
-    assert r.status_code == 422 and "model" in r.json()["error"]["message"]
+    for path, body in (("/v1/classify", {"texts": ["hi"]}), ("/classify", {"input": "hi"})):
+        r = client.post(path, json=body)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "model_required", r.text
+        assert "this server has 7 models" in r.json()["error"]["message"]
     assert client.post("/classify", json={"model": "nope", "input": "hi"}).status_code == 404
     assert client.post("/predict", json={"model": "nope", "inputs": "hi"}).status_code == 404
 

@@ -46,7 +46,8 @@ CLASSIFY_ERRORS = {400: "the body is not valid JSON (code invalid_json)",
                    422: "the body breaks the schema: wrong types or unknown keys (invalid_request), an empty "
                         "list (empty_texts), more texts than maxItems (too_many_texts) or a text over maxLength "
                         "(text_too_long, with its index; limit says which); or a text the model cannot take "
-                        "(unprocessable_text, with its index)",
+                        "(unprocessable_text, with its index); or no model named where the server has several "
+                        "(model_required)",
                    404: "no model of that name is served (code unknown_model): see GET /v1/models",
                    503: "queue full (code overloaded); retry after Retry-After seconds",
                    504: "no answer within the server's --timeout (code timeout)"}

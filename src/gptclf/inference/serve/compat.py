@@ -23,12 +23,12 @@ from typing import Any, Union
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, create_model
+from pydantic import BaseModel, Field, StrictBool, StrictStr, create_model
 
 from .common import CLASSIFY_ERRORS, check_texts, error_responses, queue_and_wait
 from .http import ApiError
 from .models import MISSING, ServedModels
-from .schema import replace_schema
+from .schema import body_config, replace_schema
 from .settings import ServeSettings
 
 
@@ -39,15 +39,15 @@ def _inputs_schema(s: ServeSettings, what: str) -> dict[str, Any]:
                            f"each; the whole body at most {s.max_body_bytes} bytes"}
 
 
-def _one_model(served: ServedModels, required: bool, note: str) -> tuple[Any, Any]:
+def _one_model(served: ServedModels, note: str) -> tuple[Any, Any]:
     schema = {"type": "string", "enum": list(served.names), "description": note}
-    return Any, Field(... if required else None, json_schema_extra=replace_schema(schema))
+    return Any, Field(None, json_schema_extra=replace_schema(schema))
 
 
 def vllm_request(s: ServeSettings, served: ServedModels) -> type[BaseModel]:
     return create_model(  # type: ignore[call-overload]
-        "VllmClassificationRequest", __config__=ConfigDict(extra="forbid"),
-        model=_one_model(served, not served.single, "the model that answers (left out: the only model)"),
+        "VllmClassificationRequest", __config__=body_config(served, not served.single),
+        model=_one_model(served, "the model that answers (left out: the only model)"),
         input=(Union[str, list[str]], Field(json_schema_extra=replace_schema(_inputs_schema(s, "texts")))),
         # A string or left out, never null: what the schema says is what is taken.
         user=(StrictStr, Field("", json_schema_extra=replace_schema({"type": "string",
@@ -57,13 +57,13 @@ def vllm_request(s: ServeSettings, served: ServedModels) -> type[BaseModel]:
 def tei_request(s: ServeSettings, served: ServedModels) -> type[BaseModel]:
     never_null = {"type": "boolean", "default": False}
     return create_model(  # type: ignore[call-overload]
-        "TeiPredictRequest", __config__=ConfigDict(extra="forbid"),
+        "TeiPredictRequest", __config__=body_config(served, False),
         inputs=(Union[str, list[str]], Field(json_schema_extra=replace_schema(_inputs_schema(s, "texts")))),
         raw_scores=(StrictBool, Field(False, description="scores before softmax (log-probabilities)",
                                       json_schema_extra=replace_schema(never_null))),
         truncate=(StrictBool, Field(False, description="accepted; longer texts are always truncated",
                                     json_schema_extra=replace_schema(never_null))),
-        model=_one_model(served, False, f"gptclf's extension: the model that answers (left out: "
+        model=_one_model(served, f"gptclf's extension: the model that answers (left out: "
                                         f"{served.names[0]!r}, the first)"))
 
 

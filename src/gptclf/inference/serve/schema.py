@@ -31,14 +31,22 @@ def texts_field(s: ServeSettings, what: str = "texts") -> Any:
 
 
 def model_field(served: ServedModels) -> tuple[Any, Any]:
-    """``model``: required when the server has several models (which would it be?), else optional."""
-    required = not served.single
-    return Any, Field(... if required else None, json_schema_extra=replace_schema(served.model_schema(required)))
+    """``model``: any value to pydantic (the handler says what is wrong with it: 404 for a name not
+    served, 422 ``model_required`` when it is left out and several models are served)."""
+    return Any, Field(None, json_schema_extra=replace_schema(served.model_schema(not served.single)))
+
+
+def body_config(served: ServedModels, model_required: bool) -> ConfigDict:
+    """No unknown keys; ``model`` required in the schema when ``model_required`` (several models:
+    which would it be?), though checked by the handler, so that its answer says what to do."""
+    def require(schema: dict[str, Any]) -> None:
+        schema["required"] = [*schema.get("required", []), "model"]
+    return ConfigDict(extra="forbid", json_schema_extra=require if model_required else None)
 
 
 def request_model(s: ServeSettings, served: ServedModels) -> type[BaseModel]:
     """Our request: ``{"model"?, "texts"}``."""
-    return create_model("ClassifyRequest", __config__=ConfigDict(extra="forbid"),  # type: ignore[call-overload]
+    return create_model("ClassifyRequest", __config__=body_config(served, not served.single),  # type: ignore[call-overload]
                         model=model_field(served), texts=(list[str], texts_field(s)))
 
 
