@@ -163,8 +163,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_process(model: Path, *flags: str) -> Iterator[tuple[str, Any]]:
+def serve_process(model: Path | list[str], *flags: str) -> Iterator[tuple[str, Any]]:
     """A real ``gptclf serve`` subprocess on a free loopback port: yields (url, process).
+    ``model``: one run directory, or ``--model`` specs (``NAME=RUN``), one per model.
 
     No --host: the default must be loopback (test_soak checks it)."""
     import socket
@@ -174,7 +175,8 @@ def serve_process(model: Path, *flags: str) -> Iterator[tuple[str, Any]]:
 
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "gptclf", "serve", "--model", str(model), "--port", str(port),
+    models = [a for m in ([model] if isinstance(model, Path) else model) for a in ("--model", str(m))]
+    proc = subprocess.Popen([sys.executable, "-m", "gptclf", "serve", *models, "--port", str(port),
                              "--log-level", "warning", *flags], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
@@ -281,3 +283,60 @@ def examples(n: int) -> int:
 
 # Any text a file can hold: every plane, control characters, U+2028, NUL.
 any_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+# ------------------------------------------------------------------ runs of one base (model groups)
+
+
+def make_run(out: Path, base_dir: Path, trainable: str, seed: int, *, labels: tuple[str, ...] = ("ham", "spam"),
+             self_contained: bool = False, **config) -> Path:
+    """A run of ``base_dir`` saved as training saves it, its trainable tensors the base's plus noise."""
+    import torch
+
+    from gptclf.config import RunConfig, TrainConfig
+    from gptclf.loading import load_backbone
+    from gptclf.models.classifier import SequenceClassifier, freeze_for_finetuning, replace_head
+    from gptclf.peft.lora import freeze_for_lora
+    from gptclf.rundir.base import BaseWeights
+    from gptclf.rundir.save import save_run
+    from gptclf.rundir.weights import weights_to_save
+
+    bb = load_backbone(str(base_dir), "pretrained")
+    base = BaseWeights.of(bb.model)
+    torch.manual_seed(seed)
+    replace_head(bb.model, len(labels))
+    cfg = TrainConfig(model=str(base_dir), trainable=trainable, self_contained=self_contained, lora_rank=4)
+    if trainable == "lora":
+        freeze_for_lora(bb.model, cfg.lora_config())
+    else:
+        freeze_for_finetuning(bb.model, trainable)
+    model = SequenceClassifier(bb.model).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.3)
+    saved = weights_to_save(model, cfg, bb, base, log=lambda _: None)
+    rc = RunConfig.for_model(model, bb.tokenizer, labels=list(labels), max_length=48, pooling="last-nonpad",
+                             padding="dynamic", pad_id=bb.tokenizer.pad_id, trainable=trainable,
+                             base_model=bb.source, lora=saved.lora, weights=saved.weights,
+                             base_weights=saved.base_weights, **config)
+    return save_run(out, model, bb.tokenizer, rc, {"test_accuracy": 0.5}, {"steps": [], "epochs": []},
+                    tensors=saved.tensors, update_latest_link=False)
+
+
+
+def group_runs(root: Path) -> dict[str, Path]:
+    """Runs of a 4-block tiny GPT-2 in every combination a model group meets: two depths of one
+    base, every block frozen, multi-label, LoRA, self-contained, and a run of another base."""
+    base = tiny_gpt2_dir(root / "base", n_layer=4, n_embd=32, n_head=2, n_positions=64)
+    other = tiny_gpt2_dir(root / "other", n_layer=4, n_embd=32, n_head=2, n_positions=64, seed=1)
+    return {
+        "one": make_run(root / "one", base, "1", 1),        # blocks 0-2 frozen
+        "two": make_run(root / "two", base, "2", 2),        # blocks 0-1 frozen
+        "head": make_run(root / "head", base, "last_layer", 3, labels=("a", "b", "c")),  # every block frozen
+        "multi": make_run(root / "multi", base, "1", 4, labels=("x", "y"), task="multi-label",
+                          thresholds={"x": 0.5, "y": 0.4}),
+        "lora": make_run(root / "lora", base, "lora", 5),
+        "whole": make_run(root / "whole", base, "1", 6, self_contained=True),
+        "other": make_run(root / "other-run", other, "1", 7),  # another base
+    }

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from helpers import tiny_gpt2_dir
+from helpers import group_runs, make_run, tiny_gpt2_dir
 
 from gptclf.errors import GptclfError
 from gptclf.inference.classifier import Classifier
@@ -28,55 +27,9 @@ TEXTS = ["win a free prize now", "see you at lunch", "", "URGENT call 0800 to cl
          "ok " * 40, "are we still on for tomorrow?", "Free entry!!! txt WIN", "lol"]
 
 
-def make_run(out: Path, base_dir: Path, trainable: str, seed: int, *, labels: tuple[str, ...] = ("ham", "spam"),
-             self_contained: bool = False, **config) -> Path:
-    """A run of ``base_dir`` saved as training saves it, its trainable tensors the base's plus noise."""
-    from gptclf.config import RunConfig, TrainConfig
-    from gptclf.loading import load_backbone
-    from gptclf.models.classifier import SequenceClassifier, freeze_for_finetuning, replace_head
-    from gptclf.peft.lora import freeze_for_lora
-    from gptclf.rundir.base import BaseWeights
-    from gptclf.rundir.save import save_run
-    from gptclf.rundir.weights import weights_to_save
-
-    bb = load_backbone(str(base_dir), "pretrained")
-    base = BaseWeights.of(bb.model)
-    torch.manual_seed(seed)
-    replace_head(bb.model, len(labels))
-    cfg = TrainConfig(model=str(base_dir), trainable=trainable, self_contained=self_contained, lora_rank=4)
-    if trainable == "lora":
-        freeze_for_lora(bb.model, cfg.lora_config())
-    else:
-        freeze_for_finetuning(bb.model, trainable)
-    model = SequenceClassifier(bb.model).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.3)
-    saved = weights_to_save(model, cfg, bb, base, log=lambda _: None)
-    rc = RunConfig.for_model(model, bb.tokenizer, labels=list(labels), max_length=48, pooling="last-nonpad",
-                             padding="dynamic", pad_id=bb.tokenizer.pad_id, trainable=trainable,
-                             base_model=bb.source, lora=saved.lora, weights=saved.weights,
-                             base_weights=saved.base_weights, **config)
-    return save_run(out, model, bb.tokenizer, rc, {"test_accuracy": 0.5}, {"steps": [], "epochs": []},
-                    tensors=saved.tensors, update_latest_link=False)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("group")
-    base = tiny_gpt2_dir(root / "base", n_layer=4, n_embd=32, n_head=2, n_positions=64)
-    other = tiny_gpt2_dir(root / "other", n_layer=4, n_embd=32, n_head=2, n_positions=64, seed=1)
-    return {
-        "one": make_run(root / "one", base, "1", 1),        # blocks 0-2 frozen
-        "two": make_run(root / "two", base, "2", 2),        # blocks 0-1 frozen
-        "head": make_run(root / "head", base, "last_layer", 3, labels=("a", "b", "c")),  # every block frozen
-        "multi": make_run(root / "multi", base, "1", 4, labels=("x", "y"), task="multi-label",
-                          thresholds={"x": 0.5, "y": 0.4}),
-        "lora": make_run(root / "lora", base, "lora", 5),
-        "whole": make_run(root / "whole", base, "1", 6, self_contained=True),
-        "other": make_run(root / "other-run", other, "1", 7),  # another base
-    }
+    return group_runs(tmp_path_factory.mktemp("group"))
 
 
 @pytest.fixture(scope="module")
@@ -147,5 +100,6 @@ def test_a_run_whose_base_is_missing_is_refused_naming_it(runs: dict[str, Path],
 
 def test_model_specs() -> None:
     assert parse_model_specs(["spam=runs/a", "runs/topic"]) == [("spam", Path("runs/a")), ("topic", Path("runs/topic"))]
+    assert parse_model_specs(["runs/my run (2)"]) == [("my-run-2", Path("runs/my run (2)"))]  # made a name
     with pytest.raises(GptclfError, match="twice"):
         parse_model_specs(["a=x", "a=y"])

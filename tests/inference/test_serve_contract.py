@@ -26,8 +26,9 @@ def test_schema_declares_the_limits_and_errors(app) -> None:  # noqa: ANN001
     with TestClient(app) as client:
         schema = client.get("/openapi.json").json()
     op = schema["paths"]["/v1/classify"]["post"]
-    ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
-    texts = schema["components"]["schemas"][ref]["properties"]["texts"]
+    bodies = [x["$ref"].rsplit("/", 1)[-1] for x in op["requestBody"]["content"]["application/json"]["schema"]["anyOf"]]
+    assert bodies == ["ClassifyRequest", "VllmClassificationRequest"]  # ours, or vLLM's (with input)
+    texts = schema["components"]["schemas"]["ClassifyRequest"]["properties"]["texts"]
     assert (texts["minItems"], texts["maxItems"], texts["items"]["maxLength"]) == (1, 4, 2000)
     for code in ("400", "408", "413", "415", "422", "500", "503", "504"):
         assert code in op["responses"], code

@@ -17,7 +17,10 @@ from .options import add_engine_options
 def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify texts with a fine-tuned model")
     p.add_argument("texts", nargs="*", help="texts to classify (else --file, else stdin)")
-    p.add_argument("--model", default="runs/latest", help="model directory written by 'gptclf train'")
+    p.add_argument("--model", action="append", metavar="[NAME=]RUN",
+                   help="model directory written by 'gptclf train' (default: runs/latest); repeat it as "
+                        "--model NAME=RUN with --input/--output to write every model's columns, prefixed "
+                        "NAME_, in one pass over the file (runs of one base share it)")
     p.add_argument("--file", default=None, help="file with one text per line ('-' for stdin)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--batch-size", type=int, default=32)
@@ -124,7 +127,14 @@ def _positive(name: str, value: int) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from ..inference.group import parse_model_specs
+
     _positive("batch-size", args.batch_size)
+    given = [args.model] if isinstance(args.model, str) else args.model  # a Namespace built by hand
+    specs = parse_model_specs(given or ["runs/latest"])
+    if len(specs) > 1:
+        return _predict_file_models(args, specs)
+    args.model = str(specs[0][1])
     if args.engine == "ray":
         return _predict_ray(args)
     if args.input or args.output:
@@ -155,6 +165,26 @@ def _predict_file(args: argparse.Namespace) -> int:
                        progress=not args.quiet and sys.stderr.isatty(),
                        log=None if args.quiet or sys.stderr.isatty() else lambda line: print(line, file=sys.stderr))
     print(f"wrote {res.rows} rows to {res.output} in {res.seconds:.1f}s", file=sys.stderr)
+    return 0
+
+
+def _predict_file_models(args: argparse.Namespace, specs: list) -> int:
+    """Several ``--model NAME=RUN``: every model's columns in one pass over ``--input``."""
+    from ..inference.batch_group import predict_file_group
+    from ..inference.group import ModelGroup
+
+    if args.engine == "ray" or not (args.input and args.output) or args.texts or args.file:
+        raise GptclfError("several --model classify --input into --output (one pass, every model's columns)",
+                          hint="gptclf predict --model spam=RUN1 --model topic=RUN2 --input in.csv --output out.csv")
+    if not Path(args.input).expanduser().exists():  # before the models load: fail fast
+        raise GptclfError(f"{args.input}: no such file")
+    if args.threads < 0:
+        raise GptclfError(f"--threads must be 0 (automatic) or more, not {args.threads}")
+    group = ModelGroup.load(specs, device=args.device, quantize="int8" if args.int8 else None,
+                            backend=args.backend, threads=args.threads, static_shapes=args.static_shapes)
+    res = predict_file_group(group, args.input, args.output, text_column=args.text_column,
+                             chunk_size=args.chunk_size, batch_size=args.batch_size, input_format=args.format)
+    print(f"wrote {res.rows} rows of {len(specs)} models to {res.output} in {res.seconds:.1f}s", file=sys.stderr)
     return 0
 
 

@@ -13,7 +13,10 @@ from .predict import add_backend_options
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="HTTP API and web page for a fine-tuned model",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="runs/latest", help="model directory written by 'gptclf train'")
+    p.add_argument("--model", action="append", metavar="[NAME=]RUN",
+                   help="a run directory written by 'gptclf train', named NAME (bare: its directory's name); "
+                        "repeat it to serve several models from one process, runs of one base sharing it "
+                        "(default: runs/latest)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind; 0.0.0.0 exposes the service to the network")
     p.add_argument("--port", type=int, default=8000)
@@ -31,6 +34,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..inference.serve.app import serve
 
     warnings.filterwarnings("once", category=DataWarning)  # truncation: say it once, not per request
-    serve(args.model, args.host, args.port, settings, device=args.device,
+    serve(args.model or ["runs/latest"], args.host, args.port, settings, device=args.device,
           quantize="int8" if args.int8 else None, backend=args.backend, threads=args.threads, static_shapes=args.static_shapes, log_level=args.log_level, access_log=args.access_log)
     return 0

@@ -47,7 +47,8 @@ def parse_model_specs(specs: Sequence[str]) -> list[tuple[str, Path]]:
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not NAME.match(name):
-            name, path = Path(spec).expanduser().name, spec
+            # A bare run is named after its directory, made a name if it is none ("my run" -> my-run).
+            name, path = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(spec).expanduser().name).strip("-._")[:64], spec
         if not NAME.match(name):
             raise GptclfError(f"--model {spec!r}: {name!r} is not a model name",
                               hint="name it: --model NAME=RUN (letters, digits, '_', '-', '.')")

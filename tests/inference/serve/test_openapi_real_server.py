@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import serve_process
+from helpers import make_run, serve_process, tiny_gpt2_dir
 
 pytest.importorskip("uvicorn", reason="the serve extra (fastapi, uvicorn) is not installed")
 pytest.importorskip("schemathesis")
@@ -45,9 +45,20 @@ def run_schemathesis(url: str, tmp_path: Path, max_examples: int = 100) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(random_run: Path) -> Iterator[tuple[str, Any]]:
-    """One real server for the module; serve_process stops it (terminate, then kill) whatever happens."""
-    with serve_process(random_run, *FLAGS) as (url, proc):
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Two runs of one base, single-label and multi-label: a schema with a model name to pick and
+    two kinds of prediction."""
+    root = tmp_path_factory.mktemp("two")
+    base = tiny_gpt2_dir(root / "base", n_layer=2, n_embd=32, n_head=2, n_positions=64)
+    return [f"spam={make_run(root / 'spam', base, '1', 1)}",
+            f"tags={make_run(root / 'tags', base, 'last_layer', 2, labels=('x', 'y'), task='multi-label', thresholds={'x': 0.5, 'y': 0.4})}"]
+
+
+@pytest.fixture(scope="module", params=["one model", "two models"])
+def server(request: pytest.FixtureRequest, random_run: Path) -> Iterator[tuple[str, Any]]:
+    """One real server per case; serve_process stops it (terminate, then kill) whatever happens."""
+    model = random_run if request.param == "one model" else request.getfixturevalue("two_runs")
+    with serve_process(model, *FLAGS) as (url, proc):
         yield url, proc
 
 
@@ -56,23 +67,35 @@ def test_schema_states_this_servers_limits_and_errors(server: tuple[str, Any]) -
     with urllib.request.urlopen(f"{url}/openapi.json", timeout=30) as r:
         schema = json.load(r)
     components = schema["components"]["schemas"]
-    op = schema["paths"]["/v1/classify"]["post"]
-    body = op["requestBody"]
-    texts = components[body["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]]["properties"]["texts"]
+    for path in ("/v1/classify", "/classify", "/predict"):
+        op = schema["paths"][path]["post"]
+        assert op["requestBody"]["x-max-body-bytes"] == 16000, path
+        assert set(op["responses"]) == {"200", "400", "404", "408", "413", "415", "422", "500", "503", "504"}
+        assert op["responses"]["503"]["headers"]["Retry-After"]["required"] is True
+    texts = components["ClassifyRequest"]["properties"]["texts"]
+    with urllib.request.urlopen(f"{url}/v1/models", timeout=30) as r:
+        names = [m["id"] for m in json.load(r)["data"]]
+    model = components["ClassifyRequest"]["properties"]["model"]
+    assert model["anyOf"][0]["enum"] == [*names, "*"] and model["anyOf"][1]["items"]["enum"] == names
+    # With several models a request must name one (which would it be?); with one it may not.
+    assert ("model" in components["ClassifyRequest"].get("required", [])) == (len(names) > 1)
     assert (texts["minItems"], texts["maxItems"], texts["items"]["maxLength"]) == (1, 4, 8)
-    assert body["x-max-body-bytes"] == 16000
-    assert set(op["responses"]) == {"200", "400", "408", "413", "415", "422", "500", "503", "504"}
-    assert op["responses"]["503"]["headers"]["Retry-After"]["required"] is True
-    for path in ("/healthz", "/v1/model"):
+    for name in ("VllmClassificationRequest", "TeiPredictRequest"):  # one text, or a bounded list of them
+        one, many = components[name]["properties"]["input" if "Vllm" in name else "inputs"]["anyOf"]
+        assert (one["maxLength"], many["minItems"], many["maxItems"], many["items"]["maxLength"]) == (8, 1, 4, 8)
+    for path in ("/healthz", "/v1/model", "/v1/models", "/metrics"):
         assert {"200", "408", "413", "500"} <= set(schema["paths"][path]["get"]["responses"]), path
     for path, ops in schema["paths"].items():  # every answer has a declared body
         for method, o in ops.items():
             for status, resp in o["responses"].items():
-                ref = resp["content"]["application/json"]["schema"].get("$ref", "")
+                if path == "/metrics" and status == "200":
+                    assert "text/plain" in resp["content"]
+                    continue
+                ref = json.dumps(resp["content"]["application/json"]["schema"])
                 if int(status) >= 400 and not (path == "/healthz" and status == "503"):
-                    assert ref.endswith("/ErrorResponse"), (path, method, status)
+                    assert ref.endswith('/ErrorResponse"}'), (path, method, status)
                 else:
-                    assert ref, (path, method, status)
+                    assert "$ref" in ref, (path, method, status)
     assert components["ErrorDetail"]["additionalProperties"] is False
     limits = components["Limits"]["properties"]
     assert (limits["max_texts"]["const"], limits["max_text_chars"]["const"], limits["max_body_bytes"]["const"]) \
@@ -85,7 +108,8 @@ def test_schemathesis_against_a_real_server(server: tuple[str, Any], tmp_path: P
     assert proc.poll() is None, "the server died"
     assert not report["failures"] and not report["errors"], report["output"]
     assert report["exit_code"] == 0 and report["complete"], report["output"]
-    assert report["operations"]["tested"] == 3 and report["operations"]["errored"] == 0, report["operations"]
+    # /healthz, /v1/model, /v1/models, /v1/classify, /classify, /predict, /metrics
+    assert report["operations"]["tested"] == 7 and report["operations"]["errored"] == 0, report["operations"]
     assert report["test_cases"]["generated"] >= 100, report["test_cases"]
     assert not any(report["warnings"].values()), report["warnings"]
     # Every operation got requests it accepted (the run reached the model, not only errors).

@@ -341,3 +341,64 @@ def test_web_page_classifies_a_message_in_a_real_browser(live_server: str, tiny_
             assert not errors, errors
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def two_model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real server of two runs of one base: a single-label one and a multi-label one."""
+    from helpers import make_run, tiny_gpt2_dir
+
+    root = tmp_path_factory.mktemp("page-two")
+    base = tiny_gpt2_dir(root / "base", n_layer=2, n_embd=32, n_head=2, n_positions=64)
+    spam = make_run(root / "spam", base, "1", 1)
+    tags = make_run(root / "tags", base, "last_layer", 2, labels=("x", "y"), task="multi-label",
+                    thresholds={"x": 0.5, "y": 0.4})
+    with serve_process([f"spam={spam}", f"tags={tags}"]) as (url, _):
+        yield url
+
+
+def _answer(url: str, model: Any, text: str) -> dict:
+    import urllib.request
+
+    req = urllib.request.Request(url + "/v1/classify", data=json.dumps({"model": model, "texts": [text]}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _shown(res: dict) -> str:
+    """What the page shows as a result's decision."""
+    return ", ".join(res["labels"]) or "(no label)" if "labels" in res else res["label"]
+
+
+def test_web_page_picks_a_model_or_all_of_them(two_model_server: str) -> None:
+    exe = _browser()
+    from playwright.sync_api import sync_playwright
+
+    url, text = two_model_server, "win a free prize now"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/")
+            page.wait_for_selector("#picker-row:not([hidden])", timeout=15_000)
+            assert page.eval_on_selector_all("#picker option", "os => os.map(o => o.value)") == ["spam", "tags", "*"]
+            page.select_option("#picker", "tags")
+            assert "tags" in page.inner_text("#model") and "x, y" in page.inner_text("#model")
+            page.fill("#text", text)
+            page.click("#classify")
+            want = _shown(_answer(url, "tags", text)["results"][0])
+            page.wait_for_function(f"document.querySelector('#label') && document.querySelector('#label').textContent"
+                                   f" === {json.dumps(want)}", timeout=15_000)
+            page.select_option("#picker", "*")
+            page.click("#classify")
+            page.wait_for_function("document.querySelectorAll('.model-result').length === 2", timeout=15_000)
+            every = _answer(url, "*", text)["models"]
+            for name in ("spam", "tags"):
+                shown = page.inner_text(f".model-result[data-model={name}] .label")
+                assert shown == _shown(every[name]["results"][0]), name
+            assert not errors, errors
+        finally:
+            browser.close()

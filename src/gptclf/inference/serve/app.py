@@ -27,16 +27,14 @@ stack trace or file path.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import math
 import time
 from dataclasses import asdict, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_type_hints
+from typing import Any, Literal, Union, get_type_hints
 
-import numpy as np
 
 from ...errors import GptclfError
 from ...files import file_inside, read_json_object
@@ -45,88 +43,22 @@ from .settings import ServeSettings
 try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
     from pydantic import BaseModel, ConfigDict, Field, create_model
-    from pydantic.json_schema import SkipJsonSchema
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise GptclfError(f"serving needs FastAPI and uvicorn ({e.name} is missing)",
                       hint="pip install 'gptclf[serve]'") from None
 
 from ... import tasks
-from .batcher import Batcher, TextRejected
+from . import compat
+from .batcher import Batcher
+from .common import CLASSIFY_ERRORS, ErrorResponse, check_texts, error_responses, queue_and_wait  # noqa: F401
 from .http import (ApiError, BodyLimitMiddleware, check_header_protocol, error_response, header_timeout_protocol,
                    is_json_content_type)
-
-
-def _no_default(schema: dict[str, Any]) -> None:
-    schema.pop("default", None)
-
-
-class ClassifyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    texts: list[str]
-
-
-def request_model(s: ServeSettings) -> type[BaseModel]:
-    """The request body with this server's limits in its schema (minItems, maxItems, maxLength),
-    so a generated client knows them. They are declared, not enforced by pydantic: the handler
-    (:func:`check_texts`) refuses with its own documented codes, all 422: a schema violation is a
-    validation error; 413 is the body's byte limit only (BodyLimitMiddleware)."""
-
-    class ClassifyRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        texts: list[str] = Field(
-            description=f"1 to {s.max_texts} texts of at most {s.max_text_chars} characters each; "
-                        f"the whole body at most {s.max_body_bytes} bytes",
-            json_schema_extra={"minItems": 1, "maxItems": s.max_texts,
-                               "items": {"type": "string", "maxLength": s.max_text_chars}})
-
-    return ClassifyRequest
-
-
-class ErrorDetail(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    code: str = Field(description="what went wrong, for programs: e.g. too_many_texts, overloaded")
-    message: str = Field(description="what went wrong and what to do, for people")
-    # Present only on the errors they concern (never null): the schema says so, not "integer or null".
-    limit: int | SkipJsonSchema[None] = Field(None, description="the limit exceeded (body_too_large, "
-                                              "too_many_texts, text_too_long)",
-                                              json_schema_extra=_no_default)
-    index: int | SkipJsonSchema[None] = Field(None, description="which text of the request (text_too_long, "
-                                              "unprocessable_text)", json_schema_extra=_no_default)
-
-
-class ErrorResponse(BaseModel):
-    """Every error the server answers, whatever its status."""
-    error: ErrorDetail
-
-
-# What every operation can answer: the body limit and deadline (BodyLimitMiddleware) come
-# before routing, so they apply to a GET with a body too.
-COMMON_ERRORS = {408: "the client took too long to send its body (code request_timeout)",
-                 413: "the body is over --max-body-bytes (code body_too_large)",
-                 500: "internal error, no details (code internal_error)"}
-CLASSIFY_ERRORS = {400: "the body is not valid JSON (code invalid_json)",
-                   415: "body not sent as application/json (code unsupported_media_type)",
-                   422: "the body breaks the schema: wrong types or unknown keys (invalid_request), an empty "
-                        "list (empty_texts), more texts than maxItems (too_many_texts) or a text over maxLength "
-                        "(text_too_long, with its index; limit says which); or a text the model cannot take "
-                        "(unprocessable_text, with its index)",
-                   503: "queue full (code overloaded); retry after Retry-After seconds",
-                   504: "no answer within the server's --timeout (code timeout)"}
-RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "required": True,
-                               "schema": {"type": "integer", "minimum": 0}}}
-
-
-def error_responses(errors: dict[int, str]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for these statuses, all with the one error body."""
-    out: dict[int | str, dict[str, Any]] = {}
-    for code, text in (COMMON_ERRORS | errors).items():
-        out[code] = {"description": text, "model": ErrorResponse}
-        if code == 503 and "overloaded" in text:
-            out[code]["headers"] = RETRY_AFTER
-    return out
+from .metrics import MetricsMiddleware, ServeMetrics
+from .models import MISSING, ServedModels
+from .schema import request_model, response_models
 
 
 class Health(BaseModel):
@@ -136,23 +68,6 @@ class Health(BaseModel):
     texts: int = Field(ge=0, description="texts classified so far")
     failures: int = Field(ge=0, description="forward passes that raised")
     restarts: int = Field(ge=0, description="times the model worker was restarted")
-
-
-def response_model(task: tasks.Task, chunked: bool = False) -> type[BaseModel]:
-    """``POST /v1/classify``'s answer for a model of ``task``: one prediction per text, its
-    decision's fields as the task declares them (``Prediction``; ``MultiLabelPrediction``...)."""
-    fields_ = {name: (kind, Field(description=text)) for name, (kind, text) in task.decision_fields().items()}
-    fields_.setdefault("scores", (dict[str, float], Field(description="each label's probability")))
-    fields_["truncated"] = (bool, Field(description="tokens of the text were not read: it was longer than the "
-                                                    "model's max_length tokens (a chunked model's: than its "
-                                                    "longest_text)"))
-    if chunked:
-        fields_["windows"] = (int, Field(ge=1, description="how many windows of max_length tokens the text was "
-                                                           "read as (long_text chunk)"))
-    fields_["empty"] = (bool, Field(description="the text is empty or only whitespace: the answer is the "
-                                                "model's prior"))
-    item = create_model(f"{task.schema_name}Prediction", **fields_)  # type: ignore[call-overload]
-    return create_model(f"{task.schema_name}ClassifyResponse", results=(list[item], ...))  # type: ignore[valid-type]
 
 
 class Example(BaseModel):
@@ -257,16 +172,19 @@ def model_info(classifier: Any) -> dict[str, Any]:
 
 
 def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAPI:
-    """The service around ``classifier`` (a :class:`gptclf.inference.classifier.Classifier` or
-    anything with ``labels``, ``max_length`` and ``predict_proba(texts, batch_size)``)."""
+    """The service around ``classifier``: a :class:`gptclf.inference.group.ModelGroup` (every model
+    by name), a :class:`gptclf.inference.classifier.Classifier`, or anything with ``labels``,
+    ``max_length`` and ``predict_proba(texts, batch_size)`` (one model, named after its directory)."""
     from ... import __version__
 
     s = settings or ServeSettings()
-    app = FastAPI(title="gptclf", version=__version__, lifespan=_lifespan(classifier, s),
-                  description="Text classification with a fine-tuned decoder LLM.")
-    app.state.settings = s
+    served = ServedModels(classifier, s)
+    metrics = ServeMetrics(s, served.group.load_seconds, KNOWN_PATHS)
+    app = FastAPI(title="gptclf", version=__version__, lifespan=_lifespan(served, s, metrics),
+                  description="Text classification with fine-tuned decoder LLMs.")
+    app.state.settings, app.state.served, app.state.metrics = s, served, metrics
     _add_error_handlers(app)
-    _add_routes(app, classifier, s)
+    _add_routes(app, served, s)
     if s.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -274,19 +192,23 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
                            allow_headers=["Content-Type"])
     # Outermost, so an oversized body is refused before anything reads it.
     app.add_middleware(BodyLimitMiddleware, limit=s.max_body_bytes, read_timeout=s.client_timeout_s)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outside even that: a 413 is counted too
     return app
 
 
-def _lifespan(classifier: Any, s: ServeSettings) -> Any:
-    """Start the batcher (the one thread that runs the model) with the app, stop it after."""
-    from contextlib import asynccontextmanager
+KNOWN_PATHS = ("/", "/healthz", "/metrics", "/openapi.json", "/v1/model", "/v1/models", "/v1/classify",
+               "/classify", "/predict", "/docs", "/redoc")
 
-    def run_model(texts: list[str]) -> np.ndarray:
-        return classifier.predict_proba(texts, s.batch_size)
+
+def _lifespan(served: ServedModels, s: ServeSettings, metrics: ServeMetrics) -> Any:
+    """Start the batcher (the one thread that runs the models) with the app, stop it after."""
+    from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
-        batcher = Batcher(run_model, s)
+        batcher = Batcher(served.run, s)
+        batcher.on_batch = metrics.on_batch
+        metrics.watch_queue(batcher.queue.qsize)
         batcher.start()
         app.state.batcher = batcher
         try:
@@ -336,42 +258,11 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal_error", "internal server error")
 
 
-def check_texts(texts: list[str], s: ServeSettings) -> None:
-    """The request limits on texts: at least one, at most ``max_texts``, each at most ``max_text_chars``."""
-    if not texts:
-        raise ApiError(422, "empty_texts", "texts must contain at least one text")
-    if len(texts) > s.max_texts:
-        raise ApiError(422, "too_many_texts", f"{len(texts)} texts in one request; the limit is "
-                       f"{s.max_texts}", limit=s.max_texts)
-    for i, t in enumerate(texts):
-        if len(t) > s.max_text_chars:
-            raise ApiError(422, "text_too_long", f"texts[{i}] has {len(t)} characters; the limit is "
-                           f"{s.max_text_chars}", limit=s.max_text_chars, index=i)
-
-
-async def _probabilities(batcher: Batcher, texts: list[str], s: ServeSettings) -> np.ndarray:
-    """Queue the texts for the model and wait for them, within the queue bound and the timeout."""
-    try:
-        future = batcher.submit(texts)
-    except asyncio.QueueFull:
-        raise ApiError(503, "overloaded", f"the server has {s.max_queue} requests waiting; retry later",
-                       headers={"Retry-After": str(s.retry_after_s)}) from None
-    try:
-        return await asyncio.wait_for(asyncio.shield(future), s.timeout_s)
-    except (asyncio.TimeoutError, TimeoutError):
-        future.cancel()  # the batcher skips it if it has not started yet
-        raise ApiError(504, "timeout", f"no answer within {s.timeout_s:g} s") from None
-    except TextRejected as e:  # this request's text alone; the rest of its batch was answered
-        raise ApiError(422, "unprocessable_text", f"texts[{e.index}] could not be classified: {e.reason}",
-                       index=e.index) from None
-
-
-def _add_routes(app: FastAPI, classifier: Any, s: ServeSettings) -> None:
-    labels = list(classifier.labels)
-    task = _task(classifier)  # what one answer holds: {"label", "score", ...}, or {"labels", ...}
-    thresholds = getattr(classifier, "thresholds", None)
-    info = model_info(classifier)
+def _add_routes(app: FastAPI, served: ServedModels, s: ServeSettings) -> None:
     page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
+    limits = {k: v for k, v in asdict(s).items() if k != "cors_origins"}
+    infos = {n: model_info(served[n]) | {"limits": limits} for n in served.names}
+    info_model = model_info_model(s)
 
     @app.get("/healthz", response_model=Health, responses={
         **error_responses({}), 503: {"description": "the model worker is stalled or stopped", "model": Health}})
@@ -382,45 +273,118 @@ def _add_routes(app: FastAPI, classifier: Any, s: ServeSettings) -> None:
                              "texts": b.texts_done, "failures": b.failures, "restarts": b.restarts},
                             status_code=200 if status == "ok" else 503)
 
-    @app.get("/v1/model", response_model=model_info_model(s), responses=error_responses({}))
+    @app.get("/v1/model", response_model=info_model, responses=error_responses({}),
+             description="the model (with several: the first --model; GET /v1/models lists them all)")
     async def model() -> dict[str, Any]:
-        limits = {k: v for k, v in asdict(s).items() if k != "cors_origins"}
-        return info | {"limits": limits}
+        return infos[served.names[0]]
 
-    chunked = bool(getattr(getattr(classifier, "long_text", None), "chunked", False))
-    async def classify(body: ClassifyRequest, request: Request) -> dict[str, Any]:
-        check_texts(body.texts, s)
-        probs = await _probabilities(request.app.state.batcher, body.texts, s)
-        # Tokenizing again is cheap next to the forward pass, and keeps the batcher's job plain arrays.
-        flags = classifier.truncated(body.texts) if hasattr(classifier, "truncated") else [False] * len(probs)
-        windows = classifier.windows(body.texts) if chunked else [None] * len(probs)
-        return {"results": [task.prediction(labels, p, cut, not t.strip(), thresholds, n)
-                            for p, cut, t, n in zip(probs, flags, body.texts, windows)]}
+    @app.get("/v1/models", response_model=models_list_model(info_model), responses=error_responses({}))
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_entry(n, served[n], infos[n]) for n in served.names]}
 
-    # The body's model carries this server's limits; set here because annotations are strings.
-    classify.__annotations__["body"] = request_model(s)
-    # JSON Schema cannot bound a body's bytes: an OpenAPI extension on the body declares it.
-    app.post("/v1/classify", response_model=response_model(task, chunked),
-             responses=error_responses(CLASSIFY_ERRORS),
-             openapi_extra={"requestBody": {"x-max-body-bytes": s.max_body_bytes}})(classify)
+    _add_classify(app, served, s)
+
+    # Its errors are JSON still: stated per response, since a model there would take text/plain.
+    json_errors = {code: {"description": r["description"], "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/ErrorResponse"}}}} for code, r in error_responses({}).items()}
+
+    @app.get("/metrics", response_class=PlainTextResponse, responses=json_errors,
+             description="Prometheus metrics (text format)")
+    async def metrics(request: Request) -> Response:
+        body, kind = request.app.state.metrics.text()
+        return Response(body, media_type=kind)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
 
 
-def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
+def _add_classify(app: FastAPI, served: ServedModels, s: ServeSettings) -> None:
+    """``POST /v1/classify`` (ours, or vLLM's when the body has ``input``) and the other servers'
+    endpoints (compat.py)."""
+    ours, vllm = request_model(s, served), compat.add_routes(app, served, s)
+    one, several = response_models(served)
+
+    async def classify(body: Any, request: Request) -> JSONResponse:
+        if isinstance(body, vllm):
+            return await compat.vllm_answer(body, request, served)
+        names, per_model = served.resolve(body.model if "model" in body.model_fields_set else MISSING)
+        request.state.models = names  # for the metrics, whatever the answer
+        check_texts(body.texts, s)
+        wanted = frozenset(names)
+        rows = await queue_and_wait(request.app.state.batcher, [(t, wanted) for t in body.texts], s)
+        results = {n: served.predictions(n, body.texts, rows) for n in names}
+        for n, r in results.items():
+            request.app.state.metrics.truncated.labels(n).inc(sum(x["truncated"] for x in r))
+        if per_model:
+            return JSONResponse({"models": {n: {"results": r} for n, r in results.items()}})
+        return JSONResponse({"model": names[0], "results": results[names[0]]})
+
+    # The body's models carry this server's limits and names; set here because annotations are strings.
+    classify.__annotations__["body"] = Union[ours, vllm]
+    # JSON Schema cannot bound a body's bytes: an OpenAPI extension on the body declares it.
+    app.post("/v1/classify", response_model=Union[one, several, compat.VllmClassificationResponse],
+             responses=error_responses(CLASSIFY_ERRORS),
+             openapi_extra={"requestBody": {"x-max-body-bytes": s.max_body_bytes}})(classify)
+
+
+def model_entry(name: str, classifier: Any, info: dict[str, Any]) -> dict[str, Any]:
+    """One model of ``GET /v1/models``: an OpenAI/vLLM model entry (``id``, ``object``) with our info."""
+    base = (getattr(classifier, "config", None) or {}).get("base_weights")
+    fingerprint = base.get("fingerprint") if isinstance(base, dict) else None
+    sha = fingerprint.get("sha256") if isinstance(fingerprint, dict) else None
+    return {"id": name, "object": "model", "owned_by": "gptclf",
+            "base_fingerprint": sha if isinstance(sha, str) else None, **info}
+
+
+def models_list_model(info_model: type[BaseModel]) -> type[BaseModel]:
+    entry = create_model("ModelEntry", __base__=info_model,  # type: ignore[call-overload]
+                         id=(str, Field(description="the model's name: what a request's model says")),
+                         object=(Literal["model"], ...), owned_by=(str, ...),
+                         base_fingerprint=(str | None, Field(description="sha256 of the base weights the run "
+                                                             "was trained on (null: a self-contained run)")))
+    return create_model("ModelList", object=(Literal["list"], ...), data=(list[entry], ...))  # type: ignore[call-overload]
+
+
+def serve(models: str | Path | list[str], host: str = "127.0.0.1", port: int = 8000,
           settings: ServeSettings | None = None, device: str = "auto", quantize: str | None = None,
           backend: str = "auto", threads: int = 0, log_level: str = "info", access_log: bool = False,
           static_shapes: str = "auto") -> None:
-    import socket
-
+    """Serve ``models`` (one run directory, or ``--model`` specs: ``NAME=RUN`` or ``RUN``) until stopped."""
     import uvicorn
 
-    from ..classifier import Classifier
+    from ..group import ModelGroup, parse_model_specs
 
     check_header_protocol()  # before the slow model load: never serve without the header deadline
-    # Check the address before the (slow) model load, and say what to do instead of a traceback.
+    _check_address(host, port)
+    specs = parse_model_specs([str(models)] if isinstance(models, (str, Path)) else list(models))
+    t0 = time.perf_counter()
+    group = ModelGroup.load(specs, device=device, quantize=quantize, backend=backend, threads=threads,
+                            static_shapes=static_shapes)
+    app = create_app(group, settings)
+    # torch and its imports leave ~10^6 long-lived objects; every full (gen-2) collection
+    # walked them all, stalling the event loop and the model for 0.2-0.3 s under load (the
+    # p99). Freezing them moves them out of the collector's sight; new garbage is still
+    # collected as usual.
+    gc.collect()
+    gc.freeze()
+    for name, directory in specs:
+        clf = group.models[name]
+        print(f"gptclf: loaded {name} = {directory} ({', '.join(clf.labels)}; {clf.backend} {clf.precision}) "
+              f"in {group.load_seconds[name]:.1f}s", flush=True)
+    shared = [t for t in group.trunks if len(t.names) > 1]
+    print(f"gptclf: {len(specs)} model(s), {group.bases} base copy(ies), "
+          + "".join(f"{'+'.join(t.names)} share {t.depth} blocks; " for t in shared)
+          + f"{time.perf_counter() - t0:.1f}s; open http://{host}:{port}/", flush=True)
+    s = settings or ServeSettings()
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                http=header_timeout_protocol(s.client_timeout_s))
+
+
+def _check_address(host: str, port: int) -> None:
+    """Check the address before the (slow) model load, and say what to do instead of a traceback."""
+    import socket
+
     if not 0 <= port <= 65535:
         raise GptclfError(f"--port must be between 0 and 65535, not {port}")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
@@ -433,18 +397,3 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
                                    "an address of this machine") from None
         except (TypeError, ValueError, UnicodeError) as e:  # a --host that is no host name at all
             raise GptclfError(f"--host {host!r} is not an address or host name ({e})") from None
-    t0 = time.perf_counter()
-    clf = Classifier.load(model_dir, device=device, quantize=quantize, backend=backend, threads=threads,
-                          static_shapes=static_shapes)
-    app = create_app(clf, settings)
-    # torch and its imports leave ~10^6 long-lived objects; every full (gen-2) collection
-    # walked them all, stalling the event loop and the model for 0.2-0.3 s under load (the
-    # p99). Freezing them moves them out of the collector's sight; new garbage is still
-    # collected as usual.
-    gc.collect()
-    gc.freeze()
-    print(f"gptclf: loaded {model_dir} ({', '.join(clf.labels)}; {clf.backend} {clf.precision}) in {time.perf_counter() - t0:.1f}s; "
-          f"open http://{host}:{port}/", flush=True)
-    s = settings or ServeSettings()
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log,
-                http=header_timeout_protocol(s.client_timeout_s))

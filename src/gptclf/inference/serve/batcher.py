@@ -22,9 +22,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
-
-import numpy as np
+from typing import Any, Callable, Sequence
 
 from ...errors import TextError
 from .settings import ServeSettings
@@ -40,15 +38,20 @@ class TextRejected(Exception):
 
 @dataclass
 class _Job:
-    texts: list[str]
+    texts: list[Any]  # what the model function takes, one per text: a text, or (text, model names)
     future: asyncio.Future
 
 
 class Batcher:
-    """Collects queued requests into forward passes run in a single worker thread."""
+    """Collects queued requests into forward passes run in a single worker thread.
 
-    def __init__(self, predict_proba: Callable[[list[str]], np.ndarray], settings: ServeSettings) -> None:
+    ``predict_proba`` takes every queued item of a pass and returns one answer per item (rows of an
+    array, or a list); a request's answer is its slice. ``on_batch(items, seconds)``, if set, hears
+    of every forward pass that succeeded (the server's metrics)."""
+
+    def __init__(self, predict_proba: Callable[[list[Any]], Sequence[Any]], settings: ServeSettings) -> None:
         self.predict_proba = predict_proba
+        self.on_batch: Callable[[int, float], None] | None = None
         self.settings = settings
         self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=settings.max_queue)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gptclf-model")
@@ -95,8 +98,8 @@ class Batcher:
                 pass
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    def submit(self, texts: list[str]) -> asyncio.Future:
-        """Queue texts; raises ``asyncio.QueueFull`` when the queue is at its bound."""
+    def submit(self, texts: list[Any]) -> asyncio.Future:
+        """Queue one request's items; raises ``asyncio.QueueFull`` when the queue is at its bound."""
         job = _Job(texts, asyncio.get_running_loop().create_future())
         self.queue.put_nowait(job)
         return job.future
@@ -132,16 +135,17 @@ class Batcher:
             if jobs:
                 await self._answer(jobs)
 
-    async def _forward(self, texts: list[str]) -> np.ndarray:
+    async def _forward(self, texts: list[Any]) -> Sequence[Any]:
+        """One forward pass in the worker thread (the model function checks its scores are finite:
+        :meth:`gptclf.inference.group.ModelGroup.run` raises a TextError naming a NaN row)."""
         loop = asyncio.get_running_loop()
-        self._busy_since = time.monotonic()
+        self._busy_since = t0 = time.monotonic()
         try:
-            probs = np.asarray(await loop.run_in_executor(self.executor, self.predict_proba, texts))
+            probs = await loop.run_in_executor(self.executor, self.predict_proba, texts)
         finally:
             self._busy_since = None
-        bad = np.flatnonzero(~np.isfinite(probs.reshape(len(texts), -1)).all(1))
-        if len(bad):  # JSON has no NaN, and a NaN row has no meaningful label
-            raise TextError({int(i): "the model's scores are not finite" for i in bad})
+        if self.on_batch is not None:
+            self.on_batch(len(texts), time.monotonic() - t0)
         return probs
 
     async def _answer(self, jobs: list[_Job]) -> None:
