@@ -140,12 +140,7 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
         extra = added_columns(labels, task) + ([WINDOWS_COLUMN] if chunked else [])
         thresholds = getattr(classifier, "thresholds", np.full(len(labels), 0.5))
         delimiter = None if out_fmt == "jsonl" else _label_delimiter(classifier)
-        clash = [c for c in extra if c in table.columns]
-        if clash:
-            raise GptclfError(f"{table.path} already has column(s) {clash} that the output adds",
-                              hint="rename those columns in the input")
-        if not output_path.parent.is_dir():
-            raise GptclfError(f"--output {output_path}: the folder {output_path.parent} does not exist")
+        check_output(table, extra, output_path, "rename those columns in the input")
         rows = chunks = truncated_chunks = 0
         with atomic_path(output_path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as out, \
                 _scored_chunks(classifier, table, tcol, chunk_size, batch_size) as scored:
@@ -164,6 +159,15 @@ def predict_file(classifier: Any, input_path: str | Path, output_path: str | Pat
                       f"tokens and were truncated (in {truncated_chunks} of {chunks} chunks)",
                       DataWarning, stacklevel=2)
     return BatchResult(rows, chunks, time.perf_counter() - t0, output_path)
+
+
+def check_output(table: Table, extra: list[str], output_path: Path, hint: str) -> None:
+    """Refuse an output whose added columns the input already has, or whose folder is missing."""
+    clash = [c for c in extra if c in table.columns]
+    if clash:
+        raise GptclfError(f"{table.path} already has column(s) {clash} that the output adds", hint=hint)
+    if not output_path.parent.is_dir():
+        raise GptclfError(f"--output {output_path}: the folder {output_path.parent} does not exist")
 
 
 def _output_format(input_path: Path, output_path: Path, output_format: str | None) -> str | None:

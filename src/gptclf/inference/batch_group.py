@@ -26,7 +26,8 @@ from ..data.tables import Row, Table, find_column
 from ..errors import DataWarning, GptclfError
 from ..files import atomic_path
 from .batch_files import (OUTPUT_FORMATS, WINDOWS_COLUMN, BatchResult, _added_values,
-                          _label_delimiter, _named, _output_cell, _output_format, _text, added_columns, iter_chunks)
+                          _label_delimiter, _named, _output_cell, _output_format, _text, added_columns,
+                          check_output, iter_chunks)
 from .group import ModelGroup
 
 
@@ -72,12 +73,7 @@ def predict_file_group(group: ModelGroup, input_path: str | Path, output_path: s
         out_fmt = out_fmt or (table.format if table.format in OUTPUT_FORMATS else "jsonl")
         tcol = find_column(text_column, table.columns, table.path, "text")
         extra = group_columns(group)
-        clash = [c for c in extra if c in table.columns]
-        if clash:
-            raise GptclfError(f"{table.path} already has column(s) {clash} that the output adds",
-                              hint="rename those columns in the input, or name the models otherwise")
-        if not output_path.parent.is_dir():
-            raise GptclfError(f"--output {output_path}: the folder {output_path.parent} does not exist")
+        check_output(table, extra, output_path, "rename those columns in the input, or name the models otherwise")
         rows = chunks = 0
         with atomic_path(output_path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as out, \
                 warnings.catch_warnings():
