@@ -164,7 +164,13 @@ def measure(name: str, run: Path, int8: bool, data: Path, work: Path, rows: int,
         figures["job_seconds"] = float(re.search(r" in ([0-9.]+)s", figures["summary"]).group(1))
     return {"model": name, "run": str(run), "int8": int8, "rows": rows, "cores": cores, "local": local, "ray": ray,
             "overhead_ratio": ray["wall_seconds"] / local["wall_seconds"] - 1,
-            "job_overhead_ratio": ray["job_seconds"] / local["job_seconds"] - 1}
+            "job_overhead_ratio": _ratio(ray["job_seconds"], local["job_seconds"])}
+
+
+def _ratio(ray_seconds: float, local_seconds: float) -> float | None:
+    """ray / local - 1, or None: the CLI prints its seconds to 0.1 s, so a local job under a
+    second (a test's few hundred rows) has no ratio worth a digit (0.0 s divides by zero)."""
+    return ray_seconds / local_seconds - 1 if local_seconds >= 1.0 else None
 
 
 def report(r: dict[str, Any]) -> str:
@@ -178,8 +184,12 @@ def report(r: dict[str, Any]) -> str:
         f"{max(r['ray']['peak_rss_mib'].get('driver', [0])):.0f} MiB, all Ray processes "
         f"{r['ray']['tree_peak_rss_mib']:.0f} MiB",
         f"  overhead ratio (ray / local - 1): {100 * r['overhead_ratio']:+.1f} % of wall time, "
-        f"{100 * r['job_overhead_ratio']:+.1f} % of gptclf's own seconds "
+        f"{_percent(r['job_overhead_ratio'])} of gptclf's own seconds "
         f"({r['ray']['job_seconds']:.1f} s vs {r['local']['job_seconds']:.1f} s)"])
+
+
+def _percent(ratio: float | None) -> str:
+    return "n/a (local job under 1 s)" if ratio is None else f"{100 * ratio:+.1f} %"
 
 
 def main(argv: list[str] | None = None) -> None:

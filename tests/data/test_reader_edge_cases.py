@@ -110,29 +110,32 @@ def test_lines_split_alike_at_any_chunk_size(data: bytes, chunk: int) -> None:
 def _best_of(n: int, f) -> float:  # noqa: ANN001
     import time
 
+    # CPU seconds of this process, not wall time: a loaded machine (CI's two cores shared with
+    # other jobs) preempts the reader and adds wall time that says nothing about its algorithm.
     best = float("inf")
     for _ in range(n):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         f()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, time.process_time() - t0)
     return best
 
 
 @pytest.mark.parametrize("kind", ["one-line json", "tsv cell"])
 def test_readers_are_linear_in_the_length_of_a_line(tmp_path: Path, kind: str) -> None:
     """An 18 MB one-line JSON (what json.dump writes) took 47 s, 3.8x per doubling; a TSV with a
-    50 MB cell did not finish in 120 s. The time for 4x the size is now 4x-6x (memory outside
-    the CPU caches costs a little more per byte; measured 4.4x-5.6x); quadratic reading was
-    11x-17x. The bound, 7x for 4x, leaves room for a shared machine's noise; each size's best
-    of three runs is compared."""
+    50 MB cell did not finish in 120 s. Sizes 1x and 8x are compared, far enough apart that the
+    two cannot be confused: quadratic reading takes 64x (it took 3.8x per doubling, 55x for
+    8x), linear reading measured 9x-12x on a 2-core EPYC (memory outside the CPU caches costs a
+    little more per byte). A 4x comparison with 7x as the bound failed once under CI's load
+    (8.9x, wall time); the bound is now 24x, each size's best of three, in CPU seconds."""
     def write(scale: int) -> Path:
         p = tmp_path / f"{scale}.{'json' if kind == 'one-line json' else 'tsv'}"
         if kind == "one-line json":
             p.write_text(json.dumps([{"text": "word " * 18 + str(i), "label": "ab"[i % 2]}
                                      for i in range(20_000 * scale)]))
         else:
-            p.write_text("text\tlabel\n" + "x" * (scale << 22) + "\ta\nshort\tb\n")  # 4, 8, 16 MB
+            p.write_text("text\tlabel\n" + "x" * (scale << 22) + "\ta\nshort\tb\n")  # 4, 32 MB
         return p
 
-    times = {s: _best_of(3, lambda p=write(s): read_table(p)) for s in (1, 2, 4)}
-    assert times[2] < 3.5 * times[1] and times[4] < 7 * times[1], times
+    times = {s: _best_of(3, lambda p=write(s): read_table(p)) for s in (1, 8)}
+    assert times[8] < 24 * times[1], times

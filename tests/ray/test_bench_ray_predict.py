@@ -34,6 +34,11 @@ def test_the_benchmark_runs_end_to_end_on_the_tiny_model(tmp_path: Path, capsys:
         assert r[engine]["job_seconds"] <= r[engine]["wall_seconds"]
     assert len(r["ray"]["peak_rss_mib"]["scorer"]) == 2  # one model copy per worker, each measured
     assert r["overhead_ratio"] == pytest.approx(r["ray"]["wall_seconds"] / r["local"]["wall_seconds"] - 1)
+    # the CLI's seconds have one decimal: 400 rows take "0.0s" locally on a fast machine
+    if r["local"]["job_seconds"] < 1.0:
+        assert r["job_overhead_ratio"] is None
+    else:
+        assert r["job_overhead_ratio"] == pytest.approx(r["ray"]["job_seconds"] / r["local"]["job_seconds"] - 1)
     out = capsys.readouterr().out
     assert "peak RSS per worker" in out and "overhead ratio (ray / local - 1)" in out
     assert sum(1 for _ in open(tmp_path / f"rows-{rows}.csv", encoding="utf-8")) == rows + 1
